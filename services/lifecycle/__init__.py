@@ -1,0 +1,1 @@
+"""Lifecycle service: the customer life cycle stage as an event-driven state machine."""

@@ -1,0 +1,1 @@
+"""Value and loyalty scoring service: RFM, probabilistic CLV, composite value, tiers, loyalty."""

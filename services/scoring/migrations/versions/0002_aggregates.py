@@ -1,0 +1,32 @@
+"""Walking skeleton: per-customer purchase aggregates.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import UUID
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "customer_aggregates",
+        sa.Column("customer_id", UUID(as_uuid=True), primary_key=True),
+        sa.Column("order_count", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("net_revenue", sa.Numeric(18, 4), nullable=False, server_default="0"),
+        sa.Column("first_purchase_at", sa.DateTime(timezone=True)),
+        sa.Column("last_purchase_at", sa.DateTime(timezone=True)),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("customer_aggregates")

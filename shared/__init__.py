@@ -1,0 +1,1 @@
+"""Infrastructure and the event contract shared by the four services (no business rules)."""

@@ -1,0 +1,249 @@
+"""`crm`: the platform's command line (contract: up, token, import purchases, dlq, replay, migrate).
+
+This is the composition root: it may import every service (lazily); services never import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="Customer lifecycle platform command line.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Inspect and replay the dead-letter queue (crm.dlq.v1).", no_args_is_help=True
+)
+import_app = typer.Typer(help="Bulk imports.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(import_app, name="import")
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = ("profile", "lifecycle", "complaints", "scoring")
+ALL_SCOPES = (
+    "customers:read customers:write pii:read complaints:read complaints:write lifecycle:read "
+    "lifecycle:admin scores:read scores:admin"
+)
+
+
+def _settings(service: str) -> Any:
+    module = importlib.import_module(f"services.{service}.config")
+    cls = next(
+        v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings"
+    )
+    return cls()
+
+
+def _check_service(service: str) -> str:
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; one of: {', '.join(SERVICES)}")
+    return service
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help="profile | lifecycle | complaints | scoring")],
+    role: Annotated[str, typer.Option(help="api | worker | all")] = "all",
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Default: the service's contract port")] = None,
+    workers: Annotated[int, typer.Option(help="HTTP worker processes (api role)")] = 1,
+) -> None:
+    """Run one service: its HTTP API, its worker (consumers, relay, schedules), or both."""
+    import uvicorn
+
+    from shared.platform import DEFAULT_PORTS
+    from shared.runtime import Role
+
+    _check_service(service)
+    chosen = Role(role)
+    module = importlib.import_module(f"services.{service}.main")
+    application = module.create_app(role=chosen)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port or DEFAULT_PORTS[service],
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=20,
+    )
+
+
+@app.command()
+def migrate(
+    services: Annotated[list[str] | None, typer.Argument(help="Default: all four")] = None,
+) -> None:
+    """Upgrade each service's database to the latest migration (Alembic, one history per service)."""
+    from shared.db import migrate as run
+
+    for service in services or SERVICES:
+        _check_service(service)
+        url = _settings(service).database_url
+        started = time.perf_counter()
+        run(service, url)
+        typer.echo(f"migrated {service} ({time.perf_counter() - started:.1f}s)")
+
+
+@app.command()
+def token(
+    scopes: Annotated[str, typer.Option(help="Space-separated scopes")] = ALL_SCOPES,
+    subject: Annotated[str, typer.Option(help="The `sub` claim (shown as the actor)")] = "dev-user",
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 12 * 3600,
+) -> None:
+    """Print a development token signed with JWT_SECRET (never for production)."""
+    from shared.http.auth import SCOPES, issue_dev_token
+    from shared.settings import ServiceSettings
+
+    wanted = scopes.split()
+    unknown = [s for s in wanted if s not in SCOPES]
+    if unknown:
+        raise typer.BadParameter(f"unknown scope(s) {unknown}; known: {' '.join(SCOPES)}")
+    typer.echo(issue_dev_token(ServiceSettings(), scopes=wanted, subject=subject, ttl_seconds=ttl))
+
+
+@app.command()
+def topics() -> None:
+    """Create the contract's Kafka topics where missing."""
+    from shared.messaging.kafka import ensure_topics
+    from shared.settings import ServiceSettings
+
+    created = asyncio.run(ensure_topics(ServiceSettings()))
+    typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+@app.command()
+def docs(
+    check: Annotated[bool, typer.Option(help="Fail if docs/ is stale instead of writing")] = False,
+) -> None:
+    """Write (or check) docs/asyncapi.yaml and docs/events/*.schema.json from the event registry."""
+    from shared.events import catalog
+
+    docs_dir = REPO / "docs"
+    if not check:
+        for path in catalog.write(docs_dir):
+            typer.echo(f"wrote {path.relative_to(REPO)}")
+        return
+    stale = []
+    if (docs_dir / "asyncapi.yaml").read_text() != catalog.render_asyncapi():
+        stale.append("docs/asyncapi.yaml")
+    for event_type in catalog.EVENTS:
+        path = docs_dir / "events" / f"{event_type}.schema.json"
+        if not path.exists() or path.read_text() != catalog.render_schema(event_type):
+            stale.append(str(path.relative_to(REPO)))
+    if stale:
+        typer.echo("stale: " + ", ".join(stale) + " — run `make docs` and commit", err=True)
+        raise typer.Exit(1)
+    typer.echo("docs are current")
+
+
+@import_app.command("purchases")
+def import_purchases(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file")],
+    url: Annotated[str, typer.Option(help="Profile service URL")] = "http://127.0.0.1:8001",
+    token_: Annotated[
+        str | None, typer.Option("--token", help="Bearer token (default: a dev token)")
+    ] = None,
+) -> None:
+    """Import historical purchases from CSV (external_ref,order_id,occurred_at,amount,currency[,sku,category,quantity])."""
+    import httpx
+
+    from shared.http.auth import issue_dev_token
+    from shared.settings import ServiceSettings
+
+    bearer = token_ or issue_dev_token(
+        ServiceSettings(), scopes=["customers:write", "customers:read"]
+    )
+    size = file.stat().st_size
+    typer.echo(f"uploading {file} ({size / 1e6:.1f} MB) to {url}/v1/imports/purchases ...")
+    started = time.perf_counter()
+    with file.open("rb") as body:
+        response = httpx.post(
+            f"{url}/v1/imports/purchases",
+            content=body.read(),
+            timeout=600,
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "text/csv"},
+        )
+    if response.status_code >= 400:
+        typer.echo(f"import failed ({response.status_code}): {response.text}", err=True)
+        raise typer.Exit(1)
+    summary = response.json()
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"done in {time.perf_counter() - started:.1f}s")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    group: Annotated[str | None, typer.Option(help="Only those of this consumer group")] = None,
+) -> None:
+    """Show what is in the DLQ: origin, group, error (payloads are not printed: they may hold personal data)."""
+    from shared.messaging import dlq
+
+    for entry in asyncio.run(dlq.read_all(limit=limit, group=group)):
+        typer.echo(json.dumps(entry.summary()))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    group: Annotated[str | None, typer.Option(help="Only those of this consumer group")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be replayed")] = False,
+) -> None:
+    """Re-publish dead-lettered messages to their origin topic (consumers' inboxes drop what was applied)."""
+    from shared.messaging import dlq
+
+    count = asyncio.run(dlq.replay(group=group, dry_run=dry_run))
+    typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} message(s)")
+
+
+@app.command()
+def replay(
+    service: Annotated[str, typer.Argument(help="The service whose projections to rebuild")],
+) -> None:
+    """Rebuild a service's state from the Kafka log (earliest offsets). Stop its workers first."""
+    from shared.messaging import replay as replay_mod
+
+    _check_service(service)
+    summary = asyncio.run(replay_mod.rebuild(service, _settings(service), progress=typer.echo))
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def up(
+    kafka: Annotated[
+        str, typer.Option(help="tansu (embedded, default) | apache (jars; needs Java) | external")
+    ] = os.environ.get("CRM_KAFKA", "tansu"),
+    data_dir: Annotated[Path, typer.Option(help="Where PostgreSQL keeps its data")] = REPO
+    / ".data",
+    pg_port: Annotated[int, typer.Option(help="Embedded PostgreSQL port")] = 54320,
+    kafka_port: Annotated[int, typer.Option(help="Embedded broker port")] = 9092,
+) -> None:
+    """Start everything on embedded defaults: PostgreSQL, a broker, topics, migrations, the four services."""
+    from shared.platform import DATABASES, Platform, database_env
+    from shared.stack import run_stack
+
+    sys.exit(
+        run_stack(
+            kafka=kafka,
+            data_dir=data_dir,
+            pg_port=pg_port,
+            kafka_port=kafka_port,
+            databases=DATABASES,
+            database_env=database_env,
+            platform_cls=Platform,
+            echo=typer.echo,
+        )
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Database plumbing: engines made in the lifespan, naming conventions, per-service Alembic."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import MetaData, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def make_metadata() -> MetaData:
+    return MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def create_engine(url: str, *, pool_size: int = 10, application_name: str = "crm") -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": application_name}},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> SessionFactory:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
+    """One use case, one transaction: commit on success, roll back on any error."""
+    async with factory() as session, session.begin():
+        yield session
+
+
+def asyncpg_dsn(url: str) -> str:
+    """SQLAlchemy URL -> plain libpq DSN for asyncpg (LISTEN connections, bulk COPY)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def migrations_dir(service: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "services" / service / "migrations"
+
+
+def alembic_config(service: str, url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir(service)))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["service"] = service
+    return cfg
+
+
+def migrate(service: str, url: str, revision: str = "head") -> None:
+    """Upgrade one service's database (blocking; call from a thread inside an event loop)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(service, url), revision)
+
+
+def run_alembic_env(target_metadata: MetaData) -> None:
+    """Body of every service's migrations/env.py: online, async, one transaction per migration."""
+    import asyncio
+
+    from alembic import context
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.pool import NullPool
+
+    config = context.config
+    url = config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url is not set (use shared.db.migrate or `crm migrate`)"
+
+    def do_run(connection: Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            compare_type=True,
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    async def run() -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        async with engine.connect() as connection:
+            await connection.run_sync(do_run)
+            await connection.commit()
+        await engine.dispose()
+
+    if context.is_offline_mode():
+        context.configure(url=url, target_metadata=target_metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    else:
+        asyncio.run(run())

@@ -1,0 +1,381 @@
+"""Consumer runner: batches, one DB transaction per batch, inbox dedup, DLQ, commit after DB.
+
+Fast path: the whole batch in one transaction, no savepoints. If a handler raises, the batch is
+rolled back and redone message by message, each in a savepoint with bounded retries and backoff;
+a message that still fails goes to the DLQ (after the DB commit, before the offset commit), so
+the partition keeps moving. Infrastructure failures (database or broker down) never send to the
+DLQ: the batch is retried until they heal, without committing offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import SessionFactory
+from shared.events import CloudEvent, EnvelopeError, parse
+from shared.events import topics as topic_names
+from shared.messaging.outbox import add_events, lock_customers
+from shared.messaging.tables import MessagingTables
+from shared.observability import metrics
+from shared.observability.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class HandlerContext:
+    """What a handler gets besides the event: the batch's session and a way to emit events."""
+
+    session: AsyncSession
+    tables: MessagingTables
+    service: str
+    emitted: list[CloudEvent[Any]] = field(default_factory=list)
+
+    def emit(self, event: CloudEvent[Any]) -> None:
+        self.emitted.append(event)
+
+
+Handler = Callable[[HandlerContext, CloudEvent[Any]], Awaitable[None]]
+# A service may process a whole batch at once (set-based SQL); default: one handler per event.
+BatchProcessor = Callable[[HandlerContext, Sequence[CloudEvent[Any]]], Awaitable[None]]
+Decoder = Callable[[ConsumerRecord[bytes, bytes]], CloudEvent[Any]]
+
+
+def per_event(handlers: Mapping[str, Handler]) -> BatchProcessor:
+    async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
+        for event in events:
+            await handlers[event.type](ctx, event)
+
+    return process
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Database/broker unavailability, deadlocks, serialization failures: retry the whole batch."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig or exc
+        cause = getattr(exc, "__cause__", None)
+        if cause is not None:
+            exc = cause
+    return isinstance(
+        exc,
+        (
+            OSError,
+            ConnectionError,
+            asyncio.TimeoutError,
+            sa_exc.InterfaceError,
+            sa_exc.OperationalError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError,
+            asyncpg.AdminShutdownError,
+            asyncpg.TooManyConnectionsError,
+        ),
+    )
+
+
+@dataclass
+class Message:
+    record: ConsumerRecord[bytes, bytes]
+    event: CloudEvent[Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    attempts: int = 0
+
+
+class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions are only given up between batches: revocation waits for the batch lock."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        *,
+        service: str,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        sessions: SessionFactory,
+        tables: MessagingTables,
+        handlers: Mapping[str, Handler],
+        process: BatchProcessor | None = None,
+        decoders: Mapping[str, Decoder] | None = None,
+        group_id: str,
+        max_attempts: int = 3,
+        backoff: float = 0.2,
+        batch_size: int = 500,
+        commit_offsets: bool = True,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.sessions = sessions
+        self.tables = tables
+        self.handlers = handlers
+        self.process = process or per_event(handlers)
+        self.decoders = dict(decoders or {})
+        self.group_id = group_id
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.batch_size = batch_size
+        self.commit_offsets = commit_offsets
+        self.batch_lock = asyncio.Lock()
+        self.processed = 0
+        self._lag_checked = 0.0
+
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        return _Revocation(self.batch_lock)
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def run(
+        self, stop: asyncio.Event, *, until: dict[TopicPartition, int] | None = None
+    ) -> None:
+        """Consume until `stop` is set (or, for replays, until every partition reaches `until`)."""
+        while not stop.is_set():
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+            if batch:
+                async with self.batch_lock:
+                    await self.handle_batch(batch, stop)
+            await self._update_lag()
+            if until is not None and await self._caught_up(until):
+                return
+
+    async def _caught_up(self, until: dict[TopicPartition, int]) -> bool:
+        for tp, end in until.items():
+            if await self.consumer.position(tp) < end:
+                return False
+        return True
+
+    async def handle_batch(
+        self,
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        stop: asyncio.Event,
+    ) -> None:
+        started = time.perf_counter()
+        messages = [self._decode(r) for records in batch.values() for r in records]
+        backoff = self.backoff
+        while True:
+            try:
+                await self._apply(messages)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("consumer.transient_failure", error=repr(exc), retry_in=backoff)
+                if stop.is_set():
+                    return  # offsets not committed: the batch is redelivered after restart
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        await self._dead_letter([m for m in messages if m.error is not None], stop)
+        await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        self.processed += len(messages)
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Message:
+        message = Message(record)
+        try:
+            if record.value is None:
+                raise EnvelopeError("empty message (tombstone)")
+            decoder = self.decoders.get(record.topic, _parse_record)
+            message.event = decoder(record)
+        except EnvelopeError as exc:
+            message.error, message.error_type = str(exc), "unreadable"
+        except Exception as exc:
+            message.error, message.error_type = f"{type(exc).__name__}: {exc}", "unreadable"
+        return message
+
+    async def _apply(self, messages: list[Message]) -> None:
+        """One transaction for the batch; redo message by message if a handler fails."""
+        for m in messages:
+            if m.error_type != "unreadable":
+                m.error = m.error_type = None
+        wanted = self._wanted(messages)
+        if not wanted:
+            return
+        try:
+            async with self.sessions() as session, session.begin():
+                await self._fast(session, wanted)
+            self._count(wanted, "ok")
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.info("consumer.batch_failed_retrying_singly", error=repr(exc), size=len(wanted))
+        async with self.sessions() as session, session.begin():
+            await lock_customers(session, [m.event.subject for m in wanted if m.event])
+            for m in wanted:
+                await self._one(session, m)
+        self._count([m for m in wanted if m.error is None], "ok")
+
+    def _wanted(self, messages: list[Message]) -> list[Message]:
+        seen: set[uuid.UUID] = set()
+        wanted = []
+        for m in messages:
+            if m.event is None:
+                continue
+            if m.event.type not in self.handlers:
+                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, "ignored").inc()
+                continue
+            if m.event.id in seen:
+                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, "duplicate").inc()
+                continue
+            seen.add(m.event.id)
+            wanted.append(m)
+        return wanted
+
+    async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:
+        events = [m.event for m in wanted if m.event is not None]
+        await lock_customers(session, [e.subject for e in events])
+        stmt = (
+            pg_insert(self.tables.inbox)
+            .values([{"event_id": e.id, "event_type": e.type} for e in events])
+            .on_conflict_do_nothing()
+            .returning(self.tables.inbox.c.event_id)
+        )
+        fresh = set((await session.execute(stmt)).scalars())
+        new_events = [e for e in events if e.id in fresh]
+        for e in events:
+            if e.id not in fresh:
+                metrics.EVENTS_CONSUMED.labels(self.service, e.type, "duplicate").inc()
+        ctx = HandlerContext(session, self.tables, self.service)
+        if new_events:
+            await self.process(ctx, new_events)
+        await add_events(session, self.tables, ctx.emitted)
+
+    async def _one(self, session: AsyncSession, m: Message) -> None:
+        assert m.event is not None
+        event = m.event
+        for attempt in range(1, self.max_attempts + 1):
+            m.attempts = attempt
+            try:
+                async with session.begin_nested():
+                    inserted = await session.execute(
+                        pg_insert(self.tables.inbox)
+                        .values(event_id=event.id, event_type=event.type)
+                        .on_conflict_do_nothing()
+                        .returning(self.tables.inbox.c.event_id)
+                    )
+                    if inserted.first() is None:
+                        return
+                    ctx = HandlerContext(session, self.tables, self.service)
+                    await self.process(ctx, [event])
+                    await add_events(session, self.tables, ctx.emitted)
+                m.error = None
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                m.error = f"{type(exc).__name__}: {exc}"[:2000]
+                m.error_type = type(exc).__name__
+                log.warning(
+                    "consumer.handler_failed",
+                    event_id=str(event.id),
+                    event_type=event.type,
+                    attempt=attempt,
+                    error=m.error,
+                    trace=traceback.format_exc(limit=5),
+                )
+                if attempt < self.max_attempts:
+                    await asyncio.sleep(self.backoff * (2 ** (attempt - 1)))
+
+    def _count(self, messages: list[Message], outcome: str) -> None:
+        for m in messages:
+            if m.event is not None:
+                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, outcome).inc()
+
+    async def _dead_letter(self, failed: list[Message], stop: asyncio.Event) -> None:
+        backoff = self.backoff
+        for m in failed:
+            r = m.record
+            event_type = m.event.type if m.event else "unreadable"
+            headers = [
+                ("dlq.origin.topic", r.topic.encode()),
+                ("dlq.origin.partition", str(r.partition).encode()),
+                ("dlq.origin.offset", str(r.offset).encode()),
+                ("dlq.consumer.group", self.group_id.encode()),
+                ("dlq.service", self.service.encode()),
+                ("dlq.error", (m.error or "").encode()[:4000]),
+                ("dlq.error.type", (m.error_type or "").encode()),
+                ("dlq.attempts", str(m.attempts).encode()),
+                ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
+                ("dlq.event.type", event_type.encode()),
+            ]
+            while True:
+                try:
+                    await self.producer.send_and_wait(
+                        topic_names.DLQ, value=r.value, key=r.key, headers=headers
+                    )
+                    break
+                except KafkaError as exc:
+                    if stop.is_set():
+                        raise  # offsets stay uncommitted: the message is redone after restart
+                    log.warning("consumer.dlq_publish_failed", error=repr(exc), retry_in=backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+            metrics.EVENTS_FAILED.labels(self.service, event_type, m.error_type or "error").inc()
+            log.error(
+                "consumer.dead_lettered",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                event_type=event_type,
+                error=m.error,
+            )
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not self.commit_offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Redelivery after a rebalance is harmless: the inbox drops what was already applied.
+            log.warning("consumer.commit_failed", error=repr(exc))
+
+    async def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._lag_checked < 2.0:
+            return
+        self._lag_checked = now
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):
+                position = await self.consumer.position(tp)
+                metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
+                    max(0, high - position)
+                )
+
+
+def _parse_record(record: ConsumerRecord[bytes, bytes]) -> CloudEvent[Any]:
+    assert record.value is not None
+    return parse(record.value)

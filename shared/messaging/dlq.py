@@ -1,0 +1,147 @@
+"""The dead-letter queue: list what is there, replay it to its origin topic.
+
+Replay re-publishes each message (same key, same bytes, so the same event id) to the topic it
+came from; consumers whose inbox already holds the id skip it. A consumer group
+`crm-dlq-replayer` remembers how far replay went, so nothing is replayed twice by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.events import topics
+from shared.messaging.kafka import client_options, start_producer
+from shared.settings import ServiceSettings
+
+REPLAYER_GROUP = "crm-dlq-replayer"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    @property
+    def origin_topic(self) -> str:
+        return self.headers.get("dlq.origin.topic", "")
+
+    def summary(self) -> dict[str, Any]:
+        h = self.headers
+        return {
+            "dlq_offset": f"{self.partition}:{self.offset}",
+            "origin": f"{h.get('dlq.origin.topic')}[{h.get('dlq.origin.partition')}]@{h.get('dlq.origin.offset')}",
+            "group": h.get("dlq.consumer.group"),
+            "event_type": h.get("dlq.event.type"),
+            "error_type": h.get("dlq.error.type"),
+            "error": h.get("dlq.error"),
+            "attempts": h.get("dlq.attempts"),
+            "failed_at": h.get("dlq.failed_at"),
+        }
+
+
+def _to_letter(record: Any) -> DeadLetter:
+    headers = {k: v.decode(errors="replace") for k, v in (record.headers or [])}
+    return DeadLetter(record.partition, record.offset, record.key, record.value, headers)
+
+
+async def _drain(consumer: AIOKafkaConsumer, limit: int | None) -> list[Any]:
+    """Read from the current positions up to the end offsets seen at the start."""
+    partitions = consumer.assignment()
+    end = await consumer.end_offsets(list(partitions))
+    records: list[Any] = []
+    while True:
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        if all(positions[tp] >= end[tp] for tp in partitions):
+            return records
+        batch = await consumer.getmany(timeout_ms=500, max_records=500)
+        for tp_records in batch.values():
+            records.extend(tp_records)
+        if limit is not None and len(records) >= limit:
+            return records[:limit]
+
+
+async def read_all(
+    *, settings: ServiceSettings | None = None, limit: int | None = None, group: str | None = None
+) -> list[DeadLetter]:
+    settings = settings or ServiceSettings()
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topics.DLQ, p) for p in consumer.partitions_for_topic(topics.DLQ) or []
+        ]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [
+                TopicPartition(topics.DLQ, p)
+                for p in consumer.partitions_for_topic(topics.DLQ) or []
+            ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        letters = [_to_letter(r) for r in await _drain(consumer, None)]
+    finally:
+        await consumer.stop()
+    if group is not None:
+        letters = [
+            letter for letter in letters if letter.headers.get("dlq.consumer.group") == group
+        ]
+    return letters[:limit] if limit is not None else letters
+
+
+async def replay(
+    *, settings: ServiceSettings | None = None, group: str | None = None, dry_run: bool = False
+) -> int:
+    settings = settings or ServiceSettings()
+    consumer = AIOKafkaConsumer(
+        topics.DLQ,
+        **client_options(settings),
+        group_id=REPLAYER_GROUP,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    producer = await start_producer(settings)
+    replayed = 0
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not consumer.assignment():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("no DLQ partition assigned within 30 s")
+            await consumer.getmany(timeout_ms=200)
+        for tp in consumer.assignment():
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+        records = await _drain(consumer, None)
+        for record in records:
+            letter = _to_letter(record)
+            if group is not None and letter.headers.get("dlq.consumer.group") != group:
+                continue
+            if not letter.origin_topic:
+                continue
+            replayed += 1
+            if not dry_run:
+                await producer.send_and_wait(
+                    letter.origin_topic,
+                    value=letter.value,
+                    key=letter.key,
+                    headers=[("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode())],
+                )
+        if records and not dry_run and group is None:
+            last: dict[TopicPartition, int] = {}
+            for record in records:
+                last[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            await consumer.commit(last)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return replayed

@@ -1,0 +1,141 @@
+"""aiokafka clients configured from ServiceSettings: producer (acks=all, idempotent when the
+broker supports it), consumers, admin (topic creation), and a readiness probe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.events import topics
+from shared.observability.logging import get_logger
+from shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+# Partitions per topic for development and tests; production sizes them in deploy/ (KafkaTopic).
+DEFAULT_PARTITIONS = {t: 6 for t in topics.ALL} | {topics.DLQ: 1}
+
+
+def client_options(settings: ServiceSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+def _producer(settings: ServiceSettings, *, idempotent: bool) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **client_options(settings),
+        client_id=f"{settings.service_name}-producer",
+        acks="all",
+        enable_idempotence=idempotent,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=15000,
+    )
+
+
+async def start_producer(
+    settings: ServiceSettings, *, probe_timeout: float = 8.0
+) -> AIOKafkaProducer:
+    """Start a producer; with KAFKA_ENABLE_IDEMPOTENCE=auto, fall back to plain acks=all when the
+    broker refuses InitProducerId (e.g. the embedded Tansu broker) — duplicates are then absorbed
+    by the consumers' inbox."""
+    mode = settings.kafka_enable_idempotence
+    if mode == "false":
+        producer = _producer(settings, idempotent=False)
+        await producer.start()
+        return producer
+    producer = _producer(settings, idempotent=True)
+    try:
+        await asyncio.wait_for(producer.start(), timeout=probe_timeout if mode == "auto" else None)
+        return producer
+    except Exception as exc:
+        await _quiet_stop(producer)
+        if mode == "true":
+            raise
+        log.warning("kafka.idempotence_unavailable", error=repr(exc), fallback="acks=all")
+    producer = _producer(settings, idempotent=False)
+    await producer.start()
+    return producer
+
+
+async def _quiet_stop(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), timeout=5)
+
+
+def make_consumer(
+    settings: ServiceSettings, *, group_id: str | None, topics_: list[str], **overrides: Any
+) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        **client_options(settings),
+        "group_id": group_id,
+        "client_id": f"{settings.service_name}-consumer",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": settings.consumer_batch_size,
+        "fetch_max_wait_ms": 50,
+        "session_timeout_ms": 30000,
+        "heartbeat_interval_ms": 3000,
+        "max_poll_interval_ms": 300000,
+        "isolation_level": "read_committed",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics_, **options)
+
+
+async def ensure_topics(
+    settings: ServiceSettings, partitions: dict[str, int] | None = None, replication: int = 1
+) -> list[str]:
+    """Create missing topics (idempotent). Returns the names created."""
+    wanted = partitions or DEFAULT_PARTITIONS
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, n, replication) for t, n in wanted.items() if t not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+class KafkaProbe:
+    """Readiness check: can we fetch cluster metadata? Cached briefly so probes stay cheap."""
+
+    def __init__(self, producer: AIOKafkaProducer | None, ttl: float = 2.0) -> None:
+        self.producer = producer
+        self.ttl = ttl
+        self._last: tuple[float, bool, str] = (0.0, False, "not checked")
+
+    async def check(self) -> tuple[bool, str]:
+        at, ok, why = self._last
+        if time.monotonic() - at < self.ttl:
+            return ok, why
+        if self.producer is None:
+            ok, why = False, "kafka producer not started"
+        else:
+            try:
+                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), timeout=2)
+                ok, why = True, "ok"
+            except Exception as exc:
+                ok, why = False, f"kafka unreachable: {type(exc).__name__}"
+        self._last = (time.monotonic(), ok, why)
+        return ok, why

@@ -1,0 +1,200 @@
+"""Transactional outbox: events are written in the business transaction and published by a relay.
+
+Writers call `lock_customers` before touching a customer, so that one customer's events get
+increasing outbox ids in commit order; the relay publishes in id order. The relay is woken by
+NOTIFY on commit (a statement trigger on the outbox table) and polls as a fallback; only the
+replica holding a PostgreSQL advisory lock relays, the others stand by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.events import CONTENT_TYPE, CloudEvent
+from shared.events.registry import topic_for
+from shared.messaging.tables import OUTBOX_CHANNEL, MessagingTables
+from shared.observability import metrics
+from shared.observability.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for pg advisory locks."""
+    value = zlib.crc32(name.encode()) | (zlib.adler32(name.encode()) << 32)
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+async def lock_customers(session: AsyncSession, customer_ids: Iterable[object]) -> None:
+    """Serialise writers per customer for this transaction (sorted: no deadlocks between batches)."""
+    keys = sorted({advisory_key(f"customer:{c}") for c in customer_ids})
+    if not keys:
+        return
+    await session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+        ),
+        {"keys": keys},
+    )
+
+
+async def add_events(
+    session: AsyncSession, tables: MessagingTables, events: Sequence[CloudEvent[Any]]
+) -> None:
+    """Write events to the outbox in the caller's transaction (one INSERT for many)."""
+    if not events:
+        return
+    await session.execute(
+        insert(tables.outbox),
+        [
+            {
+                "event_id": e.id,
+                "event_type": e.type,
+                "topic": topic_for(e.type),
+                "key": e.subject,
+                "payload": e.to_bytes(),
+            }
+            for e in events
+        ],
+    )
+
+
+async def add_event(
+    session: AsyncSession, tables: MessagingTables, event: CloudEvent[BaseModel]
+) -> None:
+    await add_events(session, tables, [event])
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order and deletes them once the broker acknowledged them."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        dsn: str,
+        producer: AIOKafkaProducer,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        standby_interval: float = 2.0,
+    ) -> None:
+        self.service = service
+        self.dsn = dsn
+        self.producer = producer
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.standby_interval = standby_interval
+        self.lock_key = advisory_key(f"outbox-relay:{service}")
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                await self._run_connected(stop)
+                backoff = 0.2
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                metrics.RELAY_ACTIVE.labels(self.service).set(0)
+                log.warning("outbox.relay_db_error", error=repr(exc), retry_in=backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _run_connected(self, stop: asyncio.Event) -> None:
+        conn: asyncpg.Connection = await asyncio.wait_for(asyncpg.connect(self.dsn), timeout=10)
+        try:
+            while not stop.is_set():
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                    break
+                await _sleep_or_stop(stop, self.standby_interval)
+            else:
+                return
+            metrics.RELAY_ACTIVE.labels(self.service).set(1)
+            log.info("outbox.relay_active")
+            await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            while not stop.is_set():
+                self._wake.clear()
+                published = await self._drain_once(conn, stop)
+                if published < self.batch_size:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._wait(stop), timeout=self.poll_interval)
+        finally:
+            metrics.RELAY_ACTIVE.labels(self.service).set(0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _drain_once(self, conn: asyncpg.Connection, stop: asyncio.Event) -> int:
+        rows = await conn.fetch(
+            "SELECT id, event_type, topic, key, payload, created_at FROM outbox ORDER BY id LIMIT $1",
+            self.batch_size,
+        )
+        if not rows:
+            metrics.OUTBOX_BACKLOG.labels(self.service).set(0)
+            metrics.OUTBOX_AGE.labels(self.service).set(0)
+            return 0
+        backoff = 0.2
+        while True:
+            try:
+                futures = [
+                    await self.producer.send(
+                        r["topic"],
+                        value=bytes(r["payload"]),
+                        key=r["key"].encode(),
+                        headers=[("content-type", CONTENT_TYPE.encode())],
+                    )
+                    for r in rows
+                ]
+                await asyncio.gather(*futures)
+                break
+            except Exception as exc:
+                if stop.is_set():
+                    return 0  # rows stay in the outbox; the next relay publishes them
+                log.warning(
+                    "outbox.publish_failed", error=repr(exc), rows=len(rows), retry_in=backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        await conn.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
+        for r in rows:
+            metrics.EVENTS_PRODUCED.labels(self.service, r["event_type"]).inc()
+        self.published += len(rows)
+        oldest = rows[0]["created_at"].timestamp()
+        metrics.OUTBOX_AGE.labels(self.service).set(max(0.0, time.time() - oldest))
+        return len(rows)
+
+
+async def outbox_stats(conn: asyncpg.Connection) -> tuple[int, float]:
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age FROM outbox"
+    )
+    assert row is not None
+    return int(row["n"]), float(row["age"] or 0.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,131 @@
+"""`crm replay <service>`: rebuild a service's state from the Kafka log, from the earliest offsets.
+
+The service declares in its models.py `REPLAY_TABLES` (its projection/state tables, emptied
+first) and in handlers.py `HANDLERS` (and optionally `PROCESS`, `DECODERS`, `REPLAY_TOPICS`).
+The service's workers must be stopped: replay holds the outbox-relay lock while it runs and
+refuses to start when another process holds it or when the outbox still has unpublished events.
+Events the handlers emit during replay are re-derivations of events already published, so the
+outbox is emptied at the end instead of publishing them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.db import asyncpg_dsn, create_engine, session_factory
+from shared.events import registry
+from shared.messaging.consumer import ConsumerRunner
+from shared.messaging.kafka import client_options, start_producer
+from shared.messaging.outbox import advisory_key
+from shared.settings import ServiceSettings
+
+
+class ReplayRefused(RuntimeError):
+    pass
+
+
+async def rebuild(
+    service: str, settings: ServiceSettings, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
+    handlers_mod = importlib.import_module(f"services.{service}.handlers")
+    models_mod = importlib.import_module(f"services.{service}.models")
+    handlers = handlers_mod.HANDLERS
+    decoders = getattr(handlers_mod, "DECODERS", None) or {}
+    topics = getattr(handlers_mod, "REPLAY_TOPICS", None) or sorted(
+        {registry.topic_for(t) for t in handlers if t in registry.EVENTS} | set(decoders)
+    )
+    replay_tables: list[str] = list(models_mod.REPLAY_TABLES)
+    started = time.perf_counter()
+
+    lock_conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        if not await lock_conn.fetchval(
+            "SELECT pg_try_advisory_lock($1)", advisory_key(f"outbox-relay:{service}")
+        ):
+            raise ReplayRefused(
+                f"a {service} worker is running (it holds the relay lock): stop it first"
+            )
+        pending = await lock_conn.fetchval("SELECT count(*) FROM outbox")
+        if pending:
+            raise ReplayRefused(
+                f"{pending} event(s) still wait in the {service} outbox: let a worker publish them first"
+            )
+        progress(f"emptying {', '.join(replay_tables)} and the inbox of {service} ...")
+        await lock_conn.execute(f"TRUNCATE {', '.join([*replay_tables, 'inbox'])}")
+
+        engine = create_engine(
+            settings.database_url, pool_size=4, application_name=f"crm-{service}-replay"
+        )
+        consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            max_poll_records=settings.consumer_batch_size,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        producer = await start_producer(settings)
+        try:
+            partitions = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(consumer.partitions_for_topic(t) or [])
+            ]
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = [
+                    TopicPartition(t, p)
+                    for t in topics
+                    for p in sorted(consumer.partitions_for_topic(t) or [])
+                ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            end = await consumer.end_offsets(partitions)
+            total = sum(end.values())
+            progress(f"replaying {total} message(s) from {', '.join(topics)} ...")
+            runner = ConsumerRunner(
+                service=service,
+                consumer=consumer,
+                producer=producer,
+                sessions=session_factory(engine),
+                tables=models_mod.MESSAGING,
+                handlers=handlers,
+                process=getattr(handlers_mod, "PROCESS", None),
+                decoders=decoders,
+                group_id=f"{service}-replay",
+                commit_offsets=False,
+                batch_size=settings.consumer_batch_size,
+            )
+            stop = asyncio.Event()
+            reporter = asyncio.create_task(_report(runner, total, progress))
+            try:
+                await runner.run(stop, until=end)
+            finally:
+                reporter.cancel()
+            emitted = await lock_conn.fetchval("SELECT count(*) FROM outbox")
+            await lock_conn.execute("DELETE FROM outbox")
+        finally:
+            await producer.stop()
+            await consumer.stop()
+            await engine.dispose()
+    finally:
+        await lock_conn.close()
+    return {
+        "service": service,
+        "messages": runner.processed,
+        "rederived_events_dropped": emitted,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+async def _report(runner: ConsumerRunner, total: int, progress: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(2)
+        progress(f"  {runner.processed}/{total} messages")

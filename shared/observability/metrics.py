@@ -1,0 +1,43 @@
+"""Prometheus metrics (one registry per process; every series carries the service label)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_LATENCY = Histogram(
+    "crm_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["service", "method", "route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+EVENTS_CONSUMED = Counter(
+    "crm_events_consumed_total", "Events handled by a consumer", ["service", "type", "outcome"]
+)
+EVENTS_PRODUCED = Counter(
+    "crm_events_produced_total", "Events published by the outbox relay", ["service", "type"]
+)
+EVENTS_FAILED = Counter(
+    "crm_events_failed_total", "Events sent to the DLQ", ["service", "type", "reason"]
+)
+CONSUMER_LAG = Gauge(
+    "crm_consumer_lag", "Messages behind the high watermark", ["service", "topic", "partition"]
+)
+CONSUMER_BATCH_SECONDS = Histogram(
+    "crm_consumer_batch_seconds",
+    "Time to process one consumer batch (DB transaction included)",
+    ["service"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_BACKLOG = Gauge("crm_outbox_backlog", "Events waiting in the outbox", ["service"])
+OUTBOX_AGE = Gauge(
+    "crm_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox event", ["service"]
+)
+RELAY_ACTIVE = Gauge(
+    "crm_outbox_relay_active", "1 when this process holds the relay lock", ["service"]
+)
+JOB_RUNS = Counter(
+    "crm_scheduled_job_runs_total", "Scheduled job runs", ["service", "job", "outcome"]
+)
+SLA_BREACHES = Counter(
+    "crm_sla_breaches_total", "Complaint SLA breaches detected", ["service", "clock"]
+)

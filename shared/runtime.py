@@ -1,0 +1,211 @@
+"""A service process at run time: what its lifespan owns, and the worker building blocks.
+
+Roles: `api` serves HTTP; `worker` runs consumers, the outbox relay and scheduled rules (plus
+health and metrics over HTTP); `all` does both in one process (the default for `make run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.clock import Clock, SystemClock
+from shared.db import SessionFactory, asyncpg_dsn, create_engine, session_factory
+from shared.messaging.consumer import BatchProcessor, ConsumerRunner, Decoder, Handler
+from shared.messaging.kafka import KafkaProbe, make_consumer, start_producer
+from shared.messaging.outbox import OutboxRelay, advisory_key
+from shared.messaging.tables import MessagingTables
+from shared.observability import metrics
+from shared.observability.logging import configure_logging, get_logger
+from shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+
+class Role(StrEnum):
+    api = "api"
+    worker = "worker"
+    all = "all"
+
+
+@dataclass
+class ServiceRuntime:
+    settings: ServiceSettings
+    tables: MessagingTables
+    role: Role = Role.all
+    clock: Clock = field(default_factory=SystemClock)
+    configure_logs: bool = True
+    engine: AsyncEngine = field(init=False)
+    sessions: SessionFactory = field(init=False)
+    producer: AIOKafkaProducer | None = field(init=False, default=None)
+    kafka_probe: KafkaProbe = field(init=False)
+    stop_event: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    producer_ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
+    runners: list[ConsumerRunner] = field(init=False, default_factory=list)
+    relay: OutboxRelay | None = field(init=False, default=None)
+
+    @property
+    def service(self) -> str:
+        return self.settings.service_name
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.configure_logs:
+            configure_logging(service=s.service_name, level=s.log_level, fmt=s.log_format)
+        self.stop_event = asyncio.Event()
+        self.producer_ready = asyncio.Event()
+        self.engine = create_engine(
+            s.database_url, pool_size=s.db_pool_size, application_name=f"crm-{s.service_name}"
+        )
+        self.sessions = session_factory(self.engine)
+        self.kafka_probe = KafkaProbe(None)
+        self.tasks.append(asyncio.create_task(self._connect_producer(), name="kafka-producer"))
+        log.info("service.starting", role=self.role.value)
+
+    async def _connect_producer(self) -> None:
+        """Keep trying: the API serves (and reports not ready) while Kafka is unreachable."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self.producer = await start_producer(self.settings)
+                self.kafka_probe.producer = self.producer
+                self.producer_ready.set()
+                log.info("kafka.producer_ready")
+                return
+            except Exception as exc:
+                log.warning("kafka.producer_unavailable", error=repr(exc), retry_in=backoff)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def wait_producer(self) -> AIOKafkaProducer:
+        await self.producer_ready.wait()
+        assert self.producer is not None
+        return self.producer
+
+    def spawn_worker(self, start: Callable[[ServiceRuntime], Sequence[Awaitable[None]]]) -> None:
+        for job in start(self):
+            self.tasks.append(asyncio.create_task(self._supervise(job), name="worker"))
+
+    async def _supervise(self, job: Awaitable[None]) -> None:
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A crashed worker loop must not go unnoticed: log and stop the process (orchestrator restarts it).
+            log.exception("worker.crashed")
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def stop(self, grace_seconds: float = 20.0) -> None:
+        self.stop_event.set()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+        self.tasks.clear()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.producer.stop(), timeout=10)
+        await self.engine.dispose()
+        log.info("service.stopped")
+
+    # -- worker building blocks ---------------------------------------------------------------
+
+    async def run_relay(self, *, batch_size: int = 1000) -> None:
+        producer = await self.wait_producer()
+        self.relay = OutboxRelay(
+            service=self.service,
+            dsn=asyncpg_dsn(self.settings.database_url),
+            producer=producer,
+            batch_size=batch_size,
+        )
+        await self.relay.run(self.stop_event)
+
+    async def run_consumer(
+        self,
+        *,
+        topics: list[str],
+        handlers: Mapping[str, Handler],
+        process: BatchProcessor | None = None,
+        decoders: Mapping[str, Decoder] | None = None,
+        group_id: str | None = None,
+    ) -> None:
+        producer = await self.wait_producer()
+        group = group_id or self.service
+        consumer = make_consumer(self.settings, group_id=group, topics_=[])
+        runner = ConsumerRunner(
+            service=self.service,
+            consumer=consumer,
+            producer=producer,
+            sessions=self.sessions,
+            tables=self.tables,
+            handlers=handlers,
+            process=process,
+            decoders=decoders,
+            group_id=group,
+            max_attempts=self.settings.consumer_max_attempts,
+            batch_size=self.settings.consumer_batch_size,
+        )
+        consumer.subscribe(topics, listener=runner.rebalance_listener())
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                await consumer.start()
+                break
+            except Exception as exc:
+                log.warning("kafka.consumer_unavailable", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        self.runners.append(runner)
+        log.info("consumer.started", topics=topics, group=group)
+        try:
+            await runner.run(self.stop_event)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), timeout=10)
+            log.info("consumer.stopped", processed=runner.processed)
+
+    async def run_periodic(
+        self, name: str, interval_seconds: float, job: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Run `job` every interval on exactly one replica (a session advisory lock per job)."""
+        from sqlalchemy import text
+
+        key = advisory_key(f"job:{self.service}:{name}")
+        while not self.stop_event.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), timeout=interval_seconds)
+            if self.stop_event.is_set():
+                return
+            try:
+                async with self.engine.connect() as conn:
+                    got = (
+                        await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+                    ).scalar()
+                    if not got:
+                        metrics.JOB_RUNS.labels(self.service, name, "skipped").inc()
+                        continue
+                    try:
+                        result = await job()
+                        metrics.JOB_RUNS.labels(self.service, name, "ok").inc()
+                        log.info("job.done", job=name, result=str(result)[:300])
+                    finally:
+                        await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        await conn.commit()
+            except Exception:
+                metrics.JOB_RUNS.labels(self.service, name, "error").inc()
+                log.exception("job.failed", job=name)

@@ -1,0 +1,56 @@
+"""Helpers for tests (importable as `support`): tokens, polling for eventual consistency,
+event construction, and running a service in-process against the real infrastructure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from shared.events import CloudEvent, new_event
+from shared.http.auth import SCOPES, issue_dev_token
+from shared.settings import ServiceSettings
+
+T = TypeVar("T")
+
+
+def auth(*scopes: str, subject: str = "test-user") -> dict[str, str]:
+    """Authorization header with the given scopes (all scopes when none are given)."""
+    token = issue_dev_token(ServiceSettings(), scopes=list(scopes or SCOPES), subject=subject)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+def event(type_: str, data: BaseModel, *, subject: str | uuid.UUID, time: datetime, source: str = "/crm/test") -> CloudEvent[Any]:
+    return new_event(type=type_, source=source, subject=subject, time=time, data=data)
+
+
+@asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan (API + worker tasks) and give an HTTP client bound to it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
