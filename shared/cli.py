@@ -120,6 +120,9 @@ def topics() -> None:
 @app.command()
 def docs(
     check: Annotated[bool, typer.Option(help="Fail if docs/ is stale instead of writing")] = False,
+    asyncapi_schema: Annotated[
+        Path | None, typer.Option(help="With --check: validate against this AsyncAPI 3 JSON Schema")
+    ] = None,
 ) -> None:
     """Write (or check) docs/asyncapi.yaml and docs/events/*.schema.json from the event registry."""
     from shared.events import catalog
@@ -140,6 +143,17 @@ def docs(
         typer.echo("stale: " + ", ".join(stale) + " — run `make docs` and commit", err=True)
         raise typer.Exit(1)
     typer.echo("docs are current")
+    if asyncapi_schema is not None:
+        errors = catalog.validate_asyncapi(docs_dir / "asyncapi.yaml", asyncapi_schema)
+        for error in errors[:20]:
+            typer.echo(error, err=True)
+        if errors:
+            typer.echo(
+                f"docs/asyncapi.yaml: {len(errors)} error(s) against the AsyncAPI 3 schema",
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo("docs/asyncapi.yaml is valid AsyncAPI 3.0.0")
 
 
 @import_app.command("purchases")

@@ -20,7 +20,9 @@ class Environment(StrEnum):
 class ServiceSettings(BaseSettings):
     """Each service subclasses this and adds its own `database_url` (e.g. PROFILE_DATABASE_URL)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     service_name: str = "crm"
     crm_env: Environment = Field(Environment.development, validation_alias="CRM_ENV")

@@ -29,7 +29,10 @@ def auth(*scopes: str, subject: str = "test-user") -> dict[str, str]:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05,
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
     what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
@@ -43,7 +46,14 @@ async def eventually(
     raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
-def event(type_: str, data: BaseModel, *, subject: str | uuid.UUID, time: datetime, source: str = "/crm/test") -> CloudEvent[Any]:
+def event(
+    type_: str,
+    data: BaseModel,
+    *,
+    subject: str | uuid.UUID,
+    time: datetime,
+    source: str = "/crm/test",
+) -> CloudEvent[Any]:
     return new_event(type=type_, source=source, subject=subject, time=time, data=data)
 
 

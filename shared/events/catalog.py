@@ -263,3 +263,17 @@ def write(docs_dir: Path) -> list[Path]:
         path.write_text(render_schema(event_type))
         written.append(path)
     return written
+
+
+def validate_asyncapi(document_path: Path, schema_path: Path) -> list[str]:
+    """Errors of the document against the official AsyncAPI JSON Schema (@asyncapi/specs)."""
+    import jsonschema
+
+    document = yaml.safe_load(document_path.read_text())
+    validator = jsonschema.Draft7Validator(json.loads(schema_path.read_text()))
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:300]}"
+        for e in sorted(
+            validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
+        )
+    ]

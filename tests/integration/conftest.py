@@ -47,7 +47,9 @@ def service_settings(
 
     def make(service: str, **overrides: Any) -> Any:
         module = importlib.import_module(f"services.{service}.config")
-        cls = next(v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings")
+        cls = next(
+            v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings"
+        )
         values = {
             "database_url": service_databases[service],
             "kafka_bootstrap_servers": kafka_broker.bootstrap_servers,

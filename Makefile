@@ -1,0 +1,62 @@
+# Customer lifecycle platform — the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ASYNCAPI_SPECS := .cache/asyncapi-specs/package/schemas/3.0.0-without-$$id.json
+
+.PHONY: help install run test test-unit test-integration test-e2e lint format docs docs-check bench chaos soak deploy-check clean
+
+help:
+	@echo "make run          start the whole platform on embedded defaults (Ctrl-C stops it)"
+	@echo "make test         unit, integration and end-to-end tests on real PostgreSQL and Kafka"
+	@echo "make lint         ruff + mypy"
+	@echo "make docs         regenerate docs/asyncapi.yaml and docs/events/*.schema.json"
+	@echo "make bench        benchmarks (prints a table, writes bench/results.json)"
+	@echo "make chaos        fault-injection tests;  make soak MINUTES=30"
+	@echo "make deploy-check validate the image, compose file and Kubernetes manifests"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/crm up
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration -q
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shared services tests
+	$(VENV)/bin/ruff format --check shared services tests
+	$(VENV)/bin/mypy shared services
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix shared services tests
+	$(VENV)/bin/ruff format shared services tests
+
+docs: $(STAMP)
+	$(VENV)/bin/crm docs
+
+$(ASYNCAPI_SPECS):
+	mkdir -p .cache/asyncapi-specs
+	cd .cache/asyncapi-specs && npm pack --silent @asyncapi/specs@6.11.1 >/dev/null && tar xzf asyncapi-specs-6.11.1.tgz
+
+docs-check: $(STAMP) $(ASYNCAPI_SPECS)
+	$(VENV)/bin/crm docs --check --asyncapi-schema '$(ASYNCAPI_SPECS)'
+
+clean:
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

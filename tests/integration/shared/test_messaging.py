@@ -1,0 +1,381 @@
+"""Outbox -> Kafka -> consumer -> DB on the real broker and PostgreSQL: delivery, duplicates,
+poison messages, a crash between DB commit and offset commit, and a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support import eventually
+
+from shared.db import asyncpg_dsn, create_engine, make_metadata, session_factory
+from shared.devstack import Broker, PostgresServer
+from shared.events import CloudEvent, new_event, topics
+from shared.events import payloads as p
+from shared.events import registry as ev
+from shared.messaging.consumer import ConsumerRunner, HandlerContext
+from shared.messaging.kafka import make_consumer, start_producer
+from shared.messaging.outbox import OutboxRelay, add_events
+from shared.messaging.tables import NOTIFY_FUNCTION_SQL, NOTIFY_TRIGGER_SQL, messaging_tables
+from shared.settings import ServiceSettings
+
+pytestmark = pytest.mark.integration
+
+METADATA: MetaData = make_metadata()
+TABLES = messaging_tables(METADATA)
+TOTALS = Table(
+    "totals",
+    METADATA,
+    Column("customer_id", UUID(as_uuid=True), primary_key=True),
+    Column("purchases", Integer, nullable=False),
+    Column("orders", Text, nullable=False),
+)
+POISON_ORDER = "poison-order"  # the handler refuses it, as a real handler refuses bad data
+
+
+async def count_purchases(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+    if event.data.order_id == POISON_ORDER:
+        raise ValueError("order cannot be applied")
+    stmt = insert(TOTALS).values(
+        customer_id=event.data.customer_id, purchases=1, orders=event.data.order_id
+    )
+    await ctx.session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[TOTALS.c.customer_id],
+            set_={
+                "purchases": TOTALS.c.purchases + 1,
+                "orders": TOTALS.c.orders + "," + stmt.excluded.orders,
+            },
+        )
+    )
+
+
+HANDLERS = {ev.PURCHASE_RECORDED: count_purchases}
+
+
+@pytest.fixture(scope="module")
+async def engine(postgres_server: PostgresServer) -> AsyncIterator[AsyncEngine]:
+    name = f"crm_messaging_{uuid.uuid4().hex[:6]}"
+    postgres_server.create_database(name)
+    engine = create_engine(postgres_server.url(name))
+    async with engine.begin() as conn:
+        await conn.run_sync(METADATA.create_all)
+        await conn.execute(text(NOTIFY_FUNCTION_SQL))
+        await conn.execute(text(NOTIFY_TRIGGER_SQL))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings(
+    kafka_broker: Broker, contract_topics: dict[str, int], engine: AsyncEngine
+) -> ServiceSettings:
+    return ServiceSettings(
+        service_name="msgtest",
+        database_url=engine.url.render_as_string(hide_password=False),
+        kafka_bootstrap_servers=kafka_broker.bootstrap_servers,
+        kafka_enable_idempotence="true" if kafka_broker.supports_idempotence else "false",
+    )
+
+
+def purchase_event(customer_id: uuid.UUID, order_id: str) -> CloudEvent[Any]:
+    return new_event(
+        type=ev.PURCHASE_RECORDED,
+        source="/crm/profile",
+        subject=customer_id,
+        time=datetime.now(UTC),
+        data=p.PurchaseRecorded(
+            customer_id=customer_id,
+            purchase_id=uuid.uuid4(),
+            order_id=order_id,
+            amount=Decimal("10.00"),
+            currency="USD",
+        ),
+    )
+
+
+class Worker:
+    """A consumer runner of our test handler, in a background task."""
+
+    def __init__(
+        self, settings: ServiceSettings, engine: AsyncEngine, producer: AIOKafkaProducer, group: str
+    ):
+        self.stop = asyncio.Event()
+        self.consumer = make_consumer(settings, group_id=group, topics_=[])
+        self.runner = ConsumerRunner(
+            service="msgtest",
+            consumer=self.consumer,
+            producer=producer,
+            sessions=session_factory(engine),
+            tables=TABLES,
+            handlers=HANDLERS,
+            group_id=group,
+            max_attempts=2,
+            backoff=0.01,
+        )
+        self.consumer.subscribe([topics.PURCHASES], listener=self.runner.rebalance_listener())
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Worker:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self.runner.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)
+        await self.consumer.stop()
+
+
+async def totals(engine: AsyncEngine, customer_id: uuid.UUID) -> tuple[int, str] | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(TOTALS.c.purchases, TOTALS.c.orders).where(
+                    TOTALS.c.customer_id == customer_id
+                )
+            )
+        ).first()
+    return (row.purchases, row.orders) if row else None
+
+
+@contextlib.asynccontextmanager
+async def relay(
+    settings: ServiceSettings, producer: AIOKafkaProducer
+) -> AsyncIterator[OutboxRelay]:
+    stop = asyncio.Event()
+    outbox_relay = OutboxRelay(
+        service="msgtest",
+        dsn=asyncpg_dsn(settings.database_url),
+        producer=producer,
+        poll_interval=5.0,
+    )
+    task = asyncio.create_task(outbox_relay.run(stop))
+    try:
+        yield outbox_relay
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def write_outbox(engine: AsyncEngine, events: list[CloudEvent[Any]]) -> None:
+    async with session_factory(engine)() as session, session.begin():
+        await add_events(session, TABLES, events)
+
+
+async def outbox_size(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM outbox"))).scalar_one())
+
+
+async def test_outbox_to_kafka_to_consumer_to_database(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    try:
+        async with (
+            relay(settings, producer),
+            Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"),
+        ):
+            await write_outbox(engine, [purchase_event(customer, f"o{i}") for i in range(5)])
+            # The relay is woken by NOTIFY (its poll interval is 5 s here), so this is quick.
+            result = await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 5),
+                timeout=4.5,
+                what="5 purchases applied (woken by NOTIFY, not by the 5 s poll)",
+            )
+            assert result[1] == "o0,o1,o2,o3,o4"  # per-customer order preserved
+            assert await outbox_size(engine) == 0
+    finally:
+        await producer.stop()
+
+
+async def _when(awaitable: Any, ok: Any) -> Any:
+    value = await awaitable
+    return value if ok(value) else None
+
+
+async def test_duplicate_delivery_is_applied_once(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    event = purchase_event(customer, "dup-1")
+    try:
+        for _ in range(3):  # the same event id three times, as a retrying producer would
+            await producer.send_and_wait(
+                topics.PURCHASES, event.to_bytes(), key=str(customer).encode()
+            )
+        marker = purchase_event(customer, "after-dup")
+        await producer.send_and_wait(
+            topics.PURCHASES, marker.to_bytes(), key=str(customer).encode()
+        )
+        async with Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"):
+            result = await eventually(
+                lambda: _when(
+                    totals(engine, customer), lambda r: r is not None and "after-dup" in r[1]
+                ),
+                what="marker applied",
+            )
+        assert result == (2, "dup-1,after-dup")
+    finally:
+        await producer.stop()
+
+
+async def read_dlq(settings: ServiceSettings, since: dict[TopicPartition, int]) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(since))
+        for tp, offset in since.items():
+            consumer.seek(tp, offset)
+        end = await consumer.end_offsets(list(since))
+        records = []
+        while any([await consumer.position(tp) < end[tp] for tp in since]):
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def dlq_ends(settings: ServiceSettings) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topics.DLQ, n) for n in consumer.partitions_for_topic(topics.DLQ) or [0]
+        ]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    before = await dlq_ends(settings)
+    group = f"g-{uuid.uuid4().hex}"
+    try:
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, "good-1").to_bytes(), key=key
+        )
+        await producer.send_and_wait(topics.PURCHASES, b"{this is not json", key=key)
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, POISON_ORDER).to_bytes(), key=key
+        )
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, "good-2").to_bytes(), key=key
+        )
+        async with Worker(settings, engine, producer, group):
+            result = await eventually(
+                lambda: _when(
+                    totals(engine, customer), lambda r: r is not None and "good-2" in r[1]
+                ),
+                what="the message after the poison applied",
+            )
+        assert result == (2, "good-1,good-2")
+        letters = [
+            r
+            for r in await read_dlq(settings, before)
+            if dict(r.headers).get("dlq.consumer.group") == group.encode()
+        ]
+        assert len(letters) == 2
+        headers = [{k: v.decode() for k, v in r.headers} for r in letters]
+        by_type = {h["dlq.error.type"]: h for h in headers}
+        assert set(by_type) == {"unreadable", "ValueError"}
+        assert "not JSON" in by_type["unreadable"]["dlq.error"]
+        assert by_type["ValueError"]["dlq.error"] == "ValueError: order cannot be applied"
+        assert by_type["ValueError"]["dlq.attempts"] == "2"  # bounded retries before the DLQ
+        for h in headers:
+            assert h["dlq.origin.topic"] == topics.PURCHASES
+            assert int(h["dlq.origin.offset"]) >= 0 and h["dlq.origin.partition"].isdigit()
+        assert {r.key for r in letters} == {key}
+    finally:
+        await producer.stop()
+
+
+async def test_crash_between_db_commit_and_offset_commit_does_not_double_apply(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    group = f"g-{uuid.uuid4().hex}"
+    try:
+        for i in range(3):
+            await producer.send_and_wait(
+                topics.PURCHASES,
+                purchase_event(customer, f"c{i}").to_bytes(),
+                key=str(customer).encode(),
+            )
+        crashing = Worker(settings, engine, producer, group)
+        crashing.runner.commit_offsets = (
+            False  # the process dies after the DB commit, before the offset commit
+        )
+        async with crashing:
+            await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 3),
+                what="first delivery applied",
+            )
+        async with Worker(settings, engine, producer, group) as restarted:
+            # The restarted consumer re-reads the same messages (no committed offset)...
+            await eventually(
+                lambda: _when(asyncio.sleep(0, restarted.runner.processed), lambda n: n >= 3),
+                what="redelivery read",
+            )
+        # ...and the inbox keeps them from being applied twice.
+        assert await totals(engine, customer) == (3, "c0,c1,c2")
+    finally:
+        await producer.stop()
+
+
+async def test_relay_resumes_after_broker_restart_without_losing_events(
+    settings: ServiceSettings, engine: AsyncEngine, kafka_broker: Broker
+) -> None:
+    if not (
+        kafka_broker.persistent and kafka_broker.restartable and hasattr(kafka_broker, "start")
+    ):
+        pytest.skip(
+            f"{kafka_broker!r} cannot be stopped and started keeping its data; this test needs Apache Kafka"
+        )
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    try:
+        async with relay(settings, producer) as outbox_relay:
+            await asyncio.to_thread(kafka_broker.stop)
+            await write_outbox(engine, [purchase_event(customer, f"r{i}") for i in range(20)])
+            await asyncio.sleep(2)  # the relay tries and fails while the broker is down
+            assert await outbox_size(engine) == 20
+            await asyncio.to_thread(kafka_broker.start)
+
+            async def drained() -> bool:
+                return await outbox_size(engine) == 0
+
+            await eventually(drained, timeout=90, what="outbox drained after the restart")
+            assert outbox_relay.published >= 20
+        async with Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"):
+            result = await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] >= 20),
+                timeout=60,
+                what="all 20 events consumed",
+            )
+        assert result[1] == ",".join(f"r{i}" for i in range(20))
+    finally:
+        await producer.stop()
