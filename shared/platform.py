@@ -3,6 +3,7 @@ the end-to-end tests and the benchmarks."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ class Platform:
         for service in self.services:
             process = self.processes[service]
             process.wait_until(
-                lambda s=service: _ready(f"{self.url(s)}/health/ready"),
+                functools.partial(_ready, f"{self.url(service)}/health/ready"),
                 timeout=max(1.0, deadline - time.monotonic()),
                 what="ready",
             )

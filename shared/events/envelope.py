@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -47,19 +47,19 @@ def new_event(
     id: uuid.UUID | None = None,
     traceparent: str | None = None,
 ) -> CloudEvent[P]:
-    return CloudEvent[type_of(data)](  # type: ignore[misc]
-        id=id or uuid.uuid4(),
-        source=source,
-        type=type,
-        subject=str(subject),
-        time=utc(time),
-        data=data,
-        traceparent=traceparent,
+    model: Any = CloudEvent[data.__class__]  # type: ignore[name-defined]
+    return cast(
+        CloudEvent[P],
+        model(
+            id=id or uuid.uuid4(),
+            source=source,
+            type=type,
+            subject=str(subject),
+            time=utc(time),
+            data=data,
+            traceparent=traceparent,
+        ),
     )
-
-
-def type_of(data: BaseModel) -> type[BaseModel]:
-    return type(data)
 
 
 class EnvelopeError(ValueError):

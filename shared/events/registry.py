@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -15,7 +16,7 @@ from shared.events.envelope import CloudEvent, EnvelopeError, peek
 @dataclass(frozen=True)
 class EventSpec:
     type: str
-    payload: type[BaseModel]
+    payload: builtins.type[BaseModel]
     topic: str
     producer: str
     summary: str

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +40,7 @@ class RequestContextMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
@@ -46,6 +48,12 @@ class RequestContextMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_wrapper)
+            except Exception:
+                # Answer here, inside the request context, so a 500 carries its request id too.
+                log.exception("http.unhandled_error", method=scope["method"])
+                if "started" in status_holder:
+                    raise
+                await _internal_error(send_wrapper, request_id, scope.get("path", ""))
             finally:
                 elapsed = time.perf_counter() - started
                 route = scope.get("route")
@@ -62,3 +70,27 @@ class RequestContextMiddleware:
                         status=status,
                         duration_ms=round(elapsed * 1000, 2),
                     )
+
+
+async def _internal_error(send: Send, request_id: str, path: str) -> None:
+    body = orjson.dumps(
+        {
+            "type": "https://crm.example.org/problems/internal-error",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "An unexpected error occurred; quote the request_id when reporting it.",
+            "instance": path,
+            "request_id": request_id,
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -81,4 +81,4 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "json") -
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return,unused-ignore]
