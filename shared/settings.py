@@ -45,6 +45,10 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: str | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
     kafka_ssl_cafile: str | None = Field(None, validation_alias="KAFKA_SSL_CAFILE")
+    # Tansu acts on group membership only after the session timeout: `crm up` shortens it there.
+    kafka_session_timeout_ms: int = Field(
+        30000, ge=1000, le=300000, validation_alias="KAFKA_SESSION_TIMEOUT_MS"
+    )
     consumer_batch_size: int = Field(500, ge=1, le=10_000, validation_alias="CONSUMER_BATCH_SIZE")
     consumer_max_attempts: int = Field(3, ge=1, le=20, validation_alias="CONSUMER_MAX_ATTEMPTS")
 

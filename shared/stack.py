@@ -76,6 +76,8 @@ def run_stack(
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_ENABLE_IDEMPOTENCE": idempotence,
         }
+        if broker is not None and broker.kind == "tansu":
+            env["KAFKA_SESSION_TIMEOUT_MS"] = "3000"
         os.environ.update(env)
         for service in databases:
             migrate(service, env[f"{service.upper()}_DATABASE_URL"])

@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import topics
-from shared.messaging.kafka import client_options, start_producer
+from shared.messaging.kafka import client_options, partitions_of, start_producer
 from shared.settings import ServiceSettings
 
 REPLAYER_GROUP = "crm-dlq-replayer"
@@ -74,15 +74,7 @@ async def read_all(
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        partitions = [
-            TopicPartition(topics.DLQ, p) for p in consumer.partitions_for_topic(topics.DLQ) or []
-        ]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(topics.DLQ, p)
-                for p in consumer.partitions_for_topic(topics.DLQ) or []
-            ]
+        partitions = await partitions_of(consumer, topics.DLQ)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         letters = [_to_letter(r) for r in await _drain(consumer, None)]

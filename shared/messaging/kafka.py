@@ -9,7 +9,7 @@ import ssl
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -90,8 +90,8 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "max_poll_records": settings.consumer_batch_size,
         "fetch_max_wait_ms": 50,
-        "session_timeout_ms": 30000,
-        "heartbeat_interval_ms": 3000,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(300, settings.kafka_session_timeout_ms // 10),
         "max_poll_interval_ms": 300000,
         "isolation_level": "read_committed",
     }
@@ -139,3 +139,11 @@ class KafkaProbe:
                 ok, why = False, f"kafka unreachable: {type(exc).__name__}"
         self._last = (time.monotonic(), ok, why)
         return ok, why
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, *topics_: str) -> list[TopicPartition]:
+    """All partitions of the topics, fetching fresh metadata (a new client knows none yet)."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return [
+        TopicPartition(t, p) for t in topics_ for p in sorted(cluster.partitions_for_topic(t) or [])
+    ]

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from shared.db import asyncpg_dsn, create_engine, session_factory
 from shared.events import registry
 from shared.messaging.consumer import ConsumerRunner
-from shared.messaging.kafka import client_options, start_producer
+from shared.messaging.kafka import client_options, partitions_of, start_producer
 from shared.messaging.outbox import advisory_key
 from shared.settings import ServiceSettings
 
@@ -73,19 +73,7 @@ async def rebuild(
         await consumer.start()
         producer = await start_producer(settings)
         try:
-            partitions = [
-                TopicPartition(t, p)
-                for t in topics
-                for p in sorted(consumer.partitions_for_topic(t) or [])
-            ]
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = [
-                    TopicPartition(t, p)
-                    for t in topics
-                    for p in sorted(consumer.partitions_for_topic(t) or [])
-                ]
-            consumer.assign(partitions)
+            partitions = await partitions_of(consumer, *topics)
             await consumer.seek_to_beginning(*partitions)
             end = await consumer.end_offsets(partitions)
             total = sum(end.values())

@@ -24,7 +24,7 @@ from shared.events import CloudEvent, new_event, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.messaging.consumer import ConsumerRunner, HandlerContext
-from shared.messaging.kafka import make_consumer, start_producer
+from shared.messaging.kafka import make_consumer, partitions_of, start_producer
 from shared.messaging.outbox import OutboxRelay, add_events
 from shared.messaging.tables import NOTIFY_FUNCTION_SQL, NOTIFY_TRIGGER_SQL, messaging_tables
 from shared.settings import ServiceSettings
@@ -257,9 +257,7 @@ async def dlq_ends(settings: ServiceSettings) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await consumer.start()
     try:
-        tps = [
-            TopicPartition(topics.DLQ, n) for n in consumer.partitions_for_topic(topics.DLQ) or [0]
-        ]
+        tps = await partitions_of(consumer, topics.DLQ)
         return await consumer.end_offsets(tps)
     finally:
         await consumer.stop()

@@ -1,0 +1,106 @@
+"""The foundation's promise, end to end over HTTP and Kafka: registering a customer and recording a
+purchase in profile moves the customer to growth in lifecycle and updates scoring, within a second."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import pytest
+
+from shared.platform import Platform
+from support import auth
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(fetch, ok, *, within: float) -> tuple[dict, float]:  # type: ignore[no-untyped-def]
+    """Poll until ok(body); returns the body and how long it took. Fails after `within` seconds."""
+    started = time.perf_counter()
+    last = None
+    while time.perf_counter() - started < within:
+        response = fetch()
+        if response.status_code == 200 and ok(response.json()):
+            return response.json(), time.perf_counter() - started
+        last = (response.status_code, response.text[:200])
+        time.sleep(0.02)
+    raise AssertionError(f"not reached within {within}s; last response {last}")
+
+
+def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) -> None:
+    headers = auth()
+    with httpx.Client(timeout=5) as http:
+        email = f"e2e-{uuid.uuid4().hex[:8]}@example.com"
+        created = http.post(
+            f"{platform.url('profile')}/v1/customers",
+            json={"kind": "person", "email": email},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        customer_id = created.json()["id"]
+
+        lifecycle_url = f"{platform.url('lifecycle')}/v1/customers/{customer_id}/lifecycle"
+        body, _ = wait_for(
+            lambda: http.get(lifecycle_url, headers=headers),
+            lambda b: b["stage"] == "prospect",
+            within=10,
+        )
+
+        purchase = {
+            "order_id": f"e2e-{uuid.uuid4().hex[:8]}",
+            "amount": "129.90",
+            "currency": "USD",
+        }
+        recorded = http.post(
+            f"{platform.url('profile')}/v1/customers/{customer_id}/purchases",
+            json=purchase,
+            headers=headers,
+        )
+        assert recorded.status_code == 201, recorded.text
+
+        body, took = wait_for(
+            lambda: http.get(lifecycle_url, headers=headers),
+            lambda b: b["stage"] == "growth",
+            within=1.0,
+        )
+        print(f"purchase -> lifecycle growth in {took * 1000:.0f} ms")
+
+        value_url = f"{platform.url('scoring')}/v1/customers/{customer_id}/value"
+        value, took = wait_for(
+            lambda: http.get(value_url, headers=headers), lambda b: bool(b), within=1.0
+        )
+        print(f"purchase -> scoring updated in {took * 1000:.0f} ms")
+        assert str(customer_id) in str(value)
+
+        again = http.post(
+            f"{platform.url('profile')}/v1/customers/{customer_id}/purchases",
+            json=purchase,
+            headers=headers,
+        )
+        assert (
+            again.status_code == 200 and again.json()["id"] == recorded.json()["id"]
+        )  # idempotent on order_id
+
+
+def test_every_service_is_healthy_and_guarded(platform: Platform) -> None:
+    with httpx.Client(timeout=5) as http:
+        for service in platform.services:
+            base = platform.url(service)
+            assert http.get(f"{base}/health/live").status_code == 200
+            ready = http.get(f"{base}/health/ready")
+            assert ready.status_code == 200 and ready.json()["checks"] == {
+                "database": "ok",
+                "kafka": "ok",
+            }
+            metrics = http.get(f"{base}/metrics").text
+            assert "crm_http_request_duration_seconds" in metrics
+            spec = http.get(f"{base}/openapi.json").json()
+            guarded = [p for p in spec["paths"] if p.startswith("/v1")]
+            assert guarded, f"{service} exposes no /v1 resources"
+            for path in guarded:
+                methods = spec["paths"][path]
+                if "get" in methods and "{" not in path:
+                    response = http.get(f"{base}{path}")
+                    assert response.status_code == 401, (service, path, response.status_code)
+                    assert response.headers["content-type"] == "application/problem+json"
