@@ -23,7 +23,7 @@ from shared.devstack import Broker, PostgresServer
 from shared.events import CloudEvent, new_event, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
-from shared.messaging.consumer import ConsumerRunner, HandlerContext
+from shared.messaging.consumer import ConsumerRunner, HandlerContext, per_event
 from shared.messaging.kafka import make_consumer, partitions_of, start_producer
 from shared.messaging.outbox import OutboxRelay, add_events
 from shared.messaging.tables import NOTIFY_FUNCTION_SQL, NOTIFY_TRIGGER_SQL, messaging_tables
@@ -375,5 +375,52 @@ async def test_relay_resumes_after_broker_restart_without_losing_events(
                 what="all 20 events consumed",
             )
         assert result[1] == ",".join(f"r{i}" for i in range(20))
+    finally:
+        await producer.stop()
+
+
+async def test_graceful_stop_finishes_the_batch_and_commits_it(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """SIGTERM sets the stop event: the batch in flight is committed (DB, then offsets), nothing is redone."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    group = f"g-{uuid.uuid4().hex}"
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_count(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+        entered.set()
+        await release.wait()  # the stop request arrives while this batch is being handled
+        await count_purchases(ctx, event)
+
+    try:
+        for i in range(4):
+            await producer.send_and_wait(
+                topics.PURCHASES,
+                purchase_event(customer, f"s{i}").to_bytes(),
+                key=str(customer).encode(),
+            )
+        first = Worker(settings, engine, producer, group)
+        first.runner.handlers = {ev.PURCHASE_RECORDED: slow_count}
+        first.runner.process = per_event(first.runner.handlers)
+        async with first:
+            await asyncio.wait_for(entered.wait(), 30)
+            first.stop.set()
+            release.set()
+        assert await totals(engine, customer) == (4, "s0,s1,s2,s3")
+        async with Worker(settings, engine, producer, group) as second:
+            extra = purchase_event(customer, "after-restart")
+            await producer.send_and_wait(
+                topics.PURCHASES, extra.to_bytes(), key=str(customer).encode()
+            )
+            await eventually(
+                lambda: _when(
+                    totals(engine, customer), lambda r: r is not None and "after-restart" in r[1]
+                ),
+                what="new event after restart",
+            )
+            assert second.runner.processed == 1  # the committed batch was not read again
+        assert await totals(engine, customer) == (5, "s0,s1,s2,s3,after-restart")
     finally:
         await producer.stop()
