@@ -160,15 +160,22 @@ class UnknownEventType(EnvelopeError):
     pass
 
 
+# Parametrised envelope models, built once (parsing is on every consumer's hot path).
+_ENVELOPES: Final[dict[str, type[CloudEvent[Any]]]] = {
+    t: CloudEvent[s.payload]  # type: ignore[name-defined]
+    for t, s in EVENTS.items()
+}
+
+
 def parse(raw: bytes) -> CloudEvent[Any]:
     """Bytes from Kafka -> a typed CloudEvent. Raises EnvelopeError (DLQ material) when unreadable."""
     doc = peek(raw)
     event_type = doc.get("type")
-    spec = EVENTS.get(event_type) if isinstance(event_type, str) else None
-    if spec is None:
+    model = _ENVELOPES.get(event_type) if isinstance(event_type, str) else None
+    if model is None:
         raise UnknownEventType(f"unknown event type {event_type!r}")
     try:
-        return CloudEvent[spec.payload].model_validate(doc)  # type: ignore[name-defined]
+        return model.model_validate(doc)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid {event_type}: {exc.errors(include_url=False)}") from exc
 
