@@ -34,7 +34,9 @@ class CloudEvent(BaseModel, Generic[P]):
     data: P
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        # Only the optional extension is dropped when unset; `data` keeps its nulls (a null
+        # `from_tier` is meaningful and required).
+        return self.model_dump_json(exclude={"traceparent"} if self.traceparent is None else None).encode()
 
 
 def new_event(

@@ -153,3 +153,12 @@ def test_asyncapi_document_lists_every_event_on_its_topic() -> None:
     assert names >= CONTRACT_TYPES
     addresses = {c["address"] for c in doc["channels"].values()}
     assert {"crm.ingest.orders.v1", "crm.dlq.v1", "crm.purchases.v1"} <= addresses
+
+
+def test_required_nullable_fields_survive_the_round_trip() -> None:
+    customer = uuid.uuid4()
+    first_tier = p.TierChanged(customer_id=customer, from_tier=None, to_tier=p.Tier.key, score=97.5)
+    event = new_event(type=ev.TIER_CHANGED, source="/crm/scoring", subject=customer, time=datetime.now(UTC), data=first_tier)
+    raw = event.to_bytes()
+    assert json.loads(raw)["data"]["from_tier"] is None and "traceparent" not in json.loads(raw)
+    assert parse(raw).data == first_tier
