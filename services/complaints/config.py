@@ -11,3 +11,10 @@ class ComplaintsSettings(ServiceSettings):
         "postgresql+asyncpg://postgres@127.0.0.1:54320/crm_complaints",
         validation_alias="COMPLAINTS_DATABASE_URL",
     )
+    sla_check_interval_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias="COMPLAINTS_SLA_CHECK_INTERVAL_SECONDS"
+    )
+    # Advisory locks per customer live in the shared lock table: keep batches well under its size.
+    sla_check_batch_size: int = Field(
+        500, ge=1, le=2000, validation_alias="COMPLAINTS_SLA_CHECK_BATCH_SIZE"
+    )

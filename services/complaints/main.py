@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from services.complaints import worker
@@ -13,11 +15,11 @@ from shared.runtime import Role, ServiceRuntime
 
 
 def create_app(
-    role: Role = Role.all, settings: ComplaintsSettings | None = None, **runtime_options: object
+    role: Role = Role.all, settings: ComplaintsSettings | None = None, **runtime_options: Any
 ) -> FastAPI:
     runtime = ServiceRuntime(
         settings=settings or ComplaintsSettings(), tables=MESSAGING, role=role, **runtime_options
-    )  # type: ignore[arg-type]
+    )
     return create_service_app(
         runtime=runtime,
         title="CRM complaints service",

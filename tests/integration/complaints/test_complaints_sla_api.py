@@ -1,0 +1,283 @@
+"""SLA targets by tier and escalation through the HTTP API, with the events on real Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from support import auth, eventually
+
+from services.complaints import worker
+from shared.events import new_event
+from shared.events import payloads as p
+from shared.events import registry as ev
+
+pytestmark = pytest.mark.integration
+
+H = timedelta(hours=1)
+
+
+def at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+async def test_key_tier_customer_gets_halved_targets(complaints: Any) -> None:
+    now = datetime(2026, 2, 2, 10, 0, tzinfo=UTC)
+    complaints.clock.set(now)
+    key = await complaints.customer(tier=p.Tier.key)
+    ordinary = await complaints.customer(tier=p.Tier.ordinary)
+
+    for_key = await complaints.open(key, severity="high")
+    for_ordinary = await complaints.open(ordinary, severity="high")
+
+    assert for_key["tier_at_intake"] == "key"
+    assert at(for_key["sla"]["first_response"]["due"]) == now + 2 * H
+    assert at(for_key["sla"]["resolution"]["target_due"]) == now + 36 * H
+    assert at(for_ordinary["sla"]["first_response"]["due"]) == now + 4 * H
+    assert at(for_ordinary["sla"]["resolution"]["target_due"]) == now + 72 * H
+    assert for_key["sla"]["first_response"]["state"] == "pending"
+
+    (opened,) = await complaints.events_of(for_key["id"], want=1)
+    assert opened["type"] == "crm.complaint.opened.v1"
+    assert opened["subject"] == str(key)
+    assert opened["data"]["tier_at_intake"] == "key"
+    assert at(opened["data"]["first_response_due"]) == now + 2 * H
+    assert at(opened["data"]["resolution_due"]) == now + 36 * H
+    assert at(opened["time"]) == now
+    assert "description" not in opened["data"] and "subject" not in opened["data"]
+
+
+async def test_tier_from_value_scores_and_the_newest_wins(complaints: Any) -> None:
+    now = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    complaints.clock.set(now)
+    customer = await complaints.customer(tier=p.Tier.key, at=now)
+    # an older score arrives late: it must not downgrade the newer tier
+    await complaints.publish(_scored(customer, tier=p.Tier.small, at=now - 10 * H))
+    await complaints.publish(_scored(customer, tier=p.Tier.major, at=now + H))
+    await _until_tier(complaints, customer, "major")
+    complaints.clock.set(now + 2 * H)
+    complaint = await complaints.open(customer, severity="critical")
+    assert complaint["tier_at_intake"] == "major"
+    assert at(complaint["sla"]["first_response"]["due"]) == now + 3 * H
+
+
+async def test_unacknowledged_medium_complaint_escalates_to_level_one_once(
+    complaints: Any,
+) -> None:
+    received = datetime(2026, 2, 4, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="medium")
+
+    first = await complaints.evaluate(received + 25 * H)
+    # evaluated again, at the same and at a later time: nothing new (checked below)
+    await complaints.evaluate(received + 25 * H)
+    await complaints.evaluate(received + 26 * H)
+
+    assert first["by_level"].get("1", 0) >= 1
+    response = await complaints.client.get(f"/v1/complaints/{complaint['id']}", headers=_writer())
+    body = response.json()
+    assert body["escalation_level"] == 1
+    assert [(e["level"], e["reason"], at(e["at"])) for e in body["escalations"]] == [
+        (1, "first_response_breached", received + 24 * H)
+    ]
+    assert body["escalations"][0]["actor"] is None
+    assert [s["action"] for s in body["history"]] == ["open", "escalate"]
+    assert body["history"][1]["actor"] == "sla-checker"
+    escalated = [
+        e
+        for e in await complaints.events_of(complaint["id"], want=2)
+        if e["type"] == "crm.complaint.escalated.v1"
+    ]
+    assert len(escalated) == 1
+    assert escalated[0]["data"]["level"] == 1
+    assert escalated[0]["data"]["reason"] == "first_response_breached"
+    assert at(escalated[0]["time"]) == received + 24 * H
+
+
+async def test_no_escalation_exactly_at_the_due_time(complaints: Any) -> None:
+    received = datetime(2026, 2, 5, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="critical")
+    await complaints.evaluate(received + H)
+    assert await _level(complaints, complaint["id"]) == 0
+    await complaints.evaluate(received + H + timedelta(microseconds=1))
+    assert await _level(complaints, complaint["id"]) == 1
+
+
+async def test_concurrent_evaluations_raise_each_level_once(complaints: Any) -> None:
+    received = datetime(2026, 2, 6, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    opened = [await complaints.open(customer, severity="high") for _ in range(5)]
+    as_of = received + 200 * H  # first response, resolution and level 3 all due
+    runs = await asyncio.gather(*(complaints.evaluate(as_of) for _ in range(4)))
+    assert sum(r["escalations"] for r in runs) >= 15
+    async with complaints.engine.connect() as conn:
+        levels = (
+            await conn.execute(
+                text(
+                    "SELECT complaint_id::text, array_agg(level ORDER BY level) AS levels "
+                    "FROM complaint_escalations WHERE complaint_id = ANY(CAST(:ids AS uuid[])) "
+                    "GROUP BY complaint_id"
+                ),
+                {"ids": [c["id"] for c in opened]},
+            )
+        ).all()
+    assert sorted(r.levels for r in levels) == [[1, 2, 3]] * 5
+    events = await complaints.events_of(opened[0]["id"], want=4)
+    assert [e["data"].get("level") for e in events if e["type"].endswith("escalated.v1")] == [
+        1,
+        2,
+        3,
+    ]
+
+
+async def test_manual_escalation_then_automatic(complaints: Any) -> None:
+    received = datetime(2026, 2, 7, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="medium")
+    complaints.clock.set(received + H)
+    manual = await complaints.step(complaint["id"], "escalate", {"reason": "Journalist asking"})
+    assert manual["escalation_level"] == 1
+    assert manual["escalations"][0]["actor"] == "agent-7"
+    assert manual["escalations"][0]["reason"] == "manual"
+    await complaints.evaluate(received + 25 * H)
+    assert await _level(complaints, complaint["id"]) == 1  # level 1 already reached by hand
+    await complaints.evaluate(received + 121 * H)
+    assert await _level(complaints, complaint["id"]) == 2
+
+
+async def test_await_customer_pauses_the_resolution_clock_exactly(complaints: Any) -> None:
+    received = datetime(2026, 2, 8, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="high")
+    cid = complaint["id"]
+    complaints.clock.set(received + H)
+    await complaints.step(cid, "acknowledge", {"message": "We are looking into it."})
+    await complaints.step(cid, "investigate")
+    complaints.clock.set(received + 10 * H)
+    paused = await complaints.step(cid, "await-customer", {"note": "Asked for a photo"})
+    assert paused["sla"]["resolution"]["state"] == "paused"
+    assert at(paused["sla"]["resolution"]["paused_since"]) == received + 10 * H
+    waited = 5 * H + timedelta(microseconds=7)
+    complaints.clock.set(received + 10 * H + waited)
+    resumed = await complaints.step(cid, "propose", {"proposed_resolution": "Replacement unit"})
+    assert resumed["sla"]["resolution"]["state"] == "pending"
+    assert at(resumed["sla"]["resolution"]["due"]) == received + 72 * H + waited
+    assert at(resumed["sla"]["resolution"]["target_due"]) == received + 72 * H
+
+    await complaints.evaluate(received + 72 * H + waited)
+    assert await _level(complaints, cid) == 0
+    await complaints.evaluate(received + 72 * H + waited + timedelta(microseconds=1))
+    assert await _level(complaints, cid) == 2
+
+
+async def test_breached_filter_agrees_with_the_clocks(complaints: Any) -> None:
+    received = datetime(2026, 2, 9, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    late = await complaints.open(customer, severity="critical")  # never acknowledged
+    on_time = await complaints.open(customer, severity="low")
+    paused = await complaints.open(customer, severity="critical")
+    complaints.clock.set(received + 30 * 60 * timedelta(seconds=1))
+    await complaints.step(on_time["id"], "acknowledge", {"message": "Hello"})
+    await complaints.step(paused["id"], "acknowledge", {"message": "Hello"})
+    await complaints.step(paused["id"], "investigate")
+    await complaints.step(paused["id"], "await-customer")
+    complaints.clock.set(received + 48 * H)
+
+    async def ids(**query: str) -> dict[str, dict[str, Any]]:
+        response = await complaints.client.get(
+            "/v1/complaints", params={"customer_id": str(customer), **query}, headers=_writer()
+        )
+        assert response.status_code == 200, response.text
+        return {c["id"]: c for c in response.json()["items"]}
+
+    everything = await ids()
+    breached = await ids(breached="true")
+    in_time = await ids(breached="false")
+    assert set(everything) == {late["id"], on_time["id"], paused["id"]}
+    assert set(breached) == {late["id"]}
+    assert set(in_time) == {on_time["id"], paused["id"]}
+    for complaint in everything.values():
+        states = {
+            complaint["sla"]["first_response"]["state"],
+            complaint["sla"]["resolution"]["state"],
+        }
+        assert ("breached" in states) == (complaint["id"] in breached)
+    assert everything[paused["id"]]["sla"]["resolution"]["state"] == "paused"
+
+
+async def test_scheduled_checker_escalates_on_its_own(complaints: Any) -> None:
+    received = datetime(2026, 2, 10, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="critical")
+    complaints.clock.set(received + 2 * H)
+    runtime = complaints.client._transport.app.state.runtime  # type: ignore[attr-defined]
+    job = asyncio.create_task(runtime.run_periodic("sla-check-test", 0.1, worker.sla_job(runtime)))
+    try:
+
+        async def escalated() -> bool:
+            return await _level(complaints, complaint["id"]) == 1
+
+        await _eventually(escalated)
+    finally:
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _writer() -> dict[str, str]:
+    return auth("complaints:read", "complaints:write", "pii:read", subject="agent-7")
+
+
+def _scored(customer: Any, *, tier: p.Tier, at: datetime) -> Any:
+    return new_event(
+        type=ev.VALUE_SCORED,
+        source="/crm/scoring",
+        subject=customer,
+        time=at,
+        data=p.ValueScored(
+            customer_id=customer,
+            score=80.0,
+            dimensions=p.ValueDimensions(current=80, future=80, credit=80, loyalty=80, growth=80),
+            tier=tier,
+            loyalty=p.LoyaltyScore(
+                index=70, behavioural=70, attitudinal=70, dick_basu="true", jones_sasser="apostle"
+            ),
+        ),
+    )
+
+
+async def _until_tier(complaints: Any, customer: Any, tier: str) -> None:
+    async def probe() -> bool:
+        async with complaints.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    text("SELECT tier FROM known_customers WHERE customer_id = :c"), {"c": customer}
+                )
+            ).scalar()
+        return bool(found == tier)
+
+    await _eventually(probe)
+
+
+async def _level(complaints: Any, complaint_id: str) -> int:
+    response = await complaints.client.get(f"/v1/complaints/{complaint_id}", headers=_writer())
+    return int(response.json()["escalation_level"])
+
+
+async def _eventually(probe: Any, timeout: float = 20.0) -> None:
+    await eventually(probe, timeout=timeout)
