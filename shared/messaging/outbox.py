@@ -29,6 +29,8 @@ from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 
+COPY_THRESHOLD = 500
+
 
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for pg advisory locks."""
@@ -55,17 +57,21 @@ async def add_events(
     """Write events to the outbox in the caller's transaction (one INSERT for many)."""
     if not events:
         return
+    rows = [(e.id, e.type, topic_for(e.type), e.subject, e.to_bytes()) for e in events]
+    if len(rows) >= COPY_THRESHOLD:
+        # Big batches (a recompute re-scoring everyone) go through COPY on the same connection,
+        # inside the same transaction; COPY fires the NOTIFY trigger like INSERT does.
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+            "outbox", records=rows, columns=["event_id", "event_type", "topic", "key", "payload"]
+        )
+        return
     await session.execute(
         insert(tables.outbox),
         [
-            {
-                "event_id": e.id,
-                "event_type": e.type,
-                "topic": topic_for(e.type),
-                "key": e.subject,
-                "payload": e.to_bytes(),
-            }
-            for e in events
+            {"event_id": r[0], "event_type": r[1], "topic": r[2], "key": r[3], "payload": r[4]}
+            for r in rows
         ],
     )
 

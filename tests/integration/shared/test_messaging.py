@@ -424,3 +424,28 @@ async def test_graceful_stop_finishes_the_batch_and_commits_it(
         assert await totals(engine, customer) == (5, "s0,s1,s2,s3,after-restart")
     finally:
         await producer.stop()
+
+
+async def test_large_outbox_batches_are_copied_and_published_in_order(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    from shared.messaging.outbox import COPY_THRESHOLD
+
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    count = COPY_THRESHOLD + 100
+    try:
+        async with (
+            relay(settings, producer),
+            Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"),
+        ):
+            await write_outbox(engine, [purchase_event(customer, f"b{i}") for i in range(count)])
+            result = await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == count),
+                timeout=60,
+                what=f"{count} purchases applied",
+            )
+        assert result[1].split(",") == [f"b{i}" for i in range(count)]
+        assert await outbox_size(engine) == 0
+    finally:
+        await producer.stop()
