@@ -1,41 +1,43 @@
-"""What the scoring service reacts to (walking skeleton: purchase aggregates)."""
+"""What the scoring service reacts to: HANDLERS = {event type: handler}.
+
+Purchases, refunds, complaint steps, registrations (referrals) and erasures. A whole consumer
+batch is applied set-based by `PROCESS` (one transaction), and each customer it touches is
+re-scored once; single events in the runner's slow path go through the same code.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
-
-from services.scoring.models import CustomerAggregate
+from services.scoring import service
+from services.scoring.config import ScoringSettings
 from shared.events import CloudEvent
-from shared.events import registry as ev
-from shared.messaging.consumer import Handler, HandlerContext
+from shared.messaging.consumer import BatchProcessor, Handler, HandlerContext
 
 
-async def on_purchase(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
-    agg = CustomerAggregate.__table__
-    stmt = insert(agg).values(
-        customer_id=event.data.customer_id,
-        order_count=1,
-        net_revenue=event.data.amount,
-        first_purchase_at=event.time,
-        last_purchase_at=event.time,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[agg.c.customer_id],
-        set_={
-            "order_count": agg.c.order_count + 1,
-            "net_revenue": agg.c.net_revenue + stmt.excluded.net_revenue,
-            "first_purchase_at": func.least(
-                agg.c.first_purchase_at, stmt.excluded.first_purchase_at
-            ),
-            "last_purchase_at": func.greatest(
-                agg.c.last_purchase_at, stmt.excluded.last_purchase_at
-            ),
-        },
-    )
-    await ctx.session.execute(stmt)
+@cache
+def _settings_from_environment() -> ScoringSettings:
+    return ScoringSettings()
 
 
-HANDLERS: dict[str, Handler] = {ev.PURCHASE_RECORDED: on_purchase}
+def make_process(settings: ScoringSettings | None = None) -> BatchProcessor:
+    """The batch processor; without settings (e.g. `crm replay`) they come from the environment."""
+
+    async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
+        chosen = settings or _settings_from_environment()
+        for event in await service.apply_events(ctx.session, events, settings=chosen):
+            ctx.emit(event)
+
+    return process
+
+
+PROCESS = make_process()
+
+
+async def on_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+    await PROCESS(ctx, [event])
+
+
+HANDLERS: dict[str, Handler] = dict.fromkeys(service.CONSUMED_TYPES, on_event)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from services.scoring import worker
@@ -13,15 +15,20 @@ from shared.runtime import Role, ServiceRuntime
 
 
 def create_app(
-    role: Role = Role.all, settings: ScoringSettings | None = None, **runtime_options: object
+    role: Role = Role.all, settings: ScoringSettings | None = None, **runtime_options: Any
 ) -> FastAPI:
     runtime = ServiceRuntime(
         settings=settings or ScoringSettings(), tables=MESSAGING, role=role, **runtime_options
-    )  # type: ignore[arg-type]
+    )
     return create_service_app(
         runtime=runtime,
         title="CRM scoring service",
-        description="RFM, CLV (BG/NBD + Gamma-Gamma), composite value, pyramid tiers and loyalty.",
+        description=(
+            "Customer value and loyalty: RFM segments, probabilistic CLV (BG/NBD + Gamma-Gamma), "
+            "the weighted composite value and its pyramid tiers, loyalty index and types. "
+            "Scores move on every purchase, refund, complaint and referral; "
+            "`POST /v1/value/recompute` refits the models and re-scores everyone."
+        ),
         routers=[router],
         start_worker=worker.start,
     )

@@ -62,33 +62,34 @@ def calibration_from_aggregates(
     last_purchase_day: ArrayLike,
     purchase_days: ArrayLike,
     repeat_value: ArrayLike,
-    as_of_day: int,
+    as_of_day: ArrayLike,
     unit: TimeUnit,
 ) -> CalibrationData:
     """(x, t_x, T, m_x) from per-customer aggregates of purchases up to `as_of_day`.
 
-    Days are day numbers (see `day_number`); `purchase_days` counts distinct purchase days
-    (0 = no purchase, then the other inputs are ignored) and `repeat_value` sums the value
-    of every purchase day after the first.
+    Days are day numbers (see `day_number`); `as_of_day` is one for all or one per customer;
+    `purchase_days` counts distinct purchase days (0 = no purchase, then the other inputs are
+    ignored) and `repeat_value` sums the value of every purchase day after the first.
     """
     first = np.asarray(first_purchase_day, dtype=np.float64)
     last = np.asarray(last_purchase_day, dtype=np.float64)
     days = np.asarray(purchase_days, dtype=np.float64)
     value = np.asarray(repeat_value, dtype=np.float64)
     same_length(first=first, last=last, days=days, value=value)
+    end = np.broadcast_to(np.asarray(as_of_day, dtype=np.float64), first.shape)
     has_purchase = days > 0
     if np.any(days < 0):
         raise ValueError("purchase_days must not be negative")
     bought = has_purchase
-    if np.any(last[bought] < first[bought]) or np.any(first[bought] > as_of_day):
-        raise ValueError("purchase days must satisfy first <= last <= as_of")
-    if np.any(last[bought] > as_of_day):
+    if np.any(last[bought] < first[bought]):
+        raise ValueError("purchase days must satisfy first <= last")
+    if np.any(last[bought] > end[bought]):
         raise ValueError("purchases after as_of must be excluded before calibration")
     x = np.where(bought, days - 1.0, 0.0)
     if np.any((x[bought] > 0) != (last[bought] > first[bought])):
         raise ValueError("customers with repeat purchases must have last > first day")
     t_x = np.where(bought, (last - first) / unit.days, 0.0)
-    age = np.where(bought, (as_of_day - first) / unit.days, 0.0)
+    age = np.where(bought, (end - first) / unit.days, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         m_x = np.where(x > 0, value / np.where(x > 0, x, 1.0), 0.0)
     return CalibrationData(x=x, t_x=t_x, T=age, m_x=m_x, has_purchase=has_purchase, unit=unit)

@@ -164,7 +164,9 @@ def tier_thresholds(scores: ArrayLike, cutoffs: TierCutoffs) -> TierThresholds:
 def tiers_against(thresholds: TierThresholds, scores: ArrayLike) -> ObjectArray:
     """The highest tier whose cut-off score each score reaches; `small` below all."""
     score = as_float_array(scores, name="scores")
-    tiers = np.full(len(score), Tier.SMALL, dtype=object)
+    tiers = np.empty(len(score), dtype=object)
+    # fill, not np.full: np.full turns the enum member into a plain str.
+    tiers.fill(Tier.SMALL)
     placed = np.zeros(len(score), dtype=np.bool_)
     for tier, cut in (
         (Tier.KEY, thresholds.key),

@@ -325,19 +325,22 @@ def value_customers(
     *,
     policy: ValueModelPolicy,
     reference: PopulationReference,
-    as_of: datetime,
+    as_of_day: ArrayLike,
 ) -> Valuation:
     """Score customers (typically one) against the population of the last recompute.
 
+    `as_of_day` (a day number, one for all or one per customer) is the day the facts describe.
     Recency is shifted back by the days elapsed since the reference, since the whole
-    population has aged by as much; windowed revenues are taken as they are at `as_of`.
+    population has aged by as much; windowed revenues are taken as they are.
     """
-    elapsed_days = day_number(as_of) - day_number(reference.as_of)
+    elapsed = np.broadcast_to(
+        np.asarray(as_of_day, dtype=np.float64) - day_number(reference.as_of), (len(facts),)
+    )
     bought = facts.purchase_days > 0
     purchasers = facts.take(bought)
     rfm = rfm_scores_against(
         reference.rfm_boundaries(),
-        purchasers.recency_days - elapsed_days,
+        purchasers.recency_days - elapsed[bought],
         purchasers.purchase_days,
         purchasers.net_revenue,
     )

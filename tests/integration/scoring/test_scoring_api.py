@@ -1,0 +1,149 @@
+"""The scoring API: pyramid, Pareto, the model policy (validated, ETag), recompute requests, auth."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from integration.scoring.conftest import ADMIN, READER, Scoring
+from support import auth
+
+pytestmark = pytest.mark.integration
+
+
+async def test_pyramid_adds_up_and_follows_the_cutoffs(scoring: Scoring) -> None:
+    response = await scoring.client.get("/v1/value/pyramid", headers=READER)
+    assert response.status_code == 200, response.text
+    pyramid = response.json()
+    tiers = {t["tier"]: t for t in pyramid["tiers"]}
+    assert list(tiers) == ["key", "major", "ordinary", "small"]
+    purchasers = pyramid["customers_with_purchase"]
+    assert sum(t["customers"] for t in tiers.values()) == purchasers >= 250
+    assert sum(float(t["revenue"]) for t in tiers.values()) == pytest.approx(
+        float(pyramid["revenue"])
+    )
+    # Scored at the last recompute by rank; later events may move a few customers.
+    assert tiers["key"]["share_of_customers"] == pytest.approx(0.05, abs=0.03)
+    assert tiers["key"]["share_of_customers"] + tiers["major"][
+        "share_of_customers"
+    ] == pytest.approx(0.20, abs=0.04)
+    scores = [tiers[t]["average_score"] for t in ("key", "major", "ordinary", "small")]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_pareto_curve_and_top_fifth_share(scoring: Scoring) -> None:
+    pareto = (await scoring.client.get("/v1/value/pareto?points=100", headers=READER)).json()
+    shares = [point["revenue_share"] for point in pareto["points"]]
+    assert len(shares) == 100 and shares == sorted(shares) and shares[-1] == pytest.approx(1.0)
+    # Revenue is concentrated: the top fifth holds more than a fifth.
+    assert 0.2 < pareto["top_20_percent_revenue_share"] <= 1.0
+    assert pareto["top_20_percent_revenue_share"] == pytest.approx(shares[19], abs=0.02)
+    rows = await scoring.sql(
+        "SELECT sum(net_revenue), count(*) FROM customer_values WHERE purchase_days > 0"
+    )
+    assert float(pareto["revenue"]) == pytest.approx(float(rows[0][0]))
+    assert pareto["customers"] == rows[0][1]
+
+
+async def test_value_of_an_unknown_customer_is_a_404_problem(scoring: Scoring) -> None:
+    response = await scoring.client.get(f"/v1/customers/{uuid.uuid4()}/value", headers=READER)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_scopes_are_enforced(scoring: Scoring) -> None:
+    assert (await scoring.client.get("/v1/value/model")).status_code == 401
+    assert (
+        await scoring.client.get("/v1/value/model", headers=auth("customers:read"))
+    ).status_code == 403
+    assert (
+        await scoring.client.post("/v1/value/recompute", json={}, headers=READER)
+    ).status_code == 403
+    put = await scoring.client.put("/v1/value/model", json={}, headers=READER)
+    assert put.status_code == 403
+
+
+async def test_invalid_policy_is_refused_and_nothing_changes(scoring: Scoring) -> None:
+    before = await scoring.client.get("/v1/value/model", headers=READER)
+    bad_weights = {
+        "weights": {
+            "current_contribution": 0.5,
+            "future_contribution": 0.5,
+            "credit": 0.1,
+            "loyalty": 0.2,
+            "growth_potential": 0.1,
+        }
+    }
+    response = await scoring.client.put("/v1/value/model", json=bad_weights, headers=ADMIN)
+    assert response.status_code == 422
+    problem = response.json()
+    assert any("sum to 1" in error["reason"] for error in problem["errors"])
+    unordered = {"tier_cutoffs": {"key": 0.3, "major": 0.2, "ordinary": 0.5}}
+    response = await scoring.client.put("/v1/value/model", json=unordered, headers=ADMIN)
+    assert response.status_code == 422 and "ordered" in response.text
+    after = await scoring.client.get("/v1/value/model", headers=READER)
+    assert after.json()["policy"] == before.json()["policy"]
+    assert after.headers["ETag"] == before.headers["ETag"]
+
+
+async def test_a_new_policy_needs_the_current_etag_and_rescores_everyone(scoring: Scoring) -> None:
+    read = await scoring.client.get("/v1/value/model", headers=READER)
+    policy = read.json()["policy"]
+    policy["weights"] = {
+        "current_contribution": 0.4,
+        "future_contribution": 0.2,
+        "credit": 0.1,
+        "loyalty": 0.2,
+        "growth_potential": 0.1,
+    }
+    stale = await scoring.client.put(
+        "/v1/value/model", json=policy, headers=ADMIN | {"If-Match": '"policy-999"'}
+    )
+    assert stale.status_code == 412
+
+    response = await scoring.client.put(
+        "/v1/value/model", json=policy, headers=ADMIN | {"If-Match": read.headers["ETag"]}
+    )
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert updated["policy"]["weights"]["current_contribution"] == 0.4
+    assert response.headers["ETag"] != read.headers["ETag"]
+    assert updated["recompute"]["trigger"] == "policy"
+    run = await scoring.run_finished(f"/v1/value/recompute/{updated['recompute']['id']}")
+    rows = await scoring.sql(
+        "SELECT policy -> 'weights' ->> 'current_contribution' FROM model_versions WHERE version = :v",
+        v=run["model_version"],
+    )
+    assert rows[0][0] == "0.4"
+    value = await scoring.value(scoring.population[0])
+    assert value is not None and value["model_version"] == run["model_version"]
+    dims = value["dimensions"]
+    expected = (
+        0.4 * dims["current_contribution"]
+        + 0.2 * dims["future_contribution"]
+        + 0.1 * dims["credit"]
+        + 0.2 * dims["loyalty"]
+        + 0.1 * dims["growth_potential"]
+    )
+    assert value["score"] == pytest.approx(expected)
+
+    # Back to the defaults for the other tests.
+    restore = await scoring.client.put(
+        "/v1/value/model", json={}, headers=ADMIN | {"If-Match": response.headers["ETag"]}
+    )
+    assert restore.status_code == 200
+    await scoring.run_finished(f"/v1/value/recompute/{restore.json()['recompute']['id']}")
+
+
+async def test_recompute_requests_are_idempotent_with_a_key(scoring: Scoring) -> None:
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {"as_of": "2025-06-30T12:00:00Z"}
+    first = await scoring.client.post("/v1/value/recompute", json=body, headers=ADMIN | key)
+    again = await scoring.client.post("/v1/value/recompute", json=body, headers=ADMIN | key)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert first.headers["Location"] == f"/v1/value/recompute/{first.json()['id']}"
+    await scoring.run_finished(first.headers["Location"])
+    missing = await scoring.client.get(f"/v1/value/recompute/{uuid.uuid4()}", headers=READER)
+    assert missing.status_code == 404

@@ -1,0 +1,210 @@
+"""Events re-score their customer at once: purchases, complaints, referrals, erasure."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from integration.scoring.conftest import T0, Scoring, purchase_event
+from support import eventually
+
+from shared.events import new_event, parse
+from shared.events import payloads as p
+from shared.events import registry as ev
+
+pytestmark = pytest.mark.integration
+
+
+def _lowest_scored(values: list[dict[str, Any]]) -> dict[str, Any]:
+    return min((v for v in values if v["score"] is not None), key=lambda v: v["score"])
+
+
+async def test_a_purchase_moves_aggregates_rfm_and_score_within_a_second(scoring: Scoring) -> None:
+    values = [await scoring.value(c) for c in scoring.population[:60]]
+    before = _lowest_scored([v for v in values if v is not None])
+    customer = uuid.UUID(before["customer_id"])
+    at = T0 + timedelta(hours=2)
+    purchase = purchase_event(customer, at, "900.00", categories=("garden", "toys"))
+
+    started = time.monotonic()
+    await scoring.publish(purchase)
+    after = await scoring.value_when(
+        customer,
+        lambda v: v["aggregates"]["orders"] == before["aggregates"]["orders"] + 1,
+        what="purchase applied",
+    )
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0, f"value moved after {elapsed:.2f}s"
+    aggregates = after["aggregates"]
+    assert aggregates["last_purchase_at"] == at.isoformat().replace("+00:00", "Z")
+    assert aggregates["purchase_days"] == before["aggregates"]["purchase_days"] + 1
+    assert float(aggregates["net_revenue"]) == pytest.approx(
+        float(before["aggregates"]["net_revenue"]) + 900.0
+    )
+    assert after["rfm"]["recency"] == 5 and after["rfm"]["monetary"] >= before["rfm"]["monetary"]
+    assert after["score"] > before["score"] + 1
+    assert after["model_version"] == before["model_version"]
+    assert after["explanation"]["published_because"][-1]["event_id"] == str(purchase.id)
+
+    events = await scoring.value_events(customer, want=2)
+    scored = [e for e in events if e["type"] == ev.VALUE_SCORED]
+    # What consumers get parses against the contract's payload.
+    assert parse(orjson.dumps(scored[-1])).data.customer_id == customer
+    assert scored[-1]["data"]["score"] == pytest.approx(after["score"])
+    assert scored[-1]["time"].startswith(at.isoformat()[:19])
+    assert scored[-1]["data"]["tier"] == after["tier"]
+    assert scored[-1]["data"]["rfm"]["segment"] == after["rfm"]["segment"]
+
+
+async def test_a_complaint_closed_with_satisfaction_one_lowers_attitudinal_loyalty(
+    scoring: Scoring,
+) -> None:
+    customer = scoring.population[3]
+    baseline = await scoring.value(customer)
+    assert baseline is not None and baseline["loyalty"]["attitudinal"] == 50.0  # CSAT unknown
+    complaint_id = uuid.uuid4()
+
+    def complaint(type_: str, data: p.ComplaintPayload, hours: int) -> Any:
+        return new_event(
+            type=type_,
+            source="/crm/complaints",
+            subject=customer,
+            time=T0 + timedelta(hours=hours),
+            data=data,
+        )
+
+    common = {"complaint_id": complaint_id, "customer_id": customer, "severity": p.Severity.high}
+    await scoring.publish(
+        complaint(
+            ev.COMPLAINT_OPENED,
+            p.ComplaintOpened(
+                **common,
+                channel=p.ComplaintChannel.email,
+                category=p.ComplaintCategory.delivery,
+                first_response_due=T0 + timedelta(hours=5),
+                resolution_due=T0 + timedelta(hours=73),
+            ),
+            1,
+        )
+    )
+    opened = await scoring.value_when(customer, lambda v: v["aggregates"]["open_complaints"] == 1)
+    assert opened["loyalty"]["attitudinal"] == 40.0  # the open-complaint penalty
+
+    await scoring.publish(
+        complaint(
+            ev.COMPLAINT_RESOLVED,
+            p.ComplaintResolved(**common, root_cause="carrier", resolution_met=True),
+            20,
+        ),
+        complaint(ev.COMPLAINT_CLOSED, p.ComplaintClosed(**common, satisfaction=1), 30),
+    )
+    closed = await scoring.value_when(
+        customer, lambda v: v["aggregates"]["closed_complaints_with_csat"] == 1
+    )
+    assert closed["aggregates"]["open_complaints"] == 0
+    assert closed["loyalty"]["satisfaction"] == 0.0
+    assert closed["loyalty"]["attitudinal"] == 0.0
+    assert closed["loyalty"]["index"] < baseline["loyalty"]["index"]
+    assert closed["loyalty"]["jones_sasser"] in ("hostage", "defector")
+
+
+async def test_a_referral_counts_for_the_referrer(scoring: Scoring) -> None:
+    referrer = scoring.population[5]
+    before = await scoring.value(referrer)
+    assert before is not None
+    newcomer = uuid.uuid4()
+    await scoring.publish(
+        new_event(
+            type=ev.CUSTOMER_REGISTERED,
+            source="/crm/profile",
+            subject=newcomer,
+            time=T0 + timedelta(hours=3),
+            data=p.CustomerRegistered(
+                customer_id=newcomer, kind=p.CustomerKind.person, referred_by=referrer
+            ),
+        )
+    )
+    after = await scoring.value_when(
+        referrer, lambda v: v["aggregates"]["referrals"] == before["aggregates"]["referrals"] + 1
+    )
+    assert after["loyalty"]["behavioural"] > before["loyalty"]["behavioural"]
+    registered = await scoring.value_when(newcomer, lambda v: True)
+    assert registered["score"] is None and registered["tier"] is None  # no purchase, no value
+
+
+async def test_the_same_purchase_recorded_twice_counts_once(scoring: Scoring) -> None:
+    customer = uuid.uuid4()
+    purchase_id = uuid.uuid4()
+    first = purchase_event(customer, T0 - timedelta(days=3), "40.00", purchase_id=purchase_id)
+    again = purchase_event(customer, T0 - timedelta(days=3), "40.00", purchase_id=purchase_id)
+    later = purchase_event(customer, T0 - timedelta(days=1), "60.00")
+    await scoring.publish(first, again, later)
+    value = await scoring.value_when(customer, lambda v: v["aggregates"]["orders"] == 2)
+    assert value["aggregates"]["net_revenue"] == "100.0000"
+    assert value["aggregates"]["purchase_days"] == 2
+
+
+async def test_refunds_lower_net_revenue_and_credit(scoring: Scoring) -> None:
+    customer = uuid.uuid4()
+    bought = purchase_event(customer, T0 - timedelta(days=10), "200.00")
+    await scoring.publish(bought, purchase_event(customer, T0 - timedelta(days=5), "100.00"))
+    before = await scoring.value_when(customer, lambda v: v["aggregates"]["orders"] == 2)
+    refund = new_event(
+        type=ev.PURCHASE_REFUNDED,
+        source="/crm/profile",
+        subject=customer,
+        time=T0 - timedelta(days=4),
+        data=p.PurchaseRefunded(
+            customer_id=customer,
+            purchase_id=bought.data.purchase_id,
+            order_id=bought.data.order_id,
+            refund_id=uuid.uuid4(),
+            amount="150.00",  # type: ignore[arg-type]
+            refunded_total="150.00",  # type: ignore[arg-type]
+            order_amount="200.00",  # type: ignore[arg-type]
+            currency="USD",
+            chargeback=True,
+        ),
+    )
+    await scoring.publish(refund)
+    after = await scoring.value_when(customer, lambda v: v["aggregates"]["chargebacks"] == 1)
+    assert after["aggregates"]["refunded_revenue"] == "150.0000"
+    assert after["aggregates"]["net_revenue"] == "150.0000"
+    assert after["dimensions"]["credit"] < before["dimensions"]["credit"]
+
+
+async def test_erasure_removes_the_customer_and_late_events_do_not_bring_them_back(
+    scoring: Scoring,
+) -> None:
+    customer = uuid.uuid4()
+    await scoring.publish(purchase_event(customer, T0 - timedelta(days=2), "75.00"))
+    await scoring.value_when(customer, lambda v: v["aggregates"]["orders"] == 1)
+
+    late = purchase_event(customer, T0 + timedelta(minutes=5), "10.00")
+    await scoring.publish(
+        new_event(
+            type=ev.CUSTOMER_ERASED,
+            source="/crm/profile",
+            subject=customer,
+            time=T0,
+            data=p.CustomerErased(customer_id=customer),
+        ),
+        late,
+    )
+
+    async def late_event_processed() -> bool:
+        rows = await scoring.sql("SELECT count(*) FROM inbox WHERE event_id = :id", id=late.id)
+        return bool(rows[0][0])
+
+    await eventually(late_event_processed, timeout=20, what="late purchase handled")
+    assert await scoring.value(customer) is None
+    for table in ("purchases", "refunds", "complaints", "customer_values"):
+        rows = await scoring.sql(f"SELECT count(*) FROM {table} WHERE customer_id = :c", c=customer)
+        assert rows[0][0] == 0, table
+    response = await scoring.client.get(f"/v1/customers/{customer}/value", headers={})
+    assert response.status_code == 401

@@ -1,0 +1,136 @@
+"""Recompute: refit on purchases up to as_of, re-score everyone, safely while events arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_event
+from sqlalchemy import text
+from support import eventually
+
+pytestmark = pytest.mark.integration
+
+# The seeded histories' daily BG/NBD parameters (see simulate_histories).
+SIMULATED = {"r": 0.9, "alpha": 25.0, "a": 0.8, "b": 3.0}
+
+
+async def test_the_recompute_fitted_the_simulated_parameters_and_stored_the_version(
+    scoring: Scoring,
+) -> None:
+    run = scoring.seeded_run
+    assert run["progress"] == 1.0 and run["customers_scored"] >= 250
+    assert set(run["timings"]) >= {"load_facts", "fit", "clv", "valuation", "write_values"}
+    rows = await scoring.sql(
+        "SELECT as_of, time_unit, bgnbd, gamma_gamma, fit_error, fit_seconds, customers_with_purchase "
+        "FROM model_versions WHERE version = :v",
+        v=run["model_version"],
+    )
+    as_of, unit, bgnbd, gamma_gamma, fit_error, fit_seconds, purchasers = rows[0]
+    assert (as_of, unit, fit_error) == (T0, "day", None)
+    assert fit_seconds > 0 and bgnbd["n_customers"] == purchasers >= 250
+    assert bgnbd["log_likelihood"] < 0 and gamma_gamma["n_customers"] == bgnbd["n_repeat_customers"]
+    # 250 customers only: each parameter within 4 of its standard errors (log scale).
+    errors = bgnbd["standard_errors"]
+    assert errors is not None
+    for name, truth in SIMULATED.items():
+        estimate = bgnbd["parameters"][name]
+        log_se = errors[name] / estimate
+        assert abs(np.log(estimate / truth)) < 4 * log_se, (name, estimate, errors[name])
+
+
+async def test_a_recompute_as_of_a_past_date_ignores_later_purchases(scoring: Scoring) -> None:
+    customer = uuid.uuid4()
+    early, late = T0 - timedelta(days=40), T0 - timedelta(days=10)
+    await scoring.publish(
+        purchase_event(customer, early, "30.00"), purchase_event(customer, late, "70.00")
+    )
+    await scoring.value_when(customer, lambda v: v["aggregates"]["orders"] == 2)
+
+    as_of = T0 - timedelta(days=20)
+    run = await scoring.recompute(as_of=as_of)
+
+    value = await scoring.value(customer)
+    assert value is not None and value["model_version"] == run["model_version"]
+    assert value["as_of"] == as_of.isoformat().replace("+00:00", "Z")
+    aggregates = value["aggregates"]
+    assert aggregates["orders"] == 1 and aggregates["net_revenue"] == "30.0000"
+    assert aggregates["last_purchase_at"] == early.isoformat().replace("+00:00", "Z")
+    # The fit saw exactly the customers who had bought by then.
+    bought_by_then = await scoring.sql(
+        "SELECT count(DISTINCT customer_id) FROM purchases WHERE purchased_at <= :t AND currency = 'USD'",
+        t=as_of,
+    )
+    model = (await scoring.client.get("/v1/value/model", headers=READER)).json()["current"]
+    assert model["version"] == run["model_version"]
+    assert model["bgnbd"]["n_customers"] == bought_by_then[0][0]
+
+    # Back to the present: the later purchase counts again.
+    await scoring.recompute(as_of=T0)
+    assert (await scoring.value(customer))["aggregates"]["orders"] == 2
+
+
+async def test_a_history_too_short_to_fit_keeps_the_previous_parameters_and_says_why(
+    scoring: Scoring,
+) -> None:
+    before = (await scoring.client.get("/v1/value/model", headers=READER)).json()["current"]
+    run = await scoring.recompute(as_of=T0 - timedelta(days=330))
+    model = (await scoring.client.get("/v1/value/model", headers=READER)).json()["current"]
+    assert model["version"] == run["model_version"]
+    assert "at least 20 customers with a repeat purchase" in model["fit_error"]
+    assert model["bgnbd"]["carried_over_from"] == before["version"]
+    assert model["bgnbd"]["parameters"] == before["bgnbd"]["parameters"]
+    await scoring.recompute(as_of=T0)
+
+
+async def test_recompute_is_safe_while_events_keep_arriving(scoring: Scoring) -> None:
+    busy = scoring.population[100:140]
+    response = await scoring.client.post(
+        "/v1/value/recompute", json={"as_of": T0.isoformat(), "time_unit": "week"}, headers=ADMIN
+    )
+    assert response.status_code == 202
+    for round_ in range(5):
+        await scoring.publish(
+            *(purchase_event(c, T0 + timedelta(hours=4, minutes=round_), "25.00") for c in busy)
+        )
+        await asyncio.sleep(0.05)
+    run = await scoring.run_finished(response.headers["Location"])
+
+    async def ingested() -> bool:
+        rows = await scoring.sql(
+            "SELECT count(*) FROM purchases WHERE customer_id = ANY(:ids) AND purchased_at > :t",
+            ids=busy,
+            t=T0,
+        )
+        return bool(rows[0][0] == 5 * len(busy))
+
+    await eventually(ingested, timeout=30, what="purchases sent during the recompute handled")
+
+    # Every customer ends on the new model, and every purchase is in their value.
+    async def settled() -> bool:
+        rows = await scoring.sql(
+            "SELECT count(*) FROM customer_values cv WHERE cv.model_version IS DISTINCT FROM :v "
+            "OR cv.orders <> (SELECT count(*) FROM purchases p WHERE p.customer_id = cv.customer_id "
+            "AND p.purchased_at <= cv.as_of AND p.currency = 'USD')",
+            v=run["model_version"],
+        )
+        return rows[0][0] == 0
+
+    await eventually(settled, timeout=30, what="all values on the new model and up to date")
+    for customer in busy[:5]:
+        value = await scoring.value(customer)
+        assert value is not None and value["clv"]["time_unit"] == "week"
+        last_round = T0 + timedelta(hours=4, minutes=4)
+        assert value["as_of"] == last_round.isoformat().replace("+00:00", "Z")
+    async with scoring.engine.connect() as conn:
+        unit = (
+            await conn.execute(
+                text("SELECT time_unit FROM model_versions WHERE version = :v"),
+                {"v": run["model_version"]},
+            )
+        ).scalar_one()
+    assert unit == "week"
+    await scoring.recompute(as_of=T0)
