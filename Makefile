@@ -19,7 +19,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,deploy]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/crm up
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/deploy
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
@@ -57,6 +57,9 @@ $(ASYNCAPI_SPECS):
 
 docs-check: $(STAMP) $(ASYNCAPI_SPECS)
 	$(VENV)/bin/crm docs --check --asyncapi-schema '$(ASYNCAPI_SPECS)'
+
+deploy-check: $(STAMP)
+	bash deploy/check.sh
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -53,7 +53,13 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
 
 def asyncpg_dsn(url: str) -> str:
     """SQLAlchemy URL -> plain libpq DSN for asyncpg (LISTEN connections, bulk COPY)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    parsed = make_url(url).set(drivername="postgresql")
+    if "ssl" in parsed.query:  # SQLAlchemy's asyncpg `ssl=` is libpq's `sslmode=`
+        mode = parsed.query["ssl"]
+        parsed = parsed.difference_update_query(["ssl"]).update_query_dict(
+            {"sslmode": mode if isinstance(mode, str) else mode[0]}
+        )
+    return parsed.render_as_string(hide_password=False)
 
 
 def migrations_dir(service: str) -> Path:
