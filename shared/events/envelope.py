@@ -36,7 +36,9 @@ class CloudEvent(BaseModel, Generic[P]):
     def to_bytes(self) -> bytes:
         # Only the optional extension is dropped when unset; `data` keeps its nulls (a null
         # `from_tier` is meaningful and required).
-        return self.model_dump_json(exclude={"traceparent"} if self.traceparent is None else None).encode()
+        return self.model_dump_json(
+            exclude={"traceparent"} if self.traceparent is None else None
+        ).encode()
 
 
 def new_event(

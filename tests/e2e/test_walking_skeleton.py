@@ -8,9 +8,9 @@ import uuid
 
 import httpx
 import pytest
+from support import auth
 
 from shared.platform import Platform
-from support import auth
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,7 @@ def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) ->
         )
         assert recorded.status_code == 201, recorded.text
 
-        body, took = wait_for(
+        _body, took = wait_for(
             lambda: http.get(lifecycle_url, headers=headers),
             lambda b: b["stage"] == "growth",
             within=1.0,

@@ -158,7 +158,13 @@ def test_asyncapi_document_lists_every_event_on_its_topic() -> None:
 def test_required_nullable_fields_survive_the_round_trip() -> None:
     customer = uuid.uuid4()
     first_tier = p.TierChanged(customer_id=customer, from_tier=None, to_tier=p.Tier.key, score=97.5)
-    event = new_event(type=ev.TIER_CHANGED, source="/crm/scoring", subject=customer, time=datetime.now(UTC), data=first_tier)
+    event = new_event(
+        type=ev.TIER_CHANGED,
+        source="/crm/scoring",
+        subject=customer,
+        time=datetime.now(UTC),
+        data=first_tier,
+    )
     raw = event.to_bytes()
     assert json.loads(raw)["data"]["from_tier"] is None and "traceparent" not in json.loads(raw)
     assert parse(raw).data == first_tier
