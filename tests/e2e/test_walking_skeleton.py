@@ -41,11 +41,12 @@ def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) ->
         customer_id = created.json()["id"]
 
         lifecycle_url = f"{platform.url('lifecycle')}/v1/customers/{customer_id}/lifecycle"
-        body, _ = wait_for(
+        prospect, _ = wait_for(
             lambda: http.get(lifecycle_url, headers=headers),
             lambda b: b["stage"] == "prospect",
             within=10,
         )
+        assert prospect["customer_id"] == customer_id
 
         purchase = {
             "order_id": f"e2e-{uuid.uuid4().hex[:8]}",
@@ -59,7 +60,7 @@ def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) ->
         )
         assert recorded.status_code == 201, recorded.text
 
-        _body, took = wait_for(
+        _, took = wait_for(
             lambda: http.get(lifecycle_url, headers=headers),
             lambda b: b["stage"] == "growth",
             within=1.0,
