@@ -1,112 +1,1365 @@
-"""Use cases of the profile service: one transaction each, events through the outbox."""
+"""Use cases of the profile service: one transaction each, events written to the outbox.
+
+Callers (router, handlers) open the transaction; functions here take the session and
+keyword-only arguments, with `now` passed in. Bulk import is the exception: it commits chunk by
+chunk so that progress is visible and a crash keeps what was done (re-running is idempotent).
+"""
 
 from __future__ import annotations
 
+import gc
+import io
+import re
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+import asyncpg
+import orjson
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.profile.models import MESSAGING, Customer, Purchase
-from services.profile.schemas import CustomerCreate, PurchaseCreate
-from shared.errors import Conflict, InvalidInput, NotFound
-from shared.events import new_event
+from services.profile import domain
+from services.profile.config import ProfileSettings
+from services.profile.models import (
+    MESSAGING,
+    ComplaintProjection,
+    Consent,
+    ConsentHistory,
+    Customer,
+    Interaction,
+    PiiAccess,
+    Purchase,
+    PurchaseImport,
+    PurchaseItem,
+    Refund,
+    StageProjection,
+    ValueProjection,
+)
+from services.profile.schemas import (
+    ConsentsUpdate,
+    CustomerCreate,
+    CustomerUpdate,
+    InteractionCreate,
+    PurchaseCreate,
+    RefundCreate,
+)
+from shared.db import SessionFactory, transaction
+from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.messaging.outbox import add_events, lock_customers
+from shared.observability.logging import get_logger
 
 SOURCE = "/crm/profile"
+log = get_logger(__name__)
+MAX_REJECTIONS_KEPT = 1000
+
+
+# --- customers ---------------------------------------------------------------------------------
+
+
+def _event(type_: str, *, customer_id: uuid.UUID, time: datetime, data: Any) -> CloudEvent[Any]:
+    return new_event(type=type_, source=SOURCE, subject=customer_id, time=time, data=data)
+
+
+def registered_event(customer: Customer) -> CloudEvent[Any]:
+    return _event(
+        ev.CUSTOMER_REGISTERED,
+        customer_id=customer.id,
+        time=customer.registered_at,
+        data=p.CustomerRegistered(
+            customer_id=customer.id,
+            kind=p.CustomerKind(customer.kind),
+            source_channel=customer.source_channel,
+            referred_by=customer.referred_by,
+        ),
+    )
+
+
+def _normalise_fields(fields: dict[str, Any], *, settings: ProfileSettings) -> dict[str, Any]:
+    """Normalise whichever master-data fields are present; all problems at once."""
+    normalisers: dict[str, Callable[[Any], Any]] = {
+        "name": domain.normalise_name,
+        "email": domain.normalise_email,
+        "phone": lambda value: domain.normalise_phone(
+            value, default_region=settings.default_phone_region
+        ),
+        "addresses": _normalise_addresses,
+        "external_ref": domain.normalise_external_ref,
+        "tags": lambda value: list(domain.normalise_tags(value)),
+        "custom_attributes": lambda value: domain.validate_custom_attributes(
+            value, max_bytes=settings.custom_attributes_max_bytes
+        ),
+        "source_channel": lambda value: domain.normalise_channel(value, loc=("source_channel",)),
+    }
+    problems: list[domain.FieldProblem] = []
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        normalise = normalisers.get(name)
+        if value is None or normalise is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = normalise(value)
+        except domain.RuleViolation as error:
+            problems.extend(error.problems)
+    if problems:
+        raise domain.RuleViolation(problems)
+    return out
+
+
+def _normalise_addresses(addresses: Sequence[Any]) -> list[dict[str, Any]]:
+    problems: list[domain.FieldProblem] = []
+    normalised = []
+    for index, address in enumerate(addresses):
+        try:
+            normalised.append(
+                _address_json(
+                    domain.normalise_address(address.to_domain(), loc=("addresses", index))
+                )
+            )
+        except domain.RuleViolation as error:
+            problems.extend(error.problems)
+    if problems:
+        raise domain.RuleViolation(problems)
+    return normalised
+
+
+def _address_json(address: domain.Address) -> dict[str, Any]:
+    return {
+        "line1": address.line1,
+        "line2": address.line2,
+        "city": address.city,
+        "postal_code": address.postal_code,
+        "region": address.region,
+        "country": address.country,
+        "kind": address.kind,
+    }
+
+
+async def _ensure_unique(
+    session: AsyncSession,
+    *,
+    email: str | None,
+    external_ref: str | None,
+    except_id: uuid.UUID | None = None,
+) -> None:
+    for column, value, label in (
+        (Customer.email, email, "e-mail"),
+        (Customer.external_ref, external_ref, "external_ref"),
+    ):
+        if value is None:
+            continue
+        query = select(Customer.id).where(column == value)
+        if except_id is not None:
+            query = query.where(Customer.id != except_id)
+        existing = await session.scalar(query)
+        if existing is not None:
+            raise Conflict(f"A customer with this {label} exists", existing_id=str(existing))
+
+
+async def _flush_unique(
+    session: AsyncSession, *, email: str | None, external_ref: str | None
+) -> None:
+    """Flush; a concurrent writer that won the unique index race becomes a 409 as well."""
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        await _ensure_unique(session, email=email, external_ref=external_ref)
+        raise
 
 
 async def register_customer(
-    session: AsyncSession, *, data: CustomerCreate, now: datetime
+    session: AsyncSession, *, data: CustomerCreate, settings: ProfileSettings, now: datetime
 ) -> Customer:
-    if data.email is not None:
-        existing = await session.scalar(
-            select(Customer.id).where(Customer.email == data.email.lower())
+    fields = _normalise_fields(
+        {
+            "name": data.name,
+            "email": data.email,
+            "phone": data.phone,
+            "addresses": data.addresses,
+            "external_ref": data.external_ref,
+            "tags": data.tags,
+            "custom_attributes": data.custom_attributes,
+            "source_channel": data.source_channel,
+        },
+        settings=settings,
+    )
+    registered_at = data.registered_at or now
+    problems = domain.business_time_problems(
+        registered_at, ("registered_at",), now=now, max_clock_skew=settings.max_clock_skew
+    )
+    if problems:
+        raise domain.RuleViolation(problems)
+    if data.referred_by is not None:
+        referrer = await session.scalar(
+            select(Customer.id).where(Customer.id == data.referred_by, Customer.erased_at.is_(None))
         )
-        if existing is not None:
-            raise Conflict("A customer with this e-mail exists", existing_id=str(existing))
+        if referrer is None:
+            raise InvalidInput.field("body.referred_by", f"no customer {data.referred_by}")
+    await _ensure_unique(session, email=fields["email"], external_ref=fields["external_ref"])
     customer = Customer(
         id=uuid.uuid4(),
         kind=data.kind.value,
-        email=data.email and data.email.lower(),
-        registered_at=now,
+        referred_by=data.referred_by,
+        registered_at=registered_at,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        **fields,
     )
+    await lock_customers(session, [customer.id])
     session.add(customer)
-    await session.flush()
-    await add_events(
-        session,
-        MESSAGING,
-        [
-            new_event(
-                type=ev.CUSTOMER_REGISTERED,
-                source=SOURCE,
-                subject=customer.id,
-                time=now,
-                data=p.CustomerRegistered(customer_id=customer.id, kind=data.kind),
-            ),
-        ],
-    )
+    await _flush_unique(session, email=customer.email, external_ref=customer.external_ref)
+    events = [registered_event(customer)]
+    if data.consents:
+        outcome = domain.change_consents(
+            {}, data.consents, at=registered_at, source=data.consent_source
+        )
+        events += await _store_consent_changes(session, customer.id, outcome)
+    await add_events(session, MESSAGING, events)
     return customer
 
 
 async def get_customer(session: AsyncSession, *, customer_id: uuid.UUID) -> Customer:
     customer = await session.get(Customer, customer_id)
-    if customer is None:
+    if customer is None or customer.erased_at is not None:
         raise NotFound(f"No customer {customer_id}")
     return customer
+
+
+async def update_customer(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    data: CustomerUpdate,
+    expected_version: int,
+    settings: ProfileSettings,
+    now: datetime,
+) -> Customer:
+    await lock_customers(session, [customer_id])
+    customer = await get_customer(session, customer_id=customer_id)
+    await session.refresh(customer, with_for_update=True)
+    if customer.version != expected_version:
+        raise PreconditionFailed(
+            f"The customer changed since you read it (version {customer.version}, "
+            f"If-Match names {expected_version}): read it again and re-apply your change",
+            current_version=customer.version,
+        )
+    sent = {name: getattr(data, name) for name in data.model_fields_set}
+    for listed in ("addresses", "tags", "custom_attributes"):
+        if listed in sent and sent[listed] is None:
+            sent[listed] = {} if listed == "custom_attributes" else []
+    fields = _normalise_fields(sent, settings=settings)
+    await _ensure_unique(
+        session,
+        email=fields.get("email"),
+        external_ref=fields.get("external_ref"),
+        except_id=customer.id,
+    )
+    changed = sorted(name for name, value in fields.items() if getattr(customer, name) != value)
+    if not changed:
+        return customer
+    for name in changed:
+        setattr(customer, name, fields[name])
+    customer.version += 1
+    customer.updated_at = now
+    await _flush_unique(session, email=customer.email, external_ref=customer.external_ref)
+    await add_events(
+        session,
+        MESSAGING,
+        [
+            _event(
+                ev.CUSTOMER_UPDATED,
+                customer_id=customer.id,
+                time=now,
+                data=p.CustomerUpdated(
+                    customer_id=customer.id, changed_fields=changed, version=customer.version
+                ),
+            )
+        ],
+    )
+    return customer
+
+
+async def erase_customer(session: AsyncSession, *, customer_id: uuid.UUID, now: datetime) -> None:
+    """Right to be forgotten: personal and free-form data go, the anonymous id and the amounts
+    stay (aggregates elsewhere remain consistent); other services react to the event."""
+    await lock_customers(session, [customer_id])
+    customer = await get_customer(session, customer_id=customer_id)
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(
+            name=None,
+            email=None,
+            phone=None,
+            addresses=[],
+            external_ref=None,
+            tags=[],
+            custom_attributes={},
+            source_channel=None,
+            erased_at=now,
+            updated_at=now,
+            version=customer.version + 1,
+        )
+    )
+    for table in (
+        Consent,
+        ConsentHistory,
+        Interaction,
+        StageProjection,
+        ValueProjection,
+        ComplaintProjection,
+    ):
+        await session.execute(delete(table).where(table.customer_id == customer_id))
+    await add_events(
+        session,
+        MESSAGING,
+        [
+            _event(
+                ev.CUSTOMER_ERASED,
+                customer_id=customer_id,
+                time=now,
+                data=p.CustomerErased(customer_id=customer_id),
+            )
+        ],
+    )
+
+
+def _like_escape(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def search_customers(
+    session: AsyncSession,
+    *,
+    q: str | None,
+    stage: p.Stage | None,
+    tier: p.Tier | None,
+    limit: int,
+    cursor: dict[str, Any] | None,
+) -> tuple[list[Customer], dict[str, Any] | None]:
+    """Newest-registered last, cursor on (created_at, id). `q` matches name (substring),
+    e-mail (prefix), external_ref (exact) and phone digits (substring, 4 digits or more)."""
+    query = select(Customer).where(Customer.erased_at.is_(None))
+    if q and q.strip():
+        term = q.strip()
+        escaped = _like_escape(term.lower())
+        matches = [
+            func.lower(Customer.name).like(f"%{escaped}%", escape="\\"),
+            Customer.email.like(f"{escaped}%", escape="\\"),
+            Customer.external_ref == term,
+        ]
+        digits = re.sub(r"\D", "", term)
+        if len(digits) >= 4 and not re.search(r"[A-Za-z@]", term):
+            matches.append(Customer.phone.like(f"%{digits}%"))
+        query = query.where(or_(*matches))
+    if stage is not None:
+        query = query.join(StageProjection, StageProjection.customer_id == Customer.id).where(
+            StageProjection.stage == stage.value
+        )
+    if tier is not None:
+        query = query.join(ValueProjection, ValueProjection.customer_id == Customer.id).where(
+            ValueProjection.tier == tier.value
+        )
+    if cursor is not None:
+        try:
+            after = (datetime.fromisoformat(cursor["created_at"]), uuid.UUID(cursor["id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        query = query.where(tuple_(Customer.created_at, Customer.id) > after)
+    query = query.order_by(Customer.created_at, Customer.id).limit(limit + 1)
+    rows = list((await session.scalars(query)).all())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = {"created_at": last.created_at.isoformat(), "id": str(last.id)}
+    return rows, next_cursor
+
+
+async def audit_pii_read(
+    session: AsyncSession,
+    *,
+    customer_ids: Sequence[uuid.UUID],
+    actor: str,
+    action: str,
+    request_id: str | None,
+    now: datetime,
+) -> None:
+    """Every read of unmasked personal data leaves a row: who, when, which customer, how."""
+    if not customer_ids:
+        return
+    await session.execute(
+        pg_insert(PiiAccess),
+        [
+            {
+                "customer_id": customer_id,
+                "actor": actor[:200],
+                "action": action,
+                "request_id": request_id,
+                "accessed_at": now,
+            }
+            for customer_id in customer_ids
+        ],
+    )
+
+
+# --- consent -----------------------------------------------------------------------------------
+
+
+async def _consent_state(
+    session: AsyncSession, customer_id: uuid.UUID
+) -> dict[p.ConsentPurpose, domain.ConsentRecord]:
+    rows = await session.scalars(select(Consent).where(Consent.customer_id == customer_id))
+    return {
+        p.ConsentPurpose(row.purpose): domain.ConsentRecord(
+            p.ConsentPurpose(row.purpose), p.ConsentStatus(row.status), row.changed_at, row.source
+        )
+        for row in rows
+    }
+
+
+async def _store_consent_changes(
+    session: AsyncSession, customer_id: uuid.UUID, outcome: domain.ConsentOutcome
+) -> list[CloudEvent[Any]]:
+    if not outcome.event_due:
+        return []
+    for change in outcome.changes:
+        await session.execute(
+            pg_insert(Consent)
+            .values(
+                customer_id=customer_id,
+                purpose=change.purpose.value,
+                status=change.current.value,
+                changed_at=change.changed_at,
+                source=change.source,
+            )
+            .on_conflict_do_update(
+                index_elements=[Consent.customer_id, Consent.purpose],
+                set_={
+                    "status": change.current.value,
+                    "changed_at": change.changed_at,
+                    "source": change.source,
+                },
+            )
+        )
+    await session.execute(
+        pg_insert(ConsentHistory),
+        [
+            {
+                "customer_id": customer_id,
+                "purpose": change.purpose.value,
+                "previous": change.previous.value if change.previous else None,
+                "status": change.current.value,
+                "changed_at": change.changed_at,
+                "source": change.source,
+            }
+            for change in outcome.changes
+        ],
+    )
+    return [
+        _event(
+            ev.CUSTOMER_CONSENT_CHANGED,
+            customer_id=customer_id,
+            time=change.changed_at,
+            data=p.CustomerConsentChanged(
+                customer_id=customer_id,
+                purpose=change.purpose,
+                status=change.current,
+                source=change.source,
+            ),
+        )
+        for change in outcome.changes
+    ]
+
+
+async def change_consents(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    data: ConsentsUpdate,
+    settings: ProfileSettings,
+    now: datetime,
+) -> domain.ConsentOutcome:
+    """One event per purpose whose status moved; repeating an answer changes nothing."""
+    await lock_customers(session, [customer_id])
+    await get_customer(session, customer_id=customer_id)
+    changed_at = data.changed_at or now
+    problems = domain.business_time_problems(
+        changed_at, ("changed_at",), now=now, max_clock_skew=settings.max_clock_skew
+    )
+    if problems:
+        raise domain.RuleViolation(problems)
+    state = await _consent_state(session, customer_id)
+    outcome = domain.change_consents(state, data.consents, at=changed_at, source=data.source)
+    await add_events(
+        session, MESSAGING, await _store_consent_changes(session, customer_id, outcome)
+    )
+    return outcome
+
+
+async def consent_history(
+    session: AsyncSession, *, customer_id: uuid.UUID
+) -> tuple[list[Consent], list[ConsentHistory]]:
+    await get_customer(session, customer_id=customer_id)
+    current = await session.scalars(
+        select(Consent).where(Consent.customer_id == customer_id).order_by(Consent.purpose)
+    )
+    history = await session.scalars(
+        select(ConsentHistory)
+        .where(ConsentHistory.customer_id == customer_id)
+        .order_by(ConsentHistory.id)
+    )
+    return list(current), list(history)
+
+
+# --- purchases ---------------------------------------------------------------------------------
+
+
+def purchase_from_request(
+    data: PurchaseCreate, *, settings: ProfileSettings, now: datetime
+) -> domain.Purchase:
+    return domain.validate_purchase(
+        order_id=data.order_id,
+        amount=data.amount,
+        currency=data.currency,
+        occurred_at=data.occurred_at or now,
+        items=[
+            domain.LineItem(item.sku, item.category, item.quantity, item.unit_price)
+            for item in data.items
+        ],
+        channel=data.channel,
+        base_currency=settings.base_currency,
+        now=now,
+        max_clock_skew=settings.max_clock_skew,
+    )
+
+
+def purchase_recorded_event(
+    *,
+    purchase_id: uuid.UUID,
+    customer_id: uuid.UUID,
+    purchase: domain.Purchase,
+) -> CloudEvent[Any]:
+    # model_construct: the domain validated every value already, and imports build tens of
+    # thousands of these (validating again doubled the import's CPU time).
+    return _event(
+        ev.PURCHASE_RECORDED,
+        customer_id=customer_id,
+        time=purchase.occurred_at,
+        data=p.PurchaseRecorded.model_construct(
+            customer_id=customer_id,
+            purchase_id=purchase_id,
+            order_id=purchase.order_id,
+            amount=domain.quantize_money(purchase.amount, purchase.currency),
+            currency=purchase.currency,
+            items=[
+                p.PurchaseItem.model_construct(
+                    sku=item.sku,
+                    category=item.category,
+                    quantity=item.quantity,
+                    unit_price=item.unit_price,
+                )
+                for item in purchase.items
+            ],
+            channel=purchase.channel,
+        ),
+    )
 
 
 async def record_purchase(
     session: AsyncSession,
     *,
     customer_id: uuid.UUID,
-    data: PurchaseCreate,
-    base_currency: str,
-    now: datetime,
+    purchase: domain.Purchase,
+    origin: str = "api",
 ) -> tuple[Purchase, bool]:
-    """Returns (purchase, created); the same order_id again returns the existing purchase."""
-    if data.currency != base_currency:
-        raise InvalidInput.field(
-            "body.currency", f"must be the deployment's base currency {base_currency}"
-        )
+    """(purchase, created). The same order_id again returns the recorded purchase, no event;
+    an order_id of another customer, or with another amount, is a conflict."""
     await lock_customers(session, [customer_id])
     await get_customer(session, customer_id=customer_id)
-    existing = await session.scalar(select(Purchase).where(Purchase.order_id == data.order_id))
+    existing = await session.scalar(select(Purchase).where(Purchase.order_id == purchase.order_id))
     if existing is not None:
-        if existing.customer_id != customer_id:
-            raise Conflict(f"order_id {data.order_id} belongs to another customer")
-        return existing, False
-    occurred_at = data.occurred_at or now
-    purchase = Purchase(
+        return _same_order(existing, customer_id, purchase), False
+    row = Purchase(
         id=uuid.uuid4(),
         customer_id=customer_id,
-        order_id=data.order_id,
+        order_id=purchase.order_id,
+        amount=purchase.amount,
+        currency=purchase.currency,
+        occurred_at=purchase.occurred_at,
+        channel=purchase.channel,
+        refunded_total=Decimal(0),
+        origin=origin,
+    )
+    session.add(row)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        # Another transaction recorded the same order_id first: answer as for a retry.
+        session.expunge(row)
+        existing = await session.scalar(
+            select(Purchase).where(Purchase.order_id == purchase.order_id)
+        )
+        if existing is None:
+            raise
+        return _same_order(existing, customer_id, purchase), False
+    if purchase.items:
+        await session.execute(
+            pg_insert(PurchaseItem),
+            [
+                {
+                    "purchase_id": row.id,
+                    "position": position,
+                    "sku": item.sku,
+                    "category": item.category,
+                    "quantity": item.quantity,
+                    "unit_price": item.unit_price,
+                }
+                for position, item in enumerate(purchase.items)
+            ],
+        )
+    await add_events(
+        session,
+        MESSAGING,
+        [purchase_recorded_event(purchase_id=row.id, customer_id=customer_id, purchase=purchase)],
+    )
+    return row, True
+
+
+def _same_order(existing: Purchase, customer_id: uuid.UUID, purchase: domain.Purchase) -> Purchase:
+    if existing.customer_id != customer_id:
+        raise Conflict(f"order_id {purchase.order_id!r} is recorded for another customer")
+    if existing.amount != purchase.amount:
+        raise Conflict(
+            f"order_id {purchase.order_id!r} is already recorded with amount "
+            f"{domain.format_money(existing.amount, existing.currency)}; "
+            "an order cannot change, record a refund instead",
+            purchase_id=str(existing.id),
+        )
+    return existing
+
+
+async def purchase_items(
+    session: AsyncSession, purchase_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, list[PurchaseItem]]:
+    ids = list(purchase_ids)
+    by_purchase: dict[uuid.UUID, list[PurchaseItem]] = {pid: [] for pid in ids}
+    if ids:
+        rows = await session.scalars(
+            select(PurchaseItem)
+            .where(PurchaseItem.purchase_id.in_(ids))
+            .order_by(PurchaseItem.purchase_id, PurchaseItem.position)
+        )
+        for row in rows:
+            by_purchase[row.purchase_id].append(row)
+    return by_purchase
+
+
+async def list_purchases(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    limit: int,
+    cursor: dict[str, Any] | None,
+) -> tuple[list[Purchase], dict[str, Any] | None]:
+    """Most recent first, cursor on (occurred_at, id)."""
+    await get_customer(session, customer_id=customer_id)
+    query = select(Purchase).where(Purchase.customer_id == customer_id)
+    if cursor is not None:
+        try:
+            before = (datetime.fromisoformat(cursor["occurred_at"]), uuid.UUID(cursor["id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        query = query.where(tuple_(Purchase.occurred_at, Purchase.id) < before)
+    rows = list(
+        (
+            await session.scalars(
+                query.order_by(Purchase.occurred_at.desc(), Purchase.id.desc()).limit(limit + 1)
+            )
+        ).all()
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = {"occurred_at": rows[-1].occurred_at.isoformat(), "id": str(rows[-1].id)}
+    return rows, next_cursor
+
+
+async def record_refund(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    data: RefundCreate,
+    settings: ProfileSettings,
+    now: datetime,
+) -> tuple[Refund, Purchase]:
+    await lock_customers(session, [customer_id])
+    await get_customer(session, customer_id=customer_id)
+    purchase = await session.scalar(
+        select(Purchase)
+        .where(Purchase.order_id == data.order_id.strip(), Purchase.customer_id == customer_id)
+        .with_for_update()
+    )
+    if purchase is None:
+        raise NotFound(f"No order {data.order_id!r} for customer {customer_id}")
+    refund = domain.validate_refund(
+        order_id=purchase.order_id,
         amount=data.amount,
         currency=data.currency,
-        occurred_at=occurred_at,
+        refunded_at=data.refunded_at or now,
+        paid=purchase.amount,
+        already_refunded=purchase.refunded_total,
+        purchased_at=purchase.occurred_at,
+        reason=data.reason,
+        base_currency=settings.base_currency,
+        now=now,
+        max_clock_skew=settings.max_clock_skew,
     )
-    session.add(purchase)
+    row = Refund(
+        id=uuid.uuid4(),
+        purchase_id=purchase.id,
+        customer_id=customer_id,
+        amount=refund.amount,
+        currency=refund.currency,
+        refunded_at=refund.refunded_at,
+        reason=refund.reason,
+        chargeback=data.chargeback,
+    )
+    session.add(row)
+    purchase.refunded_total = purchase.refunded_total + refund.amount
     await session.flush()
     await add_events(
         session,
         MESSAGING,
         [
-            new_event(
-                type=ev.PURCHASE_RECORDED,
-                source=SOURCE,
-                subject=customer_id,
-                time=occurred_at,
-                data=p.PurchaseRecorded(
+            _event(
+                ev.PURCHASE_REFUNDED,
+                customer_id=customer_id,
+                time=refund.refunded_at,
+                data=p.PurchaseRefunded(
                     customer_id=customer_id,
                     purchase_id=purchase.id,
                     order_id=purchase.order_id,
-                    amount=purchase.amount,
+                    refund_id=row.id,
+                    amount=refund.amount,
+                    refunded_total=domain.quantize_money(
+                        purchase.refunded_total, purchase.currency
+                    ),
+                    order_amount=domain.quantize_money(purchase.amount, purchase.currency),
                     currency=purchase.currency,
+                    chargeback=data.chargeback,
                 ),
-            ),
+            )
         ],
     )
-    return purchase, True
+    return row, purchase
+
+
+# --- interactions ------------------------------------------------------------------------------
+
+
+async def record_interaction(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    data: InteractionCreate,
+    recorded_by: str,
+    settings: ProfileSettings,
+    now: datetime,
+) -> Interaction:
+    await get_customer(session, customer_id=customer_id)
+    interaction = domain.validate_interaction(
+        channel=data.channel,
+        direction=data.direction,
+        summary=data.summary,
+        occurred_at=data.occurred_at or now,
+        now=now,
+        max_clock_skew=settings.max_clock_skew,
+    )
+    row = Interaction(
+        id=uuid.uuid4(),
+        customer_id=customer_id,
+        channel=interaction.channel,
+        direction=interaction.direction.value,
+        summary=interaction.summary,
+        occurred_at=interaction.occurred_at,
+        recorded_by=recorded_by[:200],
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def list_interactions(
+    session: AsyncSession,
+    *,
+    customer_id: uuid.UUID,
+    limit: int,
+    cursor: dict[str, Any] | None,
+) -> tuple[list[Interaction], dict[str, Any] | None]:
+    await get_customer(session, customer_id=customer_id)
+    query = select(Interaction).where(Interaction.customer_id == customer_id)
+    if cursor is not None:
+        try:
+            before = (datetime.fromisoformat(cursor["occurred_at"]), uuid.UUID(cursor["id"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        query = query.where(tuple_(Interaction.occurred_at, Interaction.id) < before)
+    rows = list(
+        (
+            await session.scalars(
+                query.order_by(Interaction.occurred_at.desc(), Interaction.id.desc()).limit(
+                    limit + 1
+                )
+            )
+        ).all()
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = {"occurred_at": rows[-1].occurred_at.isoformat(), "id": str(rows[-1].id)}
+    return rows, next_cursor
+
+
+# --- orders from other systems -----------------------------------------------------------------
+
+
+class UnresolvableOrder(Exception):
+    """An ingested order whose customer cannot be found or created: goes to the DLQ."""
+
+
+async def ingest_order(
+    session: AsyncSession, *, order: domain.IngestOrder, purchase: domain.Purchase
+) -> tuple[Purchase, bool]:
+    """Find (or create) the order's customer, then record the purchase as HTTP would."""
+    found_by_id = found_by_ref = found_by_email = None
+    if order.customer_id is not None:
+        found_by_id = await session.scalar(
+            select(Customer.id).where(
+                Customer.id == order.customer_id, Customer.erased_at.is_(None)
+            )
+        )
+    if order.external_ref is not None:
+        found_by_ref = await session.scalar(
+            select(Customer.id).where(Customer.external_ref == order.external_ref)
+        )
+    if order.email is not None:
+        found_by_email = await session.scalar(
+            select(Customer.id).where(Customer.email == order.email)
+        )
+    resolution = domain.resolve_order_customer(
+        customer_id=order.customer_id,
+        external_ref=order.external_ref,
+        email=order.email,
+        found_by_id=found_by_id,
+        found_by_external_ref=found_by_ref,
+        found_by_email=found_by_email,
+    )
+    match resolution:
+        case domain.UnresolvedCustomer(reason=reason):
+            raise UnresolvableOrder(f"order {order.order_id!r}: {reason}")
+        case domain.ExistingCustomer(customer_id=customer_id):
+            pass
+        case domain.NewCustomer(external_ref=external_ref, email=email):
+            customer = Customer(
+                id=uuid.uuid4(),
+                kind=p.CustomerKind.person.value,
+                email=email,
+                external_ref=external_ref,
+                source_channel=purchase.channel,
+                registered_at=purchase.occurred_at,
+                version=1,
+                addresses=[],
+                tags=[],
+                custom_attributes={},
+            )
+            await lock_customers(session, [customer.id])
+            session.add(customer)
+            await session.flush()
+            await add_events(session, MESSAGING, [registered_event(customer)])
+            customer_id = customer.id
+    return await record_purchase(
+        session, customer_id=customer_id, purchase=purchase, origin="ingest"
+    )
+
+
+_INGEST_CUSTOMERS_SQL = """
+    INSERT INTO customers (id, kind, external_ref, email, registered_at, source_channel)
+    SELECT id, 'person', ref, email, at, channel
+      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+           AS t(id, ref, email, at, channel)
+"""
+
+
+async def ingest_orders(
+    session: AsyncSession, *, orders: Sequence[tuple[domain.IngestOrder, domain.Purchase]]
+) -> list[CloudEvent[Any]]:
+    """A batch of ingested orders, set-based: a few statements for the whole batch instead of
+    a dozen round trips per order. Returns the events to publish.
+
+    Anything unusual (an unresolvable customer, an order_id recorded differently, a customer
+    created concurrently) raises: the consumer then redoes the batch message by message through
+    `ingest_order`, which dead-letters only the culprit.
+    """
+    db = await _driver_connection(session)
+    ids = [o.customer_id for o, _ in orders if o.customer_id is not None]
+    refs = [o.external_ref for o, _ in orders if o.external_ref is not None]
+    emails = [o.email for o, _ in orders if o.email is not None]
+    by_id = {
+        row["id"]
+        for row in await db.fetch(
+            "SELECT id FROM customers WHERE id = ANY($1::uuid[]) AND erased_at IS NULL", ids
+        )
+    }
+    by_ref: dict[str, uuid.UUID] = {
+        row["external_ref"]: row["id"]
+        for row in await db.fetch(
+            "SELECT external_ref, id FROM customers WHERE external_ref = ANY($1::text[])", refs
+        )
+    }
+    by_email: dict[str, uuid.UUID] = {
+        row["email"]: row["id"]
+        for row in await db.fetch(
+            "SELECT email, id FROM customers WHERE email = ANY($1::text[])", emails
+        )
+    }
+    owners: list[uuid.UUID] = []
+    created: list[tuple[uuid.UUID, str | None, str | None, datetime, str | None]] = []
+    for order, purchase in orders:
+        resolution = domain.resolve_order_customer(
+            customer_id=order.customer_id,
+            external_ref=order.external_ref,
+            email=order.email,
+            found_by_id=order.customer_id if order.customer_id in by_id else None,
+            found_by_external_ref=by_ref.get(order.external_ref or ""),
+            found_by_email=by_email.get(order.email or ""),
+        )
+        match resolution:
+            case domain.UnresolvedCustomer(reason=reason):
+                raise UnresolvableOrder(f"order {order.order_id!r}: {reason}")
+            case domain.ExistingCustomer(customer_id=customer_id):
+                owners.append(customer_id)
+            case domain.NewCustomer(external_ref=ref, email=email):
+                customer_id = uuid.uuid4()
+                created.append((customer_id, ref, email, purchase.occurred_at, purchase.channel))
+                if ref is not None:
+                    by_ref[ref] = customer_id
+                if email is not None:
+                    by_email[email] = customer_id
+                owners.append(customer_id)
+    await lock_customers(session, owners)
+    events: list[CloudEvent[Any]] = []
+    if created:
+        # A unique violation here (a concurrent registration) sends the batch to the slow path.
+        await db.execute(
+            _INGEST_CUSTOMERS_SQL, *(list(column) for column in zip(*created, strict=True))
+        )
+        for customer_id, _, _, registered_at, channel in created:
+            events.append(
+                _event(
+                    ev.CUSTOMER_REGISTERED,
+                    customer_id=customer_id,
+                    time=registered_at,
+                    data=p.CustomerRegistered(
+                        customer_id=customer_id, kind=p.CustomerKind.person, source_channel=channel
+                    ),
+                )
+            )
+    purchases = [purchase for _, purchase in orders]
+    inserted: dict[str, uuid.UUID] = {
+        row["order_id"]: row["id"]
+        for row in await db.fetch(
+            """
+            INSERT INTO purchases (id, customer_id, order_id, amount, currency, occurred_at,
+                                   channel, origin)
+            SELECT id, customer_id, order_id, amount, currency, occurred_at, channel, 'ingest'
+              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
+                          $6::timestamptz[], $7::text[])
+                   AS t(id, customer_id, order_id, amount, currency, occurred_at, channel)
+            ON CONFLICT (order_id) DO NOTHING
+            RETURNING id, order_id
+            """,
+            [uuid.uuid4() for _ in purchases],
+            owners,
+            [purchase.order_id for purchase in purchases],
+            [purchase.amount for purchase in purchases],
+            [purchase.currency for purchase in purchases],
+            [purchase.occurred_at for purchase in purchases],
+            [purchase.channel for purchase in purchases],
+        )
+    }
+    repeated = [
+        (owner, purchase)
+        for owner, purchase in zip(owners, purchases, strict=True)
+        if purchase.order_id not in inserted
+    ]
+    if repeated:
+        recorded = {
+            row["order_id"]: (row["customer_id"], row["amount"])
+            for row in await db.fetch(
+                "SELECT order_id, customer_id, amount FROM purchases WHERE order_id = ANY($1::text[])",
+                [purchase.order_id for _, purchase in repeated],
+            )
+        }
+        for owner, purchase in repeated:
+            if recorded[purchase.order_id] != (owner, purchase.amount):
+                raise Conflict(f"order_id {purchase.order_id!r} is recorded differently")
+    items = [
+        (
+            inserted[purchase.order_id],
+            position,
+            item.sku,
+            item.category,
+            item.quantity,
+            item.unit_price,
+        )
+        for purchase in purchases
+        if purchase.order_id in inserted
+        for position, item in enumerate(purchase.items)
+    ]
+    if items:
+        await db.execute(_IMPORT_ITEMS_SQL, *(list(column) for column in zip(*items, strict=True)))
+    seen: set[str] = set()
+    for owner, purchase in zip(owners, purchases, strict=True):
+        purchase_id = inserted.get(purchase.order_id)
+        if purchase_id is None or purchase.order_id in seen:
+            continue
+        seen.add(purchase.order_id)
+        events.append(
+            purchase_recorded_event(purchase_id=purchase_id, customer_id=owner, purchase=purchase)
+        )
+    return events
+
+
+# --- bulk import -------------------------------------------------------------------------------
+
+
+async def import_purchases(
+    sessions: SessionFactory,
+    *,
+    csv_text: str,
+    actor: str,
+    settings: ProfileSettings,
+    now: datetime,
+) -> PurchaseImport:
+    """Parse the CSV, then write its orders chunk by chunk (one transaction each), creating the
+    customers it names by external_ref (registered at their first purchase in the file)."""
+    import_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            PurchaseImport(
+                id=import_id,
+                status="running",
+                actor=actor[:200],
+                started_at=now,
+                rows_read=0,
+                orders_total=0,
+                orders_done=0,
+                purchases_created=0,
+                duplicates=0,
+                customers_created=0,
+                rejected=0,
+                rejections=[],
+            )
+        )
+    try:
+        parsed = domain.parse_purchase_csv(
+            io.StringIO(csv_text, newline=""),
+            base_currency=settings.base_currency,
+            now=now,
+            max_clock_skew=settings.max_clock_skew,
+        )
+    except domain.CsvHeaderError as error:
+        async with transaction(sessions) as session:
+            await session.execute(
+                update(PurchaseImport)
+                .where(PurchaseImport.id == import_id)
+                .values(status="failed", finished_at=now, error=str(error))
+            )
+        raise
+    # The parsed file is hundreds of thousands of long-lived objects that the cyclic GC would
+    # rescan on every collection while the chunks run (a third of the import's time).
+    gc.freeze()
+    try:
+        return await _write_import(sessions, import_id=import_id, parsed=parsed, settings=settings)
+    finally:
+        gc.unfreeze()
+
+
+async def _write_import(
+    sessions: SessionFactory,
+    *,
+    import_id: uuid.UUID,
+    parsed: domain.PurchaseCsv,
+    settings: ProfileSettings,
+) -> PurchaseImport:
+    rejections = [
+        {"line": r.line, "order_id": r.order_id, "reason": r.reason}
+        for r in parsed.rejections[:MAX_REJECTIONS_KEPT]
+    ]
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(PurchaseImport)
+            .where(PurchaseImport.id == import_id)
+            .values(
+                rows_read=parsed.rows_read,
+                orders_total=len(parsed.orders),
+                rejected=len(parsed.rejections),
+                rejections=rejections,
+            )
+        )
+    first_purchase: dict[str, datetime] = {}
+    for order in parsed.orders:
+        at = order.purchase.occurred_at
+        if order.external_ref not in first_purchase or at < first_purchase[order.external_ref]:
+            first_purchase[order.external_ref] = at
+
+    orders = parsed.orders
+    chunk = settings.import_chunk_orders
+    for start in range(0, len(orders), chunk):
+        async with transaction(sessions) as session:
+            created, duplicates, new_customers = await _import_chunk(
+                session, orders[start : start + chunk], first_purchase
+            )
+            await session.execute(
+                update(PurchaseImport)
+                .where(PurchaseImport.id == import_id)
+                .values(
+                    orders_done=PurchaseImport.orders_done + len(orders[start : start + chunk]),
+                    purchases_created=PurchaseImport.purchases_created + created,
+                    duplicates=PurchaseImport.duplicates + duplicates,
+                    customers_created=PurchaseImport.customers_created + new_customers,
+                )
+            )
+        log.info(
+            "import.progress",
+            import_id=str(import_id),
+            orders_done=min(start + chunk, len(orders)),
+            orders_total=len(orders),
+        )
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(PurchaseImport)
+            .where(PurchaseImport.id == import_id)
+            .values(status="done", finished_at=func.now())
+        )
+        finished = await session.get(PurchaseImport, import_id)
+        assert finished is not None
+        return finished
+
+
+_IMPORT_CUSTOMERS_SQL = """
+    INSERT INTO customers (id, kind, external_ref, registered_at, source_channel)
+    SELECT id, 'person', ref, at, 'import'
+      FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS t(id, ref, at)
+    ON CONFLICT (external_ref) WHERE external_ref IS NOT NULL DO NOTHING
+    RETURNING id, external_ref, registered_at
+"""
+_IMPORT_PURCHASES_SQL = """
+    INSERT INTO purchases (id, customer_id, order_id, amount, currency, occurred_at, origin)
+    SELECT id, customer_id, order_id, amount, currency, occurred_at, 'import'
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
+                  $6::timestamptz[]) AS t(id, customer_id, order_id, amount, currency, occurred_at)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING id, order_id
+"""
+_IMPORT_ITEMS_SQL = """
+    INSERT INTO purchase_items (purchase_id, position, sku, category, quantity, unit_price)
+    SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::int[],
+                         $6::numeric[])
+"""
+
+
+async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The session's own asyncpg connection (same transaction) for array-bound bulk SQL."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+async def _import_chunk(
+    session: AsyncSession,
+    orders: Sequence[domain.ImportedOrder],
+    first_purchase: dict[str, datetime],
+) -> tuple[int, int, int]:
+    """(purchases created, duplicates, customers created) for one chunk, in one transaction.
+
+    Rows go in as arrays (`unnest`): one statement per table instead of one per row, and no
+    ORM compilation of thousands of parameters."""
+    db = await _driver_connection(session)
+    refs = sorted({order.external_ref for order in orders})
+    known: dict[str, uuid.UUID] = {
+        row["external_ref"]: row["id"]
+        for row in await db.fetch(
+            "SELECT external_ref, id FROM customers WHERE external_ref = ANY($1::text[])", refs
+        )
+    }
+    missing = [ref for ref in refs if ref not in known]
+    events: list[CloudEvent[Any]] = []
+    customers_created = 0
+    if missing:
+        new_ids = [uuid.uuid4() for _ in missing]
+        await lock_customers(session, new_ids)
+        inserted = await db.fetch(
+            _IMPORT_CUSTOMERS_SQL, new_ids, missing, [first_purchase[ref] for ref in missing]
+        )
+        customers_created = len(inserted)
+        for row in inserted:
+            known[row["external_ref"]] = row["id"]
+            events.append(
+                _event(
+                    ev.CUSTOMER_REGISTERED,
+                    customer_id=row["id"],
+                    time=row["registered_at"],
+                    data=p.CustomerRegistered(
+                        customer_id=row["id"],
+                        kind=p.CustomerKind.person,
+                        source_channel="import",
+                    ),
+                )
+            )
+        if customers_created < len(missing):
+            # Created concurrently by another writer: look them up.
+            known.update(await _customers_by_ref(session, [r for r in missing if r not in known]))
+    await lock_customers(session, known.values())
+    purchase_ids = [uuid.uuid4() for _ in orders]
+    created_ids: dict[str, uuid.UUID] = {
+        row["order_id"]: row["id"]
+        for row in await db.fetch(
+            _IMPORT_PURCHASES_SQL,
+            purchase_ids,
+            [known[order.external_ref] for order in orders],
+            [order.purchase.order_id for order in orders],
+            [order.purchase.amount for order in orders],
+            [order.purchase.currency for order in orders],
+            [order.purchase.occurred_at for order in orders],
+        )
+    }
+    items: list[tuple[uuid.UUID, int, str, str | None, int, Decimal]] = []
+    for order in orders:
+        purchase_id = created_ids.get(order.purchase.order_id)
+        if purchase_id is None:
+            continue
+        for position, item in enumerate(order.purchase.items):
+            items.append(
+                (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
+            )
+        events.append(
+            purchase_recorded_event(
+                purchase_id=purchase_id,
+                customer_id=known[order.external_ref],
+                purchase=order.purchase,
+            )
+        )
+    if items:
+        await db.execute(_IMPORT_ITEMS_SQL, *(list(column) for column in zip(*items, strict=True)))
+    await add_events(session, MESSAGING, events)
+    return len(created_ids), len(orders) - len(created_ids), customers_created
+
+
+async def _customers_by_ref(session: AsyncSession, refs: Sequence[str]) -> dict[str, uuid.UUID]:
+    rows = await session.execute(
+        select(Customer.external_ref, Customer.id).where(Customer.external_ref.in_(refs))
+    )
+    return {ref: customer_id for ref, customer_id in rows if ref is not None}
+
+
+async def get_import(session: AsyncSession, *, import_id: uuid.UUID) -> PurchaseImport:
+    found = await session.get(PurchaseImport, import_id)
+    if found is None:
+        raise NotFound(f"No import {import_id}")
+    return found
+
+
+# --- the 360 view ------------------------------------------------------------------------------
+
+# One round trip: the customer and every local projection, aggregated in the database.
+CUSTOMER_360_SQL = """
+    SELECT c.id, c.kind, c.name, c.email, c.phone, c.addresses, c.external_ref, c.tags,
+           c.custom_attributes, c.referred_by, c.source_channel, c.registered_at, c.version,
+           c.updated_at,
+           (SELECT coalesce(json_agg(json_build_object(
+                       'purpose', k.purpose, 'status', k.status,
+                       'changed_at', k.changed_at, 'source', k.source) ORDER BY k.purpose), '[]')
+              FROM consents k WHERE k.customer_id = c.id) AS consents,
+           ps.purchase_count, ps.first_at, ps.last_at, ps.total, ps.refunded, ps.recorded_at,
+           st.stage, st.since, st.reason AS stage_reason, st.updated_at AS stage_updated_at,
+           v.score, v.tier, v.loyalty_index, v.loyalty_type, v.loyalty_satisfaction_type,
+           v.p_alive, v.clv, v.model_version, v.scored_at, v.updated_at AS value_updated_at,
+           (SELECT coalesce(json_agg(json_build_object(
+                       'complaint_id', o.complaint_id, 'severity', o.severity,
+                       'status', o.status, 'category', o.category, 'opened_at', o.opened_at,
+                       'first_response_due', o.first_response_due,
+                       'resolution_due', o.resolution_due,
+                       'escalation_level', o.escalation_level,
+                       'sla_breached', o.sla_breached) ORDER BY o.opened_at), '[]')
+              FROM customer_complaints o
+             WHERE o.customer_id = c.id AND o.status <> 'closed') AS open_complaints,
+           (SELECT max(o.updated_at) FROM customer_complaints o WHERE o.customer_id = c.id)
+               AS complaints_updated_at
+      FROM customers c
+      LEFT JOIN LATERAL (
+            SELECT count(*) AS purchase_count, min(occurred_at) AS first_at,
+                   max(occurred_at) AS last_at, coalesce(sum(amount), 0) AS total,
+                   coalesce(sum(refunded_total), 0) AS refunded, max(recorded_at) AS recorded_at
+              FROM purchases WHERE customer_id = c.id) ps ON true
+      LEFT JOIN customer_stage st ON st.customer_id = c.id
+      LEFT JOIN customer_value v ON v.customer_id = c.id
+     WHERE c.id = $1 AND c.erased_at IS NULL
+"""
+AUDIT_SQL = """
+    INSERT INTO pii_access_log (customer_id, actor, action, request_id, accessed_at)
+    VALUES ($1, $2, $3, $4, $5)
+"""
+_JSON_COLUMNS = ("consents", "open_complaints", "addresses", "custom_attributes")
+
+
+async def customer_360(
+    conn: asyncpg.Connection,
+    *,
+    customer_id: uuid.UUID,
+    audit_actor: str | None,
+    request_id: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The 360 row, read on a plain asyncpg connection: this is the hot read path, so it skips
+    the ORM and the transaction (one statement is consistent on its own) unless an unmasked
+    read must be audited in the same transaction."""
+    if audit_actor is None:
+        row = await conn.fetchrow(CUSTOMER_360_SQL, customer_id)
+    else:
+        async with conn.transaction():
+            row = await conn.fetchrow(CUSTOMER_360_SQL, customer_id)
+            if row is not None:
+                await conn.execute(
+                    AUDIT_SQL, customer_id, audit_actor[:200], "360", request_id, now
+                )
+    if row is None:
+        raise NotFound(f"No customer {customer_id}")
+    found = dict(row)
+    for column in _JSON_COLUMNS:
+        if isinstance(found[column], str):
+            found[column] = orjson.loads(found[column])
+    return found
+
+
+async def customer_exists(session: AsyncSession, customer_id: uuid.UUID) -> bool:
+    return (
+        await session.scalar(
+            select(Customer.id).where(
+                and_(Customer.id == customer_id, Customer.erased_at.is_(None))
+            )
+        )
+    ) is not None

@@ -1,0 +1,282 @@
+"""Customers over HTTP: registration, uniqueness, masking and audit, ETag updates, search, erasure."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from integration.profile.profile_helpers import PII_READER, READER, WRITER, Profile, read_events
+from sqlalchemy import text
+from support import auth
+
+from shared.events import registry as ev
+from shared.events import topics
+
+pytestmark = pytest.mark.integration
+
+
+async def test_register_normalises_and_publishes_without_personal_data(profile: Profile) -> None:
+    referrer = await profile.register(name="Ref Errer")
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    response = await profile.client.post(
+        "/v1/customers",
+        json={
+            "kind": "person",
+            "name": "  Jane   Doe ",
+            "email": f" Jane.{ref}@Example.COM ",
+            "phone": "+44 20 7946 0958",
+            "addresses": [{"line1": "1 High St", "city": "London", "country": "gb"}],
+            "external_ref": ref,
+            "tags": ["VIP", "vip"],
+            "referred_by": referrer["id"],
+            "source_channel": "Web",
+            "consents": {"marketing_email": "granted", "profiling": "withdrawn"},
+        },
+        headers=auth("customers:write", "pii:read"),
+    )
+    assert response.status_code == 201, response.text
+    customer = response.json()
+    assert response.headers["location"] == f"/v1/customers/{customer['id']}"
+    assert response.headers["etag"] == '"1"'
+    assert customer["name"] == "Jane Doe"
+    assert customer["email"] == f"jane.{ref}@example.com"
+    assert customer["phone"] == "+442079460958"
+    assert customer["addresses"][0]["country"] == "GB"
+    assert customer["tags"] == ["vip"]
+    assert customer["source_channel"] == "web"
+    assert customer["masked"] is False
+
+    events = await read_events(profile.bootstrap, topics.CUSTOMERS, subject=customer["id"], want=3)
+    assert [e["type"] for e in events] == [
+        ev.CUSTOMER_REGISTERED,
+        ev.CUSTOMER_CONSENT_CHANGED,
+        ev.CUSTOMER_CONSENT_CHANGED,
+    ]
+    assert events[0]["data"]["referred_by"] == referrer["id"]
+    raw = str(events)
+    for personal in ("Jane", "example.com", "7946", "High St"):
+        assert personal not in raw
+
+
+async def test_duplicate_email_or_external_ref_is_409_naming_the_existing_customer(
+    profile: Profile,
+) -> None:
+    first = await profile.register(external_ref=f"dup-{uuid.uuid4().hex[:6]}")
+    again = await profile.client.post(
+        "/v1/customers",
+        json={"name": "Other", "email": first["sent"]["email"].upper()},
+        headers=WRITER,
+    )
+    assert again.status_code == 409
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.json()["existing_id"] == first["id"]
+    by_ref = await profile.client.post(
+        "/v1/customers",
+        json={"name": "Other", "external_ref": first["external_ref"]},
+        headers=WRITER,
+    )
+    assert by_ref.status_code == 409 and by_ref.json()["existing_id"] == first["id"]
+
+
+async def test_invalid_contact_data_is_422_with_every_field(profile: Profile) -> None:
+    response = await profile.client.post(
+        "/v1/customers",
+        json={"name": " ", "email": "nope", "phone": "12", "tags": [""]},
+        headers=WRITER,
+    )
+    assert response.status_code == 422
+    fields = {error["field"] for error in response.json()["errors"]}
+    assert fields == {"body.name", "body.email", "body.phone", "body.tags.0"}
+
+
+async def test_idempotency_key_replays_the_registration(profile: Profile) -> None:
+    body = {"name": "Retry Me", "email": f"{uuid.uuid4().hex[:10]}@example.com"}
+    headers = {**WRITER, "Idempotency-Key": uuid.uuid4().hex}
+    first = await profile.client.post("/v1/customers", json=body, headers=headers)
+    second = await profile.client.post("/v1/customers", json=body, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["idempotent-replayed"] == "true"
+
+
+async def test_personal_fields_are_masked_without_pii_read_and_audited_with_it(
+    profile: Profile,
+) -> None:
+    customer = await profile.register(
+        name="Jane Doe",
+        phone="+1 202 555 0173",
+        addresses=[{"line1": "1 Main St", "city": "Springfield", "country": "US"}],
+    )
+    url = f"/v1/customers/{customer['id']}"
+    masked = (await profile.client.get(url, headers=READER)).json()
+    assert masked["masked"] is True
+    assert masked["name"] == "J***"
+    assert masked["email"].endswith("***@example.com") and len(masked["email"]) == 16
+    assert masked["phone"] == "+1 *******173"
+    assert masked["addresses"][0] == {
+        "line1": "***",
+        "line2": None,
+        "city": "S***",
+        "postal_code": None,
+        "region": None,
+        "country": "US",
+        "kind": None,
+    }
+    view = (await profile.client.get(url + "/360", headers=READER)).json()
+    assert view["profile"]["name"] == "J***"
+
+    async def audit_rows() -> list[tuple[str, str]]:
+        async with profile.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT actor, action FROM pii_access_log WHERE customer_id = :id ORDER BY id"
+                ),
+                {"id": customer["id"]},
+            )
+            return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    assert await audit_rows() == []
+    clear = (await profile.client.get(url, headers=PII_READER)).json()
+    assert clear["name"] == "Jane Doe" and clear["masked"] is False
+    await profile.client.get(url + "/360", headers=PII_READER)
+    assert await audit_rows() == [("auditor-1", "read"), ("auditor-1", "360")]
+
+
+async def test_scopes_are_enforced(profile: Profile) -> None:
+    customer = await profile.register()
+    url = f"/v1/customers/{customer['id']}"
+    assert (await profile.client.get(url)).status_code == 401
+    assert (await profile.client.get(url, headers=auth("complaints:read"))).status_code == 403
+    assert (
+        await profile.client.post("/v1/customers", json={"name": "X"}, headers=READER)
+    ).status_code == 403
+
+
+async def test_patch_needs_the_current_etag(profile: Profile) -> None:
+    customer = await profile.register()
+    url = f"/v1/customers/{customer['id']}"
+    missing = await profile.client.patch(url, json={"name": "New"}, headers=WRITER)
+    assert missing.status_code == 428
+    updated = await profile.client.patch(
+        url, json={"name": "Jane Smith", "tags": ["gold"]}, headers={**WRITER, "If-Match": '"1"'}
+    )
+    assert updated.status_code == 200, updated.text
+    assert updated.headers["etag"] == '"2"'
+    assert updated.json()["version"] == 2
+    stale = await profile.client.patch(
+        url, json={"name": "Lost Update"}, headers={**WRITER, "If-Match": '"1"'}
+    )
+    assert stale.status_code == 412
+    assert stale.json()["current_version"] == 2
+    read = await profile.client.get(url, headers=PII_READER)
+    assert read.json()["name"] == "Jane Smith" and read.headers["etag"] == '"2"'
+    events = await read_events(
+        profile.bootstrap,
+        topics.CUSTOMERS,
+        subject=customer["id"],
+        want=1,
+        types={ev.CUSTOMER_UPDATED},
+    )
+    assert [e["data"]["changed_fields"] for e in events] == [["name", "tags"]]
+
+
+async def test_patch_that_changes_nothing_keeps_the_version(profile: Profile) -> None:
+    customer = await profile.register(name="Same Name")
+    url = f"/v1/customers/{customer['id']}"
+    response = await profile.client.patch(
+        url, json={"name": " Same  Name "}, headers={**WRITER, "If-Match": '"1"'}
+    )
+    assert response.status_code == 200 and response.json()["version"] == 1
+
+
+async def test_consents_keep_history_and_emit_only_changes(profile: Profile) -> None:
+    customer = await profile.register()
+    url = f"/v1/customers/{customer['id']}/consents"
+    grant = {"consents": {"marketing_sms": "granted"}, "source": "web_form"}
+    assert (await profile.client.put(url, json=grant, headers=WRITER)).status_code == 200
+    assert (await profile.client.put(url, json=grant, headers=WRITER)).status_code == 200
+    withdraw = {"consents": {"marketing_sms": "withdrawn"}, "source": "unsubscribe_link"}
+    body = (await profile.client.put(url, json=withdraw, headers=WRITER)).json()
+    assert [c["status"] for c in body["current"]] == ["withdrawn"]
+    assert [(h["previous"], h["status"]) for h in body["history"]] == [
+        (None, "granted"),
+        ("granted", "withdrawn"),
+    ]
+    events = await read_events(
+        profile.bootstrap,
+        topics.CUSTOMERS,
+        subject=customer["id"],
+        want=2,
+        types={ev.CUSTOMER_CONSENT_CHANGED},
+    )
+    assert [e["data"]["status"] for e in events] == ["granted", "withdrawn"]
+
+
+async def test_search_by_name_email_phone_and_ref_with_cursor(profile: Profile) -> None:
+    marker = uuid.uuid4().hex[:8]
+    created = [
+        await profile.register(name=f"Searchable {marker} {n}", external_ref=f"s-{marker}-{n}")
+        for n in range(3)
+    ]
+    page1 = await profile.client.get(
+        "/v1/customers", params={"q": f"searchable {marker}", "limit": 2}, headers=READER
+    )
+    body1 = page1.json()
+    assert [c["id"] for c in body1["items"]] == [created[0]["id"], created[1]["id"]]
+    assert all(c["masked"] for c in body1["items"])
+    page2 = await profile.client.get(
+        "/v1/customers",
+        params={"q": f"searchable {marker}", "limit": 2, "cursor": body1["next_cursor"]},
+        headers=READER,
+    )
+    assert [c["id"] for c in page2.json()["items"]] == [created[2]["id"]]
+    assert page2.json()["next_cursor"] is None
+    by_ref = await profile.client.get(
+        "/v1/customers", params={"q": f"s-{marker}-1"}, headers=READER
+    )
+    assert [c["id"] for c in by_ref.json()["items"]] == [created[1]["id"]]
+    by_email = await profile.client.get(
+        "/v1/customers", params={"q": created[2]["sent"]["email"].upper()}, headers=READER
+    )
+    assert [c["id"] for c in by_email.json()["items"]] == [created[2]["id"]]
+    phone_owner = await profile.register(phone=f"+1 202 555 01{marker[:0]}99")
+    by_phone = await profile.client.get("/v1/customers", params={"q": "555-0199"}, headers=READER)
+    assert phone_owner["id"] in [c["id"] for c in by_phone.json()["items"]]
+
+
+async def test_erasure_forgets_personal_data_and_tells_the_others(profile: Profile) -> None:
+    customer = await profile.register(
+        name="Forget Me", phone="+1 202 555 0111", external_ref=f"gdpr-{uuid.uuid4().hex[:6]}"
+    )
+    url = f"/v1/customers/{customer['id']}"
+    purchase = {"order_id": f"E-{uuid.uuid4().hex[:8]}", "amount": "10.00", "currency": "USD"}
+    assert (
+        await profile.client.post(url + "/purchases", json=purchase, headers=WRITER)
+    ).status_code == 201
+    assert (await profile.client.delete(url, headers=WRITER)).status_code == 204
+    assert (await profile.client.get(url, headers=PII_READER)).status_code == 404
+    assert (await profile.client.get(url + "/360", headers=PII_READER)).status_code == 404
+    assert (await profile.client.delete(url, headers=WRITER)).status_code == 404
+    async with profile.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT name, email, phone, external_ref, addresses, erased_at IS NOT NULL, "
+                    "(SELECT count(*) FROM purchases WHERE customer_id = c.id) "
+                    "FROM customers c WHERE id = :id"
+                ),
+                {"id": customer["id"]},
+            )
+        ).one()
+    assert tuple(row) == (None, None, None, None, [], True, 1)
+    # the e-mail is free again: a new registration is a new customer
+    again = await profile.register(email=customer["sent"]["email"])
+    assert again["id"] != customer["id"]
+    events = await read_events(
+        profile.bootstrap,
+        topics.CUSTOMERS,
+        subject=customer["id"],
+        want=1,
+        types={ev.CUSTOMER_ERASED},
+    )
+    assert events[0]["data"] == {"customer_id": customer["id"]}

@@ -1,0 +1,131 @@
+"""Bulk import of historical purchases (CSV): customers created, idempotent, bad rows reported."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from integration.profile.profile_helpers import READER, WRITER, Profile, read_events
+from sqlalchemy import text
+
+from shared.events import registry as ev
+from shared.events import topics
+
+pytestmark = pytest.mark.integration
+
+HEADER = "external_ref,order_id,occurred_at,amount,currency,sku,category,quantity\n"
+
+
+async def test_import_creates_customers_records_orders_and_reports_bad_rows(
+    profile: Profile,
+) -> None:
+    m = uuid.uuid4().hex[:8]
+    existing = await profile.register(external_ref=f"old-{m}")
+    csv_text = (
+        HEADER
+        + f"new-{m},{m}-1,2023-01-05T10:00:00Z,39.80,USD,TEE-1,apparel,2\n"
+        + f"new-{m},{m}-1,2023-01-05T10:00:00Z,20.00,USD,MUG-7,home,1\n"
+        + f"new-{m},{m}-2,2022-12-01,5.00,USD,PEN,office,\n"
+        + f"old-{m},{m}-3,2023-02-01T00:00:00+01:00,12.00,USD,,,\n"
+        + f"old-{m},{m}-4,2023-02-02T00:00:00Z,-1,USD,,,\n"
+        + f"bad-{m},{m}-5,2023-02-03T00:00:00Z,10.00,EUR,,,\n"
+        + f"new-{m},{m}-6,2023-03-01T00:00:00Z,10.00,USD,A,x,1\n"
+        + f"new-{m},{m}-6,2023-03-01T00:00:00Z,10.00,USD,B,x,0\n"
+    )
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=csv_text.encode(),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["status"] == "done"
+    assert (summary["rows_read"], summary["orders_total"], summary["orders_done"]) == (8, 3, 3)
+    assert (summary["purchases_created"], summary["duplicates"]) == (3, 0)
+    assert summary["customers_created"] == 1
+    assert summary["rejected"] == 4
+    reasons = {r["line"]: r["reason"] for r in summary["rejections"]}
+    assert sorted(reasons) == [6, 7, 8, 9]
+    assert "not a plain decimal number" in reasons[6]
+    assert "must be USD" in reasons[7]
+    assert reasons[8] == f"order '{m}-6' not imported because of line(s) 9"
+    assert "quantity" in reasons[9]
+
+    async with profile.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT p.order_id, p.amount, c.external_ref, c.registered_at, "
+                    "(SELECT count(*) FROM purchase_items i WHERE i.purchase_id = p.id) "
+                    "FROM purchases p JOIN customers c ON c.id = p.customer_id "
+                    "WHERE p.order_id LIKE :m ORDER BY p.order_id"
+                ),
+                {"m": f"{m}-%"},
+            )
+        ).all()
+    assert [(r[0], str(r[1]), r[2], r[4]) for r in rows] == [
+        (f"{m}-1", "59.8000", f"new-{m}", 2),
+        (f"{m}-2", "5.0000", f"new-{m}", 1),
+        (f"{m}-3", "12.0000", f"old-{m}", 0),
+    ]
+    # the new customer is registered at its first purchase in the file
+    assert rows[0][3].isoformat() == "2022-12-01T00:00:00+00:00"
+    new_id = (
+        await profile.client.get("/v1/customers", params={"q": f"new-{m}"}, headers=READER)
+    ).json()["items"][0]["id"]
+    events = await read_events(profile.bootstrap, topics.CUSTOMERS, subject=new_id, want=1)
+    assert [(e["type"], e["time"][:10]) for e in events] == [(ev.CUSTOMER_REGISTERED, "2022-12-01")]
+    purchases = await read_events(profile.bootstrap, topics.PURCHASES, subject=new_id, want=2)
+    assert sorted(e["data"]["amount"] for e in purchases) == ["5.00", "59.80"]
+    old_events = await read_events(
+        profile.bootstrap, topics.PURCHASES, subject=existing["id"], want=1
+    )
+    assert [e["data"]["order_id"] for e in old_events] == [f"{m}-3"]
+
+    # progress and summary stay readable
+    again = await profile.client.get(f"/v1/imports/{summary['id']}", headers=READER)
+    assert again.json()["purchases_created"] == 3
+
+    # importing the same file again changes nothing: every order is a duplicate
+    second = (
+        await profile.client.post(
+            "/v1/imports/purchases",
+            content=csv_text.encode(),
+            headers={**WRITER, "Content-Type": "text/csv"},
+        )
+    ).json()
+    assert (second["purchases_created"], second["duplicates"], second["customers_created"]) == (
+        0,
+        3,
+        0,
+    )
+
+
+async def test_import_as_multipart_file(profile: Profile) -> None:
+    m = uuid.uuid4().hex[:8]
+    csv_text = "external_ref,order_id,occurred_at,amount,currency\n" + (
+        f"mp-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD\n"
+    )
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        files={"file": ("orders.csv", csv_text.encode(), "text/csv")},
+        headers=WRITER,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["purchases_created"] == 1
+
+
+async def test_a_file_without_a_usable_header_is_refused_whole(profile: Profile) -> None:
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=b"order,amount\nA,1\n",
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 422
+    assert "missing columns" in response.json()["detail"]
+    latin1 = await profile.client.post(
+        "/v1/imports/purchases",
+        content="external_ref\n\xe9".encode("latin-1"),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert latin1.status_code == 422 and "not UTF-8" in latin1.json()["detail"]

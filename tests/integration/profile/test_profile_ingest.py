@@ -1,0 +1,181 @@
+"""Orders dropped by other systems on crm.ingest.orders.v1: recorded, or dead-lettered with a reason."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from integration.profile.profile_helpers import PII_READER, Profile, produce, read_events
+from sqlalchemy import text
+from support import eventually
+
+from shared.events import registry as ev
+from shared.events import topics
+
+pytestmark = pytest.mark.integration
+
+
+def ingest_order(**fields: Any) -> dict[str, Any]:
+    return {
+        "order_id": f"I-{uuid.uuid4().hex[:10]}",
+        "amount": "25.00",
+        "currency": "USD",
+        "occurred_at": "2024-03-01T09:00:00Z",
+        "items": [{"sku": "BOOK-1", "category": "books", "quantity": 1, "unit_price": "25.00"}],
+        **fields,
+    }
+
+
+async def purchase_of(profile: Profile, order_id: str) -> dict[str, Any] | None:
+    async with profile.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT p.customer_id, p.amount, p.origin, c.external_ref, c.email, "
+                    "c.registered_at FROM purchases p JOIN customers c ON c.id = p.customer_id "
+                    "WHERE p.order_id = :order_id"
+                ),
+                {"order_id": order_id},
+            )
+        ).first()
+    return dict(row._mapping) if row else None
+
+
+async def dead_letters(bootstrap: str, marker: str, want: int) -> list[dict[str, str]]:
+    consumer = AIOKafkaConsumer(
+        topics.DLQ, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[dict[str, str]] = []
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and len(found) < want:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.value is not None and marker.encode() in record.value:
+                        found.append({k: v.decode() for k, v in record.headers})
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_order_for_a_known_customer_becomes_a_purchase(profile: Profile) -> None:
+    customer = await profile.register()
+    order = ingest_order(customer_id=customer["id"])
+    await produce(profile.bootstrap, topics.INGEST_ORDERS, orjson.dumps(order))
+    recorded = await eventually(
+        lambda: purchase_of(profile, order["order_id"]), timeout=15, what="ingested purchase"
+    )
+    assert str(recorded["customer_id"]) == customer["id"]
+    assert recorded["origin"] == "ingest"
+    events = await read_events(profile.bootstrap, topics.PURCHASES, subject=customer["id"], want=1)
+    assert events[0]["data"]["order_id"] == order["order_id"]
+    assert events[0]["data"]["items"][0]["category"] == "books"
+
+
+async def test_unknown_customer_with_external_ref_and_email_is_created(profile: Profile) -> None:
+    ref = f"shop-{uuid.uuid4().hex[:8]}"
+    email = f"{ref}@example.com"
+    order = ingest_order(external_ref=ref, email=email.upper(), channel="Marketplace")
+    # also as the data of a CloudEvent, and twice: the second is the same order again
+    wrapped = {"specversion": "1.0", "type": "com.shop.order", "data": order}
+    await produce(profile.bootstrap, topics.INGEST_ORDERS, orjson.dumps(wrapped), key=ref)
+    await produce(profile.bootstrap, topics.INGEST_ORDERS, orjson.dumps(order), key=ref)
+    recorded = await eventually(
+        lambda: purchase_of(profile, order["order_id"]), timeout=15, what="ingested purchase"
+    )
+    assert (recorded["external_ref"], recorded["email"]) == (ref, email)
+    assert recorded["registered_at"].isoformat() == "2024-03-01T09:00:00+00:00"
+    customer_id = str(recorded["customer_id"])
+    events = await read_events(profile.bootstrap, topics.CUSTOMERS, subject=customer_id, want=1)
+    assert [e["type"] for e in events] == [ev.CUSTOMER_REGISTERED]
+    assert events[0]["time"].startswith("2024-03-01T09:00:00")
+    purchases = await read_events(profile.bootstrap, topics.PURCHASES, subject=customer_id, want=1)
+    assert len(purchases) == 1, "the repeated order must not be recorded twice"
+    # the next order of the same external_ref lands on the same customer
+    follow_up = ingest_order(external_ref=ref)
+    await produce(profile.bootstrap, topics.INGEST_ORDERS, orjson.dumps(follow_up), key=ref)
+    again = await eventually(
+        lambda: purchase_of(profile, follow_up["order_id"]), timeout=15, what="second purchase"
+    )
+    assert str(again["customer_id"]) == customer_id
+    view = await profile.client.get(f"/v1/customers/{customer_id}/360", headers=PII_READER)
+    assert view.json()["purchases"]["count"] == 2
+
+
+async def test_bad_orders_go_to_the_dlq_with_the_reason(profile: Profile) -> None:
+    marker = uuid.uuid4().hex
+    malformed = b'{"order_id": "' + marker.encode() + b'", '
+    wrong_currency = ingest_order(order_id=f"{marker}-eur", external_ref="x", currency="EUR")
+    no_customer = ingest_order(order_id=f"{marker}-anon", customer_id=str(uuid.uuid4()))
+    nobody = ingest_order(order_id=f"{marker}-nobody")
+    for value in (
+        malformed,
+        orjson.dumps(wrong_currency),
+        orjson.dumps(no_customer),
+        orjson.dumps(nobody),
+    ):
+        await produce(profile.bootstrap, topics.INGEST_ORDERS, value)
+    letters = await dead_letters(profile.bootstrap, marker, want=4)
+    errors = sorted(letter["dlq.error"] for letter in letters)
+    assert len(errors) == 4, errors
+    assert all(letter["dlq.consumer.group"] == "profile-ingest" for letter in letters)
+    assert all(letter["dlq.origin.topic"] == topics.INGEST_ORDERS for letter in letters)
+    joined = " | ".join(errors)
+    assert "not JSON" in joined
+    assert "currency: must be USD, this deployment's base currency; got EUR" in joined
+    assert "give at least one of customer_id, external_ref or email" in joined
+    assert (
+        f"unknown customer_id {no_customer['customer_id']} and no external_ref or email" in joined
+    )
+    for order_id in (f"{marker}-eur", f"{marker}-anon", f"{marker}-nobody"):
+        assert await purchase_of(profile, order_id) is None
+
+
+async def test_a_burst_of_orders_for_new_and_repeat_customers_is_all_recorded(
+    profile: Profile,
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    orders = [
+        ingest_order(
+            order_id=f"{marker}-{n}",
+            external_ref=f"burst-{marker}-{n % 40}",
+            amount="10.00",
+            items=[{"sku": f"S-{n}", "quantity": 2, "unit_price": "5.00"}],  # no category
+        )
+        for n in range(400)
+    ]
+    # in the middle: the same order again, and an order nobody can be found for
+    stray = ingest_order(order_id=f"{marker}-stray", customer_id=str(uuid.uuid4()))
+    burst = [*orders[:200], orders[10], stray, *orders[200:]]
+    producer = AIOKafkaProducer(bootstrap_servers=profile.bootstrap)
+    await producer.start()
+    try:
+        for order in burst:
+            await producer.send(
+                topics.INGEST_ORDERS, orjson.dumps(order), key=order["order_id"][-1:].encode()
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    async def counts() -> tuple[int, int] | None:
+        async with profile.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*), count(DISTINCT customer_id) FROM purchases "
+                        "WHERE order_id LIKE :m"
+                    ),
+                    {"m": f"{marker}-%"},  # the stray order is not among them
+                )
+            ).one()
+        return (row[0], row[1]) if row[0] == len(orders) else None
+
+    assert await eventually(counts, timeout=60, what="all 400 orders recorded") == (400, 40)
+    [letter] = await dead_letters(profile.bootstrap, f"{marker}-stray", want=1)
+    assert "unknown customer_id" in letter["dlq.error"]
