@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Annotated, Any
 
-import jwt
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
@@ -109,38 +107,14 @@ async def _idempotent(
 # --- the 360 view (first: routes are matched in order, and it is the hot path) ----------
 
 
-class _VerifiedTokens:
-    """Tokens already verified, until they expire: a client sends the same token on every
-    request, and verifying its signature again is most of the 360's own CPU time."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self.principals: dict[str, tuple[Principal, float]] = {}
-
-    def get(self, request: Request, token: str) -> Principal:
-        known = self.principals.get(token)
-        if known is not None and known[1] > time.time():
-            return known[0]
-        verifier: TokenVerifier = request.app.state.token_verifier
-        principal = verifier.verify(token)  # raises Unauthorized
-        expires = jwt.decode(token, options={"verify_signature": False}).get("exp", 0)
-        if len(self.principals) >= self.capacity:
-            self.principals.clear()
-        self.principals[token] = (principal, float(expires))
-        return principal
-
-
-_verified_tokens = _VerifiedTokens()
-
-
 def _reader_360(request: Request) -> Principal:
-    """`require("customers:read")` inline, with verified tokens remembered. The shared
-    dependencies are plain functions, which FastAPI runs in a thread pool (a thread hop each),
-    and solving dependencies costs more than this whole check."""
+    """`require("customers:read")` inline: on the hot read path, solving dependencies costs more
+    than this whole check (the shared verifier remembers verified tokens until they expire)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Missing bearer token: send `Authorization: Bearer <jwt>`")
-    principal = _verified_tokens.get(request, token.strip())
+    verifier: TokenVerifier = request.app.state.token_verifier
+    principal = verifier.verify(token.strip())  # raises Unauthorized
     if not principal.has("customers:read"):
         raise Forbidden("The token lacks the scope(s): customers:read", required=["customers:read"])
     return principal

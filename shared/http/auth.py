@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -25,7 +26,7 @@ SCOPES = (
     "scores:admin",
 )
 
-_bearer = HTTPBearer(auto_error=False, description="JWT with a `scope` claim")
+bearer = HTTPBearer(auto_error=False, description="JWT with a `scope` claim")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class Principal:
 
 
 class TokenVerifier:
+    """Verifies bearer tokens. A verified token is remembered until it expires (bounded cache),
+    so a client sending the same token on every request pays the signature check once."""
+
+    CACHE_SIZE = 4096
+
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._jwks = (
@@ -45,8 +51,32 @@ class TokenVerifier:
             if settings.jwt_jwks_url
             else None
         )
+        self._verified: dict[str, tuple[float, Principal]] = {}
+
+    @property
+    def fetches_keys(self) -> bool:
+        return self._jwks is not None
+
+    def cached(self, token: str) -> Principal | None:
+        hit = self._verified.get(token)
+        if hit is None:
+            return None
+        expires, principal = hit
+        if time.time() >= expires:
+            self._verified.pop(token, None)
+            return None
+        return principal
 
     def verify(self, token: str) -> Principal:
+        principal = self.cached(token)
+        if principal is None:
+            principal, expires = self._verify(token)
+            if len(self._verified) >= self.CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (expires, principal)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         s = self.settings
         try:
             if self._jwks is not None:
@@ -69,7 +99,8 @@ class TokenVerifier:
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise Unauthorized("Invalid token: `scope` must be a space-separated string")
-        return Principal(subject=str(claims["sub"]), scopes=frozenset(scope.split()))
+        principal = Principal(subject=str(claims["sub"]), scopes=frozenset(scope.split()))
+        return principal, float(claims["exp"])
 
 
 def issue_dev_token(
@@ -93,13 +124,19 @@ def issue_dev_token(
     return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
 
 
-def authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+async def authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Missing bearer token: send `Authorization: Bearer <jwt>`")
     verifier: TokenVerifier = request.app.state.token_verifier
-    return verifier.verify(credentials.credentials)
+    token = credentials.credentials
+    known = verifier.cached(token)
+    if known is not None:
+        return known
+    if verifier.fetches_keys:  # the JWKS client may fetch keys over the network: not on the loop
+        return await asyncio.to_thread(verifier.verify, token)
+    return verifier.verify(token)
 
 
 def require(*scopes: str):  # type: ignore[no-untyped-def]
@@ -107,7 +144,7 @@ def require(*scopes: str):  # type: ignore[no-untyped-def]
     unknown = set(scopes) - set(SCOPES)
     assert not unknown, f"unknown scopes {unknown}"
 
-    def check(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
         missing = [s for s in scopes if not principal.has(s)]
         if missing:
             raise Forbidden(

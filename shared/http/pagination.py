@@ -42,7 +42,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return value
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="From `next_cursor`")] = None,
 ) -> PageParams:
