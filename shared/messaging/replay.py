@@ -74,6 +74,7 @@ async def rebuild(
         producer = await start_producer(settings)
         try:
             partitions = await partitions_of(consumer, *topics)
+            consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             end = await consumer.end_offsets(partitions)
             total = sum(end.values())
