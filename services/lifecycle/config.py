@@ -11,3 +11,11 @@ class LifecycleSettings(ServiceSettings):
         "postgresql+asyncpg://postgres@127.0.0.1:54320/crm_lifecycle",
         validation_alias="LIFECYCLE_DATABASE_URL",
     )
+    # How often the scheduled sweep applies the time rules (one replica at a time).
+    sweep_interval_seconds: float = Field(
+        60.0, gt=0, le=86_400, validation_alias="LIFECYCLE_SWEEP_INTERVAL_SECONDS"
+    )
+    # Customers moved per sweep transaction: bounds lock time against the consumers.
+    sweep_chunk_size: int = Field(
+        50_000, ge=100, le=1_000_000, validation_alias="LIFECYCLE_SWEEP_CHUNK_SIZE"
+    )

@@ -1,55 +1,38 @@
-"""What the lifecycle service reacts to (walking skeleton: registration and first purchase)."""
+"""What the lifecycle service reacts to: HANDLERS is the one-place answer.
+
+Every event goes through ``service.apply_events``; the consumer runner calls ``PROCESS`` with
+whole batches (one transaction, set-based reads and writes) and with single events when it
+redoes a failed batch one by one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from services.lifecycle.models import CustomerStage
-from shared.events import CloudEvent, new_event
-from shared.events import payloads as p
+from services.lifecycle import service
+from shared.events import CloudEvent
 from shared.events import registry as ev
 from shared.messaging.consumer import Handler, HandlerContext
 
-SOURCE = "/crm/lifecycle"
+
+async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
+    for emitted in await service.apply_events(ctx.session, events):
+        ctx.emit(emitted)
 
 
-async def _move(ctx: HandlerContext, event: CloudEvent[Any], to: str, reason: str) -> None:
-    state = await ctx.session.get(CustomerStage, event.data.customer_id)
-    before = state.stage if state else None
-    if before == to:
-        return
-    if state is None:
-        ctx.session.add(
-            CustomerStage(customer_id=event.data.customer_id, stage=to, since=event.time)
-        )
-    else:
-        state.stage, state.since = to, event.time
-    ctx.emit(
-        new_event(
-            type=ev.STAGE_CHANGED,
-            source=SOURCE,
-            subject=event.subject,
-            time=event.time,
-            data=p.StageChanged(
-                customer_id=event.data.customer_id,
-                from_stage=before,
-                to_stage=p.Stage(to),
-                reason=reason,
-                causing_event_id=event.id,
-            ),
-        )
-    )
-
-
-async def on_registered(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
-    await _move(ctx, event, "prospect", "registered")
-
-
-async def on_purchase(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
-    await _move(ctx, event, "growth", "first_purchase")
+async def on_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+    await process(ctx, [event])
 
 
 HANDLERS: dict[str, Handler] = {
-    ev.CUSTOMER_REGISTERED: on_registered,
-    ev.PURCHASE_RECORDED: on_purchase,
+    ev.CUSTOMER_REGISTERED: on_event,  # -> prospect
+    ev.CUSTOMER_ERASED: on_event,  # -> state and history deleted
+    ev.PURCHASE_RECORDED: on_event,  # first purchase, maturity, reactivation, winback
+    ev.PURCHASE_REFUNDED: on_event,  # purchase days (a fully refunded order does not count)
+    ev.COMPLAINT_OPENED: on_event,  # complaint decline
+    ev.COMPLAINT_REOPENED: on_event,  # complaint decline
+    ev.COMPLAINT_CLOSED: on_event,  # service recovery
+    ev.VALUE_SCORED: on_event,  # model churn (P(alive))
 }
+PROCESS = process

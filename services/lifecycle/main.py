@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from services.lifecycle import worker
@@ -13,15 +15,18 @@ from shared.runtime import Role, ServiceRuntime
 
 
 def create_app(
-    role: Role = Role.all, settings: LifecycleSettings | None = None, **runtime_options: object
+    role: Role = Role.all, settings: LifecycleSettings | None = None, **runtime_options: Any
 ) -> FastAPI:
     runtime = ServiceRuntime(
         settings=settings or LifecycleSettings(), tables=MESSAGING, role=role, **runtime_options
-    )  # type: ignore[arg-type]
+    )
     return create_service_app(
         runtime=runtime,
         title="CRM lifecycle service",
-        description="Customer lifecycle stages (prospect, growth, mature, decline, churned) and their history.",
+        description=(
+            "Customer lifecycle stages (prospect, growth, mature, decline, churned), moved by "
+            "purchases, complaints, the value model and time; their history and policy."
+        ),
         routers=[router],
         start_worker=worker.start,
     )

@@ -1,12 +1,23 @@
-"""ORM models of the lifecycle database."""
+"""ORM models of the lifecycle database: current stage per customer, stage history, policy."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, String
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    String,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import make_metadata
@@ -19,11 +30,108 @@ class Base(DeclarativeBase):
 
 MESSAGING = messaging_tables(Base.metadata)
 
+Timestamp = DateTime(timezone=True)
 
-class CustomerStage(Base):
-    __tablename__ = "customer_stages"
+
+class CustomerLifecycleRow(Base):
+    """One customer's lifecycle state (domain.CustomerLifecycle) plus the sweep's due columns.
+
+    The stage and what the set-based sweep touches are columns; the facts only the decision
+    functions read (orders, pending refunds, complaints) live in ``facts`` (JSONB).
+    """
+
+    __tablename__ = "customer_lifecycles"
 
     customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     stage: Mapped[str] = mapped_column(String(20))
-    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-REPLAY_TABLES = ["customer_stages"]
+    since: Mapped[datetime] = mapped_column(Timestamp)
+    reason: Mapped[str] = mapped_column(String(30))
+    registered_at: Mapped[datetime] = mapped_column(Timestamp)
+    stage_before_decline: Mapped[str | None] = mapped_column(String(20))
+    decline_causes: Mapped[list[str]] = mapped_column(
+        ARRAY(String(100)), server_default=text("'{}'")
+    )
+    # Inputs of domain.due_times_for, kept so a policy change recomputes the due columns alone.
+    idle_since: Mapped[datetime] = mapped_column(Timestamp)
+    gap_days: Mapped[float] = mapped_column(Float)
+    decline_due_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    churn_due_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        # The sweep reads these in due order; partial, so settled customers cost nothing.
+        Index(
+            "ix_customer_lifecycles_decline_due",
+            "decline_due_at",
+            postgresql_where=text("decline_due_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_customer_lifecycles_churn_due",
+            "churn_due_at",
+            postgresql_where=text("churn_due_at IS NOT NULL"),
+        ),
+    )
+
+
+class StageTransition(Base):
+    """Every stage change: from, to, reason, what caused it and its business time."""
+
+    __tablename__ = "stage_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    from_stage: Mapped[str | None] = mapped_column(String(20))
+    to_stage: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(30))
+    trigger: Mapped[str] = mapped_column(String(30))
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    causing_event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    evaluation_run_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_stage_transitions_customer_id_at", "customer_id", "at", "id"),
+        Index("ix_stage_transitions_at", "at"),
+    )
+
+
+class ErasedCustomer(Base):
+    """Tombstones: events that arrive after an erasure must not bring the customer back."""
+
+    __tablename__ = "erased_customers"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PolicyVersion(Base):
+    """Every lifecycle policy ever set; the highest version is in force."""
+
+    __tablename__ = "lifecycle_policies"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    changed_at: Mapped[datetime] = mapped_column(Timestamp)
+    changed_by: Mapped[str] = mapped_column(String(200))
+
+
+class EvaluationRun(Base):
+    """One run of the time rules (scheduled sweep or POST /v1/lifecycle/evaluate)."""
+
+    __tablename__ = "evaluation_runs"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    as_of: Mapped[datetime] = mapped_column(Timestamp)
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime] = mapped_column(Timestamp)
+    policy_version: Mapped[int] = mapped_column(Integer)
+    moved: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    requested_by: Mapped[str] = mapped_column(String(200))
+
+
+# State rebuilt by `crm replay lifecycle` (policies and evaluation runs are not in the log).
+REPLAY_TABLES = ["customer_lifecycles", "stage_transitions", "erased_customers"]

@@ -1,14 +1,44 @@
-"""Lifecycle worker: outbox relay, consumers, scheduled rules (`crm serve lifecycle --role worker`)."""
+"""Lifecycle worker: outbox relay, the consumer, the scheduled sweep of the time rules
+(`crm serve lifecycle --role worker`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from services.lifecycle.handlers import HANDLERS
+from services.lifecycle import service
+from services.lifecycle.config import LifecycleSettings
+from services.lifecycle.handlers import HANDLERS, PROCESS
+from services.lifecycle.schemas import EvaluationRead
 from shared.events import registry
 from shared.runtime import ServiceRuntime
 
+SWEEP = "lifecycle-sweep"
+
+
+def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]]:
+    """The scheduled sweep: the time rules as of the runtime clock's now."""
+    settings = runtime.settings
+    assert isinstance(settings, LifecycleSettings)
+
+    async def sweep() -> EvaluationRead:
+        now = runtime.clock.now()
+        return await service.evaluate(
+            runtime.sessions,
+            as_of=now,
+            requested_by=SWEEP,
+            now=now,
+            chunk_size=settings.sweep_chunk_size,
+        )
+
+    return sweep
+
 
 def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
+    settings = runtime.settings
+    assert isinstance(settings, LifecycleSettings)
     topics = sorted({registry.topic_for(t) for t in HANDLERS})
-    return [runtime.run_relay(), runtime.run_consumer(topics=topics, handlers=HANDLERS)]
+    return [
+        runtime.run_relay(),
+        runtime.run_consumer(topics=topics, handlers=HANDLERS, process=PROCESS),
+        runtime.run_periodic(SWEEP, settings.sweep_interval_seconds, sweep_job(runtime)),
+    ]

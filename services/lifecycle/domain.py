@@ -1,0 +1,823 @@
+"""The customer life cycle as a pure state machine (DOMAIN.md §1).
+
+No I/O and no wall clock: every decision takes the business time it needs (the event's
+``time`` or an explicit ``as_of``) and returns a :class:`Decision` — the new state plus the
+stage changes it caused, in order (none, one, or a short chain, see below).
+
+The transition table :data:`TRANSITIONS` is data and the single source of truth: every stage
+change goes through :func:`_move`, which refuses (raises :class:`ForbiddenTransitionError`)
+any (from, to, reason, trigger) that is not a row of the table. ``trigger`` names the rule
+that fired, which is usually but not always the kind of event being processed (see the
+time rules and complaints in force below).
+
+Decisions recorded here (made with the lead; the tests pin every one of them):
+
+* **Business time.** A change triggered by an event happens at ``max(event time,
+  state.since)``: a late event never creates a change in the past of the current stage.
+  Time rules happen at their deterministic due time (:func:`due_times`), fire only when the
+  due time is strictly before ``as_of``, and :func:`evaluate` runs them to a fixed point.
+* **Time rules run up to every event first.** Each decision applies :func:`evaluate` up to
+  the event's time before the event itself, so results do not depend on the sweep cadence
+  (a purchase 130 idle days after the last one is ``lapsing`` at day 120, then
+  ``reactivated``, whether a sweep ran in between or not), and a replay in business-time
+  order reproduces the live history.
+* **Late and out-of-order events** leave the current stage equal to what in-order
+  processing would give (property-tested, with one inherent exception below):
+  a purchase older than a *lapsing* decline reactivates only if, with that purchase known,
+  the lapse had not happened by the decline's date; a purchase older than an *inactivity*
+  churn wins back only if the churn had not happened by then, and then goes on to ``mature``
+  when the criteria hold (the churn was a mistake); a purchase older than a complaint in
+  force does not end that complaint's decline, and a complaint seen before an older
+  purchase declines the customer once that purchase arrives (trigger ``complaint_opened``);
+  a complaint or a P(alive) score older than the latest order moves nothing.
+  The exception: a late purchase can shorten g so much that an earlier gap becomes
+  churn-long in hindsight; in order that was a churn and a winback (growth), while the
+  customer may already be ``mature``: they stay mature, since stages only move along the
+  table.
+* **Purchase days** are the distinct UTC dates of orders that are not fully refunded. A free
+  (0.00) order counts as a purchase day (the customer chose to order) and can never be
+  "fully refunded"; a partially refunded order still counts. ``g`` is the median gap in
+  days between consecutive purchase days, ``default_gap_days`` with fewer than two days.
+* **Idle time** is measured from the latest counted purchase, or from registration when no
+  purchase counts (every order refunded).
+* **Implicit registration.** Events may arrive before the registration (different topics):
+  a purchase, refund or complaint event for a customer we have no state for registers them
+  at that event's time (change ``(none) -> prospect, registered``) and is then applied.
+  A later registration event only moves ``registered_at`` earlier; it changes no stage.
+* **Complaints.** A high/critical complaint (per policy) opened or reopened for a growth or
+  mature customer declines them (``complaint``), remembering the stage before. While in a
+  complaint-caused decline, further such complaints join the causing set; recovery
+  (``service_recovery`` back to the stage before) needs *every* causing complaint closed
+  with satisfaction >= ``recovery_min_satisfaction``. A closure below it (or without a
+  satisfaction) blocks recovery for this decline unless that complaint is reopened and
+  closed again satisfied. While in a lapsing decline complaints neither move nor join.
+  Low/medium complaints never move the stage. A reopened complaint counts as opened anew.
+* **Model churn** (``p_alive < model_churn_p_alive``) moves only ``decline -> churned``.
+* **Winback** always lands in ``growth`` (DOMAIN.md: won-back customers re-enter growth),
+  except the late-purchase correction above. Maturity counts purchase days and tenure
+  within the current relationship only (:func:`relationship_start`), so a won-back customer
+  must re-establish; a late purchase that fills the gap restores the earlier relationship.
+* **Refunds** never move the stage (no row of the table is triggered by a refund); they only
+  change the purchase facts, and therefore g and the due times of the time rules.
+* **Redelivery** of a known order id, an opening of a known complaint id or a reopening of
+  an open complaint changes nothing (the service's inbox is the first line; this the second).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from functools import cached_property
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "TRANSITIONS",
+    "Complaint",
+    "CustomerLifecycle",
+    "Decision",
+    "ForbiddenTransitionError",
+    "InvalidLifecycleEventError",
+    "LifecyclePolicy",
+    "Order",
+    "Reason",
+    "Severity",
+    "Stage",
+    "StageChange",
+    "TransitionRule",
+    "Trigger",
+    "due_times",
+    "due_times_for",
+    "evaluate",
+    "idle_since",
+    "is_established",
+    "median_gap_days",
+    "on_complaint_closed",
+    "on_complaint_opened",
+    "on_complaint_reopened",
+    "on_purchase",
+    "on_refund",
+    "on_registered",
+    "on_value_scored",
+    "relationship_start",
+]
+
+
+class Stage(StrEnum):
+    PROSPECT = "prospect"
+    GROWTH = "growth"
+    MATURE = "mature"
+    DECLINE = "decline"
+    CHURNED = "churned"
+
+
+class Reason(StrEnum):
+    REGISTERED = "registered"
+    FIRST_PURCHASE = "first_purchase"
+    ESTABLISHED = "established"
+    LAPSING = "lapsing"
+    COMPLAINT = "complaint"
+    INACTIVE = "inactive"
+    MODEL_CHURN = "model_churn"
+    REACTIVATED = "reactivated"
+    SERVICE_RECOVERY = "service_recovery"
+    WINBACK = "winback"
+
+
+class Trigger(StrEnum):
+    """What kind of input a decision function reacts to."""
+
+    REGISTRATION = "registration"
+    PURCHASE = "purchase"
+    REFUND = "refund"
+    COMPLAINT_OPENED = "complaint_opened"
+    COMPLAINT_REOPENED = "complaint_reopened"
+    COMPLAINT_CLOSED = "complaint_closed"
+    VALUE_SCORED = "value_scored"
+    TIME = "time"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class ForbiddenTransitionError(RuntimeError):
+    """A rule tried a stage change that is not a row of :data:`TRANSITIONS` (a bug)."""
+
+
+class InvalidLifecycleEventError(ValueError):
+    """An input that no rule can use: naive time, negative amount, out-of-range score."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRule:
+    from_stage: Stage | None
+    to_stage: Stage
+    reason: Reason
+    trigger: Trigger
+
+
+#: DOMAIN.md §1 as data: the only stage changes that can ever happen.
+TRANSITIONS: tuple[TransitionRule, ...] = (
+    TransitionRule(None, Stage.PROSPECT, Reason.REGISTERED, Trigger.REGISTRATION),
+    TransitionRule(Stage.PROSPECT, Stage.GROWTH, Reason.FIRST_PURCHASE, Trigger.PURCHASE),
+    TransitionRule(Stage.GROWTH, Stage.MATURE, Reason.ESTABLISHED, Trigger.PURCHASE),
+    TransitionRule(Stage.GROWTH, Stage.DECLINE, Reason.LAPSING, Trigger.TIME),
+    TransitionRule(Stage.MATURE, Stage.DECLINE, Reason.LAPSING, Trigger.TIME),
+    TransitionRule(Stage.GROWTH, Stage.DECLINE, Reason.COMPLAINT, Trigger.COMPLAINT_OPENED),
+    TransitionRule(Stage.MATURE, Stage.DECLINE, Reason.COMPLAINT, Trigger.COMPLAINT_OPENED),
+    TransitionRule(Stage.GROWTH, Stage.DECLINE, Reason.COMPLAINT, Trigger.COMPLAINT_REOPENED),
+    TransitionRule(Stage.MATURE, Stage.DECLINE, Reason.COMPLAINT, Trigger.COMPLAINT_REOPENED),
+    TransitionRule(Stage.DECLINE, Stage.CHURNED, Reason.INACTIVE, Trigger.TIME),
+    TransitionRule(Stage.DECLINE, Stage.CHURNED, Reason.MODEL_CHURN, Trigger.VALUE_SCORED),
+    TransitionRule(Stage.DECLINE, Stage.GROWTH, Reason.REACTIVATED, Trigger.PURCHASE),
+    TransitionRule(Stage.DECLINE, Stage.MATURE, Reason.REACTIVATED, Trigger.PURCHASE),
+    TransitionRule(Stage.DECLINE, Stage.GROWTH, Reason.SERVICE_RECOVERY, Trigger.COMPLAINT_CLOSED),
+    TransitionRule(Stage.DECLINE, Stage.MATURE, Reason.SERVICE_RECOVERY, Trigger.COMPLAINT_CLOSED),
+    TransitionRule(Stage.CHURNED, Stage.GROWTH, Reason.WINBACK, Trigger.PURCHASE),
+)
+
+_ALLOWED = frozenset(TRANSITIONS)
+
+
+class LifecyclePolicy(BaseModel):
+    """Thresholds of the stage rules (DOMAIN.md §1 defaults); immutable and validated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    default_gap_days: float = Field(60, gt=0, description="g with fewer than two purchase days")
+    lapse_min_days: float = Field(60, gt=0)
+    lapse_gap_multiplier: float = Field(2, gt=0)
+    churn_min_days: float = Field(180, gt=0)
+    churn_gap_multiplier: float = Field(4, gt=0)
+    mature_min_purchase_days: int = Field(3, ge=1)
+    mature_min_tenure_days: int = Field(90, ge=0)
+    complaint_severities: frozenset[Severity] = frozenset({Severity.HIGH, Severity.CRITICAL})
+    recovery_min_satisfaction: int = Field(4, ge=1, le=5)
+    model_churn_p_alive: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _churn_comes_after_lapse(self) -> Self:
+        # Churn must never be due before the decline it follows, for any g.
+        if self.churn_min_days <= self.lapse_min_days:
+            raise ValueError(
+                f"churn_min_days ({self.churn_min_days}) must exceed "
+                f"lapse_min_days ({self.lapse_min_days})"
+            )
+        if self.churn_gap_multiplier <= self.lapse_gap_multiplier:
+            raise ValueError(
+                f"churn_gap_multiplier ({self.churn_gap_multiplier}) must exceed "
+                f"lapse_gap_multiplier ({self.lapse_gap_multiplier})"
+            )
+        return self
+
+    def lapse_after(self, gap_days: float) -> timedelta:
+        """Idle time after which a growth/mature customer is lapsing: max(min, mult·g)."""
+        return timedelta(days=max(self.lapse_min_days, self.lapse_gap_multiplier * gap_days))
+
+    def churn_after(self, gap_days: float) -> timedelta:
+        """Idle time after which a declining customer is inactive: max(min, mult·g)."""
+        return timedelta(days=max(self.churn_min_days, self.churn_gap_multiplier * gap_days))
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One recorded purchase (keyed by order id in the state) and what was refunded of it."""
+
+    placed_at: datetime
+    amount: Decimal
+    refunded: Decimal = Decimal(0)
+
+    @property
+    def day(self) -> date:
+        return self.placed_at.astimezone(UTC).date()
+
+    @property
+    def counts_as_purchase(self) -> bool:
+        # A free order has nothing to refund, so it always counts.
+        return not (self.amount > 0 and self.refunded >= self.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class Complaint:
+    """What the lifecycle needs to know of a complaint."""
+
+    severity: Severity | None  # None when only a closure was seen
+    opened_at: datetime  # the latest (re)opening
+    is_open: bool
+    satisfaction: int | None = None  # of the latest closure
+
+
+@dataclass(frozen=True)
+class CustomerLifecycle:
+    """One customer's lifecycle state: the stage plus the facts the rules need.
+
+    Immutable: decision functions return a new state (so derived facts are cached per
+    instance). ``orders`` and ``complaints`` are keyed by their ids, so redelivered or
+    replayed facts are idempotent.
+    """
+
+    stage: Stage
+    since: datetime
+    reason: Reason
+    registered_at: datetime
+    stage_before_decline: Stage | None = None
+    orders: Mapping[str, Order] = field(default_factory=dict)
+    # Refunds seen before their order (e.g. replay of a truncated log), applied on arrival.
+    pending_refunds: Mapping[str, Decimal] = field(default_factory=dict)
+    complaints: Mapping[str, Complaint] = field(default_factory=dict)
+    decline_causes: frozenset[str] = frozenset()
+
+    @cached_property
+    def purchase_days(self) -> tuple[date, ...]:
+        """Distinct UTC dates with at least one order that is not fully refunded, sorted."""
+        return tuple(sorted({o.day for o in self.orders.values() if o.counts_as_purchase}))
+
+    @cached_property
+    def first_purchase_at(self) -> datetime | None:
+        times = [o.placed_at for o in self.orders.values() if o.counts_as_purchase]
+        return min(times, default=None)
+
+    @cached_property
+    def last_purchase_at(self) -> datetime | None:
+        times = [o.placed_at for o in self.orders.values() if o.counts_as_purchase]
+        return max(times, default=None)
+
+    @cached_property
+    def latest_order_at(self) -> datetime | None:
+        """Latest order of any kind: a later refund does not undo what the order did then."""
+        return max((o.placed_at for o in self.orders.values()), default=None)
+
+    @property
+    def open_complaints(self) -> frozenset[str]:
+        return frozenset(cid for cid, c in self.complaints.items() if c.is_open)
+
+
+@dataclass(frozen=True, slots=True)
+class StageChange:
+    """One stage change that happened; the service adds the causing event id or run."""
+
+    from_stage: Stage | None
+    to_stage: Stage
+    reason: Reason
+    trigger: Trigger
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    state: CustomerLifecycle
+    changes: tuple[StageChange, ...] = ()
+
+
+# --- derived facts ---------------------------------------------------------------------
+
+
+def median_gap_days(state: CustomerLifecycle, policy: LifecyclePolicy) -> float:
+    """g: median of the gaps (days) between consecutive purchase days; default under two."""
+    days = state.purchase_days
+    if len(days) < 2:
+        return float(policy.default_gap_days)
+    gaps = [(later - earlier).days for earlier, later in itertools.pairwise(days)]
+    return float(statistics.median(gaps))
+
+
+def relationship_start(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime | None:
+    """Start of the current relationship: the first purchase after the latest churn-long gap.
+
+    Walks the purchases in business time: a gap longer than the churn threshold with the g
+    known at that point is exactly where in-order processing churned the customer (the sweep
+    before that purchase fires), so the purchase after it was a winback.
+    """
+    times = sorted(o.placed_at for o in state.orders.values() if o.counts_as_purchase)
+    if not times:
+        return None
+    start, gaps, last_day = times[0], list[int](), times[0].astimezone(UTC).date()
+    for previous, current in itertools.pairwise(times):
+        gap = float(statistics.median(gaps)) if gaps else float(policy.default_gap_days)
+        if current - previous > policy.churn_after(gap):
+            start = current
+        current_day = current.astimezone(UTC).date()
+        if current_day != last_day:
+            bisect.insort(gaps, (current_day - last_day).days)
+            last_day = current_day
+    return start
+
+
+def is_established(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
+    """Maturity criteria: enough distinct purchase days spanning enough tenure, counted in the
+    current relationship (a won-back customer re-establishes before maturing again).
+    """
+    start = relationship_start(state, policy)
+    if start is None:
+        return False
+    first_day = start.astimezone(UTC).date()
+    days = [day for day in state.purchase_days if day >= first_day]
+    return (
+        len(days) >= policy.mature_min_purchase_days
+        and (days[-1] - days[0]).days >= policy.mature_min_tenure_days
+    )
+
+
+def _lapse_threshold_at(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime:
+    return idle_since(state) + policy.lapse_after(median_gap_days(state, policy))
+
+
+def _churn_threshold_at(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime:
+    return idle_since(state) + policy.churn_after(median_gap_days(state, policy))
+
+
+def idle_since(state: CustomerLifecycle) -> datetime:
+    """Where idle time is counted from: the latest counted purchase, else registration."""
+    return state.last_purchase_at or state.registered_at
+
+
+def due_times(
+    state: CustomerLifecycle, policy: LifecyclePolicy
+) -> tuple[datetime | None, datetime | None]:
+    """(decline_due_at, churn_due_at): when the time rules will move this customer.
+
+    A rule fires at ``as_of`` iff its due time is strictly before ``as_of``, and the change
+    is dated at the due time. For growth/mature the churn time assumes the lapse happens
+    first, so it already equals the decline state's churn time: a set-based SQL sweep can
+    apply both columns as stored. ``None`` where no time rule applies to the stage.
+    """
+    return due_times_for(
+        stage=state.stage,
+        since=state.since,
+        idle_from=idle_since(state),
+        gap_days=median_gap_days(state, policy),
+        policy=policy,
+    )
+
+
+def due_times_for(
+    *,
+    stage: Stage,
+    since: datetime,
+    idle_from: datetime,
+    gap_days: float,
+    policy: LifecyclePolicy,
+) -> tuple[datetime | None, datetime | None]:
+    """:func:`due_times` from the few facts it needs (recomputing stored columns in bulk)."""
+    if stage in (Stage.GROWTH, Stage.MATURE):
+        decline_due = max(since, idle_from + policy.lapse_after(gap_days))
+        return decline_due, max(decline_due, idle_from + policy.churn_after(gap_days))
+    if stage is Stage.DECLINE:
+        return None, max(since, idle_from + policy.churn_after(gap_days))
+    return None, None
+
+
+# --- the one way to change stage ---------------------------------------------------------
+
+
+def _move(
+    state: CustomerLifecycle,
+    to_stage: Stage,
+    reason: Reason,
+    trigger: Trigger,
+    at: datetime,
+) -> tuple[CustomerLifecycle, StageChange]:
+    """Apply one row of the table; anything else is a bug and raises."""
+    rule = TransitionRule(state.stage, to_stage, reason, trigger)
+    if rule not in _ALLOWED:
+        raise ForbiddenTransitionError(f"no transition {rule} in the lifecycle table")
+    if at < state.since:
+        raise ForbiddenTransitionError(f"change at {at} before the stage began at {state.since}")
+    entering_decline = to_stage is Stage.DECLINE
+    moved = replace(
+        state,
+        stage=to_stage,
+        since=at,
+        reason=reason,
+        stage_before_decline=state.stage if entering_decline else None,
+        decline_causes=frozenset(),
+    )
+    return moved, StageChange(state.stage, to_stage, reason, trigger, at)
+
+
+def _require_aware(at: datetime) -> None:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidLifecycleEventError(f"business time must be timezone-aware, got {at!r}")
+
+
+# --- registration and the preamble of every event ---------------------------------------
+
+
+def on_registered(state: CustomerLifecycle | None, *, at: datetime) -> Decision:
+    """(none) -> prospect. For a known customer only moves ``registered_at`` earlier."""
+    _require_aware(at)
+    if state is not None:
+        return Decision(replace(state, registered_at=min(state.registered_at, at)))
+    prospect = CustomerLifecycle(
+        stage=Stage.PROSPECT, since=at, reason=Reason.REGISTERED, registered_at=at
+    )
+    change = StageChange(None, Stage.PROSPECT, Reason.REGISTERED, Trigger.REGISTRATION, at)
+    if (
+        TransitionRule(None, Stage.PROSPECT, Reason.REGISTERED, Trigger.REGISTRATION)
+        not in _ALLOWED
+    ):
+        raise ForbiddenTransitionError("registration is missing from the lifecycle table")
+    return Decision(prospect, (change,))
+
+
+def _enter(
+    state: CustomerLifecycle | None, policy: LifecyclePolicy, at: datetime
+) -> tuple[CustomerLifecycle, list[StageChange]]:
+    """Register an unknown customer, or apply the time rules up to the event first.
+
+    Running the time rules up to the event's business time makes each decision equal to
+    in-order processing whatever the sweep cadence: a purchase 130 days after the previous
+    one is a lapse (day 120) and then a reactivation, swept in between or not.
+    """
+    if state is None:
+        registration = on_registered(None, at=at)
+        return registration.state, list(registration.changes)
+    timed = evaluate(state, policy, as_of=at)
+    return timed.state, list(timed.changes)
+
+
+# --- purchases and refunds --------------------------------------------------------------
+
+
+def on_purchase(
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    *,
+    order_id: str,
+    amount: Decimal,
+    at: datetime,
+) -> Decision:
+    """Record an order and apply the purchase rules.
+
+    prospect -> growth; growth -> mature when established; decline -> growth or mature
+    (reactivated); churned -> growth (winback). Redelivery of a known order id changes
+    nothing; an order already fully refunded (refund seen first) records but moves nothing.
+    """
+    _require_aware(at)
+    if amount < 0:
+        raise InvalidLifecycleEventError(f"order amount must not be negative, got {amount}")
+    if state is not None and order_id in state.orders:
+        return Decision(state)
+    current, changes = _enter(state, policy, at)
+    order = Order(at, amount, current.pending_refunds.get(order_id, Decimal(0)))
+    current = replace(
+        current,
+        orders={**current.orders, order_id: order},
+        pending_refunds={k: v for k, v in current.pending_refunds.items() if k != order_id},
+    )
+    if order.counts_as_purchase:
+        current, moved = _apply_purchase(current, policy, at)
+        changes += moved
+    return Decision(current, tuple(changes))
+
+
+def _apply_purchase(
+    state: CustomerLifecycle, policy: LifecyclePolicy, at: datetime
+) -> tuple[CustomerLifecycle, list[StageChange]]:
+    when = max(at, state.since)
+    established = is_established(state, policy)
+    target = Stage.MATURE if established else Stage.GROWTH
+    changes: list[StageChange] = []
+
+    def move(to_stage: Stage, reason: Reason, trigger: Trigger = Trigger.PURCHASE) -> None:
+        nonlocal state
+        state, change = _move(state, to_stage, reason, trigger, max(when, state.since))
+        changes.append(change)
+
+    if state.stage is Stage.PROSPECT:
+        move(Stage.GROWTH, Reason.FIRST_PURCHASE)
+    elif state.stage is Stage.GROWTH and established:
+        move(Stage.MATURE, Reason.ESTABLISHED)
+    elif state.stage is Stage.DECLINE and state.reason is Reason.COMPLAINT:
+        held = _complaints_in_force(state, policy)
+        if not held:
+            move(target, Reason.REACTIVATED)
+        else:
+            # The purchase is older than complaints still in force: the decline stands.
+            before = state.stage_before_decline
+            upgraded = Stage.MATURE if before is Stage.GROWTH and established else before
+            return replace(state, decline_causes=held, stage_before_decline=upgraded), []
+    elif state.stage is Stage.DECLINE and _lapse_threshold_at(state, policy) > state.since:
+        # Lapsing: with this purchase known, the lapse had not happened by its date.
+        move(target, Reason.REACTIVATED)
+    elif state.stage is Stage.CHURNED and _purchase_ends_churn(state, policy):
+        late_correction = at < state.since and state.reason is Reason.INACTIVE
+        move(Stage.GROWTH, Reason.WINBACK)
+        if late_correction and established:
+            # In order the churn would not have happened: restore what reactivation gives.
+            move(Stage.MATURE, Reason.ESTABLISHED)
+
+    if state.stage in (Stage.GROWTH, Stage.MATURE):
+        held = _complaints_in_force(state, policy)
+        if held:
+            # Complaints seen before this older purchase: in order they declined the customer.
+            first_opened = min(state.complaints[cid].opened_at for cid in held)
+            state, change = _move(
+                state,
+                Stage.DECLINE,
+                Reason.COMPLAINT,
+                Trigger.COMPLAINT_OPENED,
+                max(state.since, first_opened),
+            )
+            state = replace(state, decline_causes=held)
+            changes.append(change)
+    return state, changes
+
+
+def _purchase_ends_churn(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
+    if state.reason is Reason.INACTIVE:
+        # With this purchase known, would inactivity still have churned them by then?
+        return _churn_threshold_at(state, policy) > state.since
+    return True  # model churn: a purchase is stronger evidence of life than the model
+
+
+def _complaints_in_force(state: CustomerLifecycle, policy: LifecyclePolicy) -> frozenset[str]:
+    """Complaints that, in order, keep a customer in a complaint decline after the latest order.
+
+    Those of policy severity opened at or after the latest order and not yet resolved
+    (open, or closed below the recovery satisfaction), provided the first of them came
+    before the customer lapsed.
+    """
+    latest_order = state.latest_order_at
+    unresolved = {
+        cid: complaint
+        for cid, complaint in state.complaints.items()
+        if complaint.severity in policy.complaint_severities
+        and (latest_order is None or complaint.opened_at >= latest_order)
+        and not _satisfied(complaint, policy)
+    }
+    if not unresolved:
+        return frozenset()
+    first_opened = min(c.opened_at for c in unresolved.values())
+    if first_opened > _lapse_threshold_at(state, policy):
+        return frozenset()  # in order the customer had lapsed: complaints did not move them
+    return frozenset(unresolved)
+
+
+def _satisfied(complaint: Complaint, policy: LifecyclePolicy) -> bool:
+    return (
+        not complaint.is_open
+        and complaint.satisfaction is not None
+        and complaint.satisfaction >= policy.recovery_min_satisfaction
+    )
+
+
+def on_refund(
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    *,
+    order_id: str,
+    refunded_total: Decimal,
+    at: datetime,
+) -> Decision:
+    """Record what has been refunded of an order so far (all its refunds, this one included).
+
+    Keeping the largest total seen makes refunds idempotent and order-independent. A refund
+    never moves the stage (no refund row in the table); only the time rules run up to its
+    time, as before every event. A fully refunded order stops counting as a purchase day,
+    which changes g, first/last purchase and so the due times. A refund for an order not
+    seen yet waits for it.
+    """
+    _require_aware(at)
+    if refunded_total <= 0:
+        raise InvalidLifecycleEventError(f"refunded total must be positive, got {refunded_total}")
+    current, changes = _enter(state, policy, at)
+    order = current.orders.get(order_id)
+    if order is None:
+        pending = max(current.pending_refunds.get(order_id, Decimal(0)), refunded_total)
+        current = replace(current, pending_refunds={**current.pending_refunds, order_id: pending})
+    else:
+        refunded = replace(order, refunded=max(order.refunded, refunded_total))
+        current = replace(current, orders={**current.orders, order_id: refunded})
+    return Decision(current, tuple(changes))
+
+
+# --- complaints -----------------------------------------------------------------------------
+
+
+def on_complaint_opened(
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    *,
+    complaint_id: str,
+    severity: Severity,
+    at: datetime,
+) -> Decision:
+    """A high/critical complaint declines a growth/mature customer, or joins a complaint decline.
+
+    Redelivery of a known complaint id changes nothing.
+    """
+    _require_aware(at)
+    if state is not None and complaint_id in state.complaints:
+        return Decision(state)
+    current, changes = _enter(state, policy, at)
+    complaint = Complaint(severity=severity, opened_at=at, is_open=True)
+    current = replace(current, complaints={**current.complaints, complaint_id: complaint})
+    current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_OPENED)
+    return Decision(current, tuple(changes + moved))
+
+
+def on_complaint_reopened(
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    *,
+    complaint_id: str,
+    at: datetime,
+    severity: Severity | None = None,
+) -> Decision:
+    """A reopened complaint is open again: it acts as if opened now (its old closure no
+    longer counts). ``severity`` defaults to the one known from its opening.
+    """
+    _require_aware(at)
+    known = state.complaints.get(complaint_id) if state is not None else None
+    if state is not None and known is not None and known.is_open:
+        return Decision(state)  # reopening an open complaint is a redelivery
+    current, changes = _enter(state, policy, at)
+    complaint = Complaint(
+        severity=severity or (known.severity if known else None), opened_at=at, is_open=True
+    )
+    current = replace(current, complaints={**current.complaints, complaint_id: complaint})
+    current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_REOPENED)
+    return Decision(current, tuple(changes + moved))
+
+
+def _apply_complaint(
+    state: CustomerLifecycle,
+    policy: LifecyclePolicy,
+    complaint_id: str,
+    at: datetime,
+    trigger: Trigger,
+) -> tuple[CustomerLifecycle, list[StageChange]]:
+    severity = state.complaints[complaint_id].severity
+    if severity is None or severity not in policy.complaint_severities:
+        return state, []
+    latest_order = state.latest_order_at
+    if latest_order is not None and latest_order > at:
+        return state, []  # in order, that later purchase would already have ended this decline
+    if state.stage in (Stage.GROWTH, Stage.MATURE):
+        moved, change = _move(state, Stage.DECLINE, Reason.COMPLAINT, trigger, max(at, state.since))
+        return replace(moved, decline_causes=frozenset({complaint_id})), [change]
+    if state.stage is Stage.DECLINE and state.reason is Reason.COMPLAINT:
+        return replace(state, decline_causes=state.decline_causes | {complaint_id}), []
+    return state, []
+
+
+def on_complaint_closed(
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    *,
+    complaint_id: str,
+    satisfaction: int | None,
+    at: datetime,
+) -> Decision:
+    """Service recovery: decline -> stage before, once every causing complaint is closed
+    with satisfaction >= policy (a closure without satisfaction is not satisfied).
+    """
+    _require_aware(at)
+    if satisfaction is not None and not 1 <= satisfaction <= 5:
+        raise InvalidLifecycleEventError(f"satisfaction must be 1-5, got {satisfaction}")
+    current, changes = _enter(state, policy, at)
+    known = current.complaints.get(complaint_id)
+    closed = (
+        replace(known, is_open=False, satisfaction=satisfaction)
+        if known is not None
+        else Complaint(severity=None, opened_at=at, is_open=False, satisfaction=satisfaction)
+    )
+    current = replace(current, complaints={**current.complaints, complaint_id: closed})
+    if not _recovered(current, policy, complaint_id):
+        return Decision(current, tuple(changes))
+    before = current.stage_before_decline
+    if before not in (Stage.GROWTH, Stage.MATURE):
+        raise ForbiddenTransitionError(f"complaint decline without a stage before: {before}")
+    moved, change = _move(
+        current,
+        before,
+        Reason.SERVICE_RECOVERY,
+        Trigger.COMPLAINT_CLOSED,
+        max(at, current.since),
+    )
+    return Decision(moved, (*changes, change))
+
+
+def _recovered(state: CustomerLifecycle, policy: LifecyclePolicy, complaint_id: str) -> bool:
+    if not (
+        state.stage is Stage.DECLINE
+        and state.reason is Reason.COMPLAINT
+        and complaint_id in state.decline_causes
+    ):
+        return False
+    return all(_satisfied(state.complaints[cid], policy) for cid in state.decline_causes)
+
+
+# --- value model ------------------------------------------------------------------------
+
+
+def on_value_scored(
+    state: CustomerLifecycle,
+    policy: LifecyclePolicy,
+    *,
+    p_alive: float,
+    at: datetime,
+) -> Decision:
+    """Model churn: decline -> churned when P(alive) < policy threshold.
+
+    A score older than the latest order is stale (it did not see that order) and is
+    ignored. Scores for customers without state carry no fact we keep: the caller skips them.
+    """
+    _require_aware(at)
+    if not 0.0 <= p_alive <= 1.0:
+        raise InvalidLifecycleEventError(f"p_alive must be within [0, 1], got {p_alive}")
+    latest_order = state.latest_order_at
+    if latest_order is not None and latest_order > at:
+        return Decision(state)
+    current, changes = _enter(state, policy, at)
+    if current.stage is Stage.DECLINE and p_alive < policy.model_churn_p_alive:
+        current, change = _move(
+            current,
+            Stage.CHURNED,
+            Reason.MODEL_CHURN,
+            Trigger.VALUE_SCORED,
+            max(at, current.since),
+        )
+        changes.append(change)
+    return Decision(current, tuple(changes))
+
+
+# --- time rules -------------------------------------------------------------------------
+
+
+def evaluate(state: CustomerLifecycle, policy: LifecyclePolicy, *, as_of: datetime) -> Decision:
+    """Apply the lapsing and inactivity rules up to ``as_of``, to a fixed point.
+
+    Each change is dated at its own due time (:func:`due_times`), never later than
+    ``as_of``: a growth customer idle long enough goes growth -> decline -> churned in one
+    call, with two changes. Fires only when the due time is strictly before ``as_of``.
+    """
+    _require_aware(as_of)
+    changes: list[StageChange] = []
+    current = state
+    for _ in range(len(Stage)):  # each step moves strictly towards churned
+        decline_due, churn_due = due_times(current, policy)
+        if decline_due is not None and decline_due < as_of:
+            current, change = _move(
+                current, Stage.DECLINE, Reason.LAPSING, Trigger.TIME, decline_due
+            )
+        elif current.stage is Stage.DECLINE and churn_due is not None and churn_due < as_of:
+            current, change = _move(
+                current, Stage.CHURNED, Reason.INACTIVE, Trigger.TIME, churn_due
+            )
+        else:
+            break
+        changes.append(change)
+    return Decision(current, tuple(changes))

@@ -1,0 +1,768 @@
+"""Use cases of the lifecycle service: one transaction each, stage changes through the outbox.
+
+Who writes a customer's row and how they stay out of each other's way:
+- the consumer batch (``apply_events``) locks the batch's rows ``FOR UPDATE`` in customer-id
+  order, after the runner's per-customer advisory locks;
+- the sweep (``evaluate``) is set-based SQL that locks each chunk's rows in customer-id order
+  too, so the two never deadlock and a customer's outbox events keep their commit order;
+- a policy change holds the policy lock exclusively while it recomputes the due columns;
+  batches and sweeps hold it shared, so none of them works with a policy being replaced.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.lifecycle import domain
+from services.lifecycle.domain import (
+    Complaint,
+    CustomerLifecycle,
+    Decision,
+    LifecyclePolicy,
+    Order,
+    Reason,
+    Severity,
+    Stage,
+    StageChange,
+)
+from services.lifecycle.models import (
+    CustomerLifecycleRow,
+    ErasedCustomer,
+    EvaluationRun,
+    PolicyVersion,
+    StageTransition,
+)
+from services.lifecycle.schemas import (
+    DistributionRead,
+    EvaluationRead,
+    LifecycleRead,
+    MovedCount,
+    PolicyRead,
+    StageCount,
+    TransitionRead,
+)
+from shared.db import SessionFactory, transaction
+from shared.errors import NotFound, PreconditionFailed
+from shared.events import CloudEvent
+from shared.events import payloads as p
+from shared.events import registry as ev
+from shared.observability.logging import get_logger
+
+log = get_logger(__name__)
+
+SOURCE = "/crm/lifecycle"
+_POLICY_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext('lifecycle:policy'))"
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyInForce:
+    policy: LifecyclePolicy
+    version: int  # 0: the DOMAIN.md defaults, never changed
+    changed_at: datetime | None = None
+    changed_by: str | None = None
+
+
+async def policy_in_force(session: AsyncSession, *, shared_lock: bool = True) -> PolicyInForce:
+    """The current policy; with ``shared_lock`` a concurrent change waits for this transaction."""
+    if shared_lock:
+        await session.execute(text(_POLICY_LOCK.format(mode="_shared")))
+    row = (
+        await session.execute(select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(1))
+    ).scalar_one_or_none()
+    if row is None:
+        return PolicyInForce(LifecyclePolicy(), 0)
+    return PolicyInForce(
+        LifecyclePolicy.model_validate(row.policy), row.version, row.changed_at, row.changed_by
+    )
+
+
+def policy_read(current: PolicyInForce) -> PolicyRead:
+    return PolicyRead(
+        version=current.version,
+        changed_at=current.changed_at,
+        changed_by=current.changed_by,
+        policy=current.policy,
+    )
+
+
+async def replace_policy(
+    sessions: SessionFactory,
+    *,
+    policy: LifecyclePolicy,
+    if_match: int | None,
+    changed_by: str,
+    now: datetime,
+) -> PolicyRead:
+    """Record a new policy version and re-plan every customer's time rules with it.
+
+    Applies to evaluations from now on: stages already reached stay; the due columns of
+    growth, mature and declining customers are recomputed in the same transaction.
+    """
+    async with transaction(sessions) as session:
+        await session.execute(text(_POLICY_LOCK.format(mode="")))
+        current = await policy_in_force(session, shared_lock=False)
+        if if_match is not None and if_match != current.version:
+            raise PreconditionFailed(
+                f"The policy is at version {current.version}, not {if_match}: reload and retry"
+            )
+        version = current.version + 1
+        session.add(
+            PolicyVersion(
+                version=version,
+                policy=policy.model_dump(mode="json"),
+                changed_at=now,
+                changed_by=changed_by,
+            )
+        )
+        replanned = await _replan_due_times(session, policy)
+    log.info("lifecycle.policy_replaced", version=version, replanned=replanned, by=changed_by)
+    return policy_read(PolicyInForce(policy, version, now, changed_by))
+
+
+async def _replan_due_times(session: AsyncSession, policy: LifecyclePolicy) -> int:
+    """Recompute the due columns with ``domain.due_times_for``, keyset-paged by customer id."""
+    after = uuid.UUID(int=0)
+    replanned = 0
+    while True:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT customer_id, stage, since, idle_since, gap_days "
+                    "FROM customer_lifecycles WHERE stage IN ('growth', 'mature', 'decline') "
+                    "AND customer_id > :after ORDER BY customer_id LIMIT 10000"
+                ),
+                {"after": after},
+            )
+        ).all()
+        if not rows:
+            return replanned
+        ids, declines, churns = [], [], []
+        for row in rows:
+            decline_due, churn_due = domain.due_times_for(
+                stage=Stage(row.stage),
+                since=row.since,
+                idle_from=row.idle_since,
+                gap_days=row.gap_days,
+                policy=policy,
+            )
+            ids.append(row.customer_id)
+            declines.append(decline_due)
+            churns.append(churn_due)
+        await session.execute(
+            text(
+                "UPDATE customer_lifecycles c SET decline_due_at = u.decline_due, "
+                "churn_due_at = u.churn_due FROM unnest("
+                "CAST(:ids AS uuid[]), CAST(:declines AS timestamptz[]), "
+                "CAST(:churns AS timestamptz[])) AS u(customer_id, decline_due, churn_due) "
+                "WHERE c.customer_id = u.customer_id"
+            ),
+            {"ids": ids, "declines": declines, "churns": churns},
+        )
+        replanned += len(rows)
+        after = rows[-1].customer_id
+
+
+async def policy_versions(
+    session: AsyncSession, *, limit: int, before: int | None
+) -> list[PolicyRead]:
+    query = select(PolicyVersion).order_by(PolicyVersion.version.desc()).limit(limit)
+    if before is not None:
+        query = query.where(PolicyVersion.version < before)
+    rows = (await session.execute(query)).scalars().all()
+    return [
+        policy_read(
+            PolicyInForce(
+                LifecyclePolicy.model_validate(r.policy), r.version, r.changed_at, r.changed_by
+            )
+        )
+        for r in rows
+    ]
+
+
+# --- state <-> row -----------------------------------------------------------------------------
+
+
+def _to_state(row: Any) -> CustomerLifecycle:
+    facts = row.facts
+    return CustomerLifecycle(
+        stage=Stage(row.stage),
+        since=row.since,
+        reason=Reason(row.reason),
+        registered_at=row.registered_at,
+        stage_before_decline=Stage(row.stage_before_decline) if row.stage_before_decline else None,
+        orders={
+            order_id: Order(datetime.fromisoformat(at), Decimal(amount), Decimal(refunded))
+            for order_id, (at, amount, refunded) in facts.get("orders", {}).items()
+        },
+        pending_refunds={k: Decimal(v) for k, v in facts.get("pending_refunds", {}).items()},
+        complaints={
+            complaint_id: Complaint(
+                Severity(severity) if severity else None,
+                datetime.fromisoformat(opened_at),
+                is_open,
+                satisfaction,
+            )
+            for complaint_id, (severity, opened_at, is_open, satisfaction) in facts.get(
+                "complaints", {}
+            ).items()
+        },
+        decline_causes=frozenset(row.decline_causes or ()),
+    )
+
+
+def _to_row(
+    customer_id: uuid.UUID, state: CustomerLifecycle, policy: LifecyclePolicy
+) -> dict[str, Any]:
+    decline_due, churn_due = domain.due_times(state, policy)
+    return {
+        "customer_id": customer_id,
+        "stage": state.stage.value,
+        "since": state.since,
+        "reason": state.reason.value,
+        "registered_at": state.registered_at,
+        "stage_before_decline": state.stage_before_decline.value
+        if state.stage_before_decline
+        else None,
+        "decline_causes": sorted(state.decline_causes),
+        "idle_since": domain.idle_since(state),
+        "gap_days": domain.median_gap_days(state, policy),
+        "decline_due_at": decline_due,
+        "churn_due_at": churn_due,
+        "facts": {
+            "orders": {
+                order_id: [o.placed_at.isoformat(), str(o.amount), str(o.refunded)]
+                for order_id, o in state.orders.items()
+            },
+            "pending_refunds": {k: str(v) for k, v in state.pending_refunds.items()},
+            "complaints": {
+                complaint_id: [
+                    c.severity.value if c.severity else None,
+                    c.opened_at.isoformat(),
+                    c.is_open,
+                    c.satisfaction,
+                ]
+                for complaint_id, c in state.complaints.items()
+            },
+        },
+    }
+
+
+# --- reacting to events ------------------------------------------------------------------------
+
+State = CustomerLifecycle | None
+Decide = Callable[[State, LifecyclePolicy, CloudEvent[Any]], Decision | None]
+
+
+def _registered(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    return domain.on_registered(state, at=e.time)
+
+
+def _purchased(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    data: p.PurchaseRecorded = e.data
+    return domain.on_purchase(state, policy, order_id=data.order_id, amount=data.amount, at=e.time)
+
+
+def _refunded(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    data: p.PurchaseRefunded = e.data
+    return domain.on_refund(
+        state, policy, order_id=data.order_id, refunded_total=data.refunded_total, at=e.time
+    )
+
+
+def _complaint_opened(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    data: p.ComplaintOpened = e.data
+    return domain.on_complaint_opened(
+        state,
+        policy,
+        complaint_id=str(data.complaint_id),
+        severity=Severity(data.severity),
+        at=e.time,
+    )
+
+
+def _complaint_reopened(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    data: p.ComplaintReopened = e.data
+    return domain.on_complaint_reopened(
+        state,
+        policy,
+        complaint_id=str(data.complaint_id),
+        severity=Severity(data.severity),
+        at=e.time,
+    )
+
+
+def _complaint_closed(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision:
+    data: p.ComplaintClosed = e.data
+    return domain.on_complaint_closed(
+        state,
+        policy,
+        complaint_id=str(data.complaint_id),
+        satisfaction=data.satisfaction,
+        at=e.time,
+    )
+
+
+def _value_scored(state: State, policy: LifecyclePolicy, e: CloudEvent[Any]) -> Decision | None:
+    data: p.ValueScored = e.data
+    if state is None or data.p_alive is None:
+        return None  # a score carries no fact we keep: nothing to remember without a customer
+    return domain.on_value_scored(state, policy, p_alive=data.p_alive, at=e.time)
+
+
+DECIDERS: Mapping[str, Decide] = {
+    ev.CUSTOMER_REGISTERED: _registered,
+    ev.PURCHASE_RECORDED: _purchased,
+    ev.PURCHASE_REFUNDED: _refunded,
+    ev.COMPLAINT_OPENED: _complaint_opened,
+    ev.COMPLAINT_REOPENED: _complaint_reopened,
+    ev.COMPLAINT_CLOSED: _complaint_closed,
+    ev.VALUE_SCORED: _value_scored,
+}
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    customer_id: uuid.UUID
+    change: StageChange
+    causing_event_id: uuid.UUID | None = None
+    evaluation_run_id: uuid.UUID | None = None
+
+
+async def apply_events(
+    session: AsyncSession, events: Sequence[CloudEvent[Any]]
+) -> list[CloudEvent[Any]]:
+    """Apply a batch of consumed events; returns the stage-changed events for the outbox.
+
+    Each customer's events are applied in business-time order (stable for equal times),
+    which puts the two topics a batch may mix (purchases, complaints) back in order.
+    """
+    by_customer: dict[uuid.UUID, list[CloudEvent[Any]]] = defaultdict(list)
+    for event in events:
+        by_customer[event.data.customer_id].append(event)
+    ids = sorted(by_customer)
+    policy = (await policy_in_force(session)).policy
+    erased = set(
+        (
+            await session.execute(
+                select(ErasedCustomer.customer_id).where(ErasedCustomer.customer_id.in_(ids))
+            )
+        ).scalars()
+    )
+    rows = (
+        await session.execute(
+            select(CustomerLifecycleRow.__table__)
+            .where(CustomerLifecycleRow.customer_id.in_(ids))
+            .order_by(CustomerLifecycleRow.customer_id)
+            .with_for_update()
+        )
+    ).all()
+    states: dict[uuid.UUID, CustomerLifecycle] = {r.customer_id: _to_state(r) for r in rows}
+
+    to_erase: dict[uuid.UUID, datetime] = {}
+    changed: dict[uuid.UUID, CustomerLifecycle] = {}
+    recorded: list[_Recorded] = []
+    for customer_id in ids:
+        if customer_id in erased:
+            continue
+        stream = sorted(by_customer[customer_id], key=lambda e: e.time)
+        erasure = next((e for e in stream if e.type == ev.CUSTOMER_ERASED), None)
+        if erasure is not None:
+            to_erase[customer_id] = erasure.time
+            continue
+        state: CustomerLifecycle | None = states.get(customer_id)
+        for event in stream:
+            decision = DECIDERS[event.type](state, policy, event)
+            if decision is None:
+                continue
+            state = decision.state
+            changed[customer_id] = state
+            recorded += [
+                _Recorded(customer_id, c, causing_event_id=event.id) for c in decision.changes
+            ]
+
+    if to_erase:
+        await _erase(session, to_erase)
+    if changed:
+        # executemany: one cached statement whatever the batch size
+        await session.execute(
+            _UPSERT, [_to_row(cid, state, policy) for cid, state in changed.items()]
+        )
+    return await _record(session, recorded)
+
+
+_LIFECYCLES = cast(Table, CustomerLifecycleRow.__table__)
+_TRANSITIONS = cast(Table, StageTransition.__table__)
+_ROW_COLUMNS = (
+    "stage",
+    "since",
+    "reason",
+    "registered_at",
+    "stage_before_decline",
+    "decline_causes",
+    "idle_since",
+    "gap_days",
+    "decline_due_at",
+    "churn_due_at",
+    "facts",
+)
+_INSERT_ROW = pg_insert(_LIFECYCLES)
+_UPSERT = _INSERT_ROW.on_conflict_do_update(
+    index_elements=[_LIFECYCLES.c.customer_id],
+    set_={column: _INSERT_ROW.excluded[column] for column in _ROW_COLUMNS}
+    | {"updated_at": func.now()},
+)
+
+
+async def _erase(session: AsyncSession, erased: Mapping[uuid.UUID, datetime]) -> None:
+    """Right to be forgotten: the state and history go; a tombstone keeps late events out."""
+    ids = list(erased)
+    await session.execute(
+        delete(CustomerLifecycleRow).where(CustomerLifecycleRow.customer_id.in_(ids))
+    )
+    await session.execute(delete(StageTransition).where(StageTransition.customer_id.in_(ids)))
+    await session.execute(
+        pg_insert(ErasedCustomer)
+        .values([{"customer_id": cid, "erased_at": at} for cid, at in erased.items()])
+        .on_conflict_do_nothing()
+    )
+    log.info("lifecycle.erased", customers=len(ids))
+
+
+# Parametrised once: shared.events.new_event parametrises the generic on every call (~0.5 ms).
+_StageChangedEvent = CloudEvent[p.StageChanged]
+
+
+async def _record(session: AsyncSession, recorded: Iterable[_Recorded]) -> list[CloudEvent[Any]]:
+    """Store each change in the history and return its ``stage_changed`` event."""
+    events: list[CloudEvent[Any]] = []
+    history: list[dict[str, Any]] = []
+    for r in recorded:
+        change = r.change
+        event = _StageChangedEvent(
+            id=uuid.uuid4(),
+            source=SOURCE,
+            type=ev.STAGE_CHANGED,
+            subject=str(r.customer_id),
+            time=change.at,
+            data=p.StageChanged(
+                customer_id=r.customer_id,
+                from_stage=p.Stage(change.from_stage) if change.from_stage else None,
+                to_stage=p.Stage(change.to_stage),
+                reason=change.reason.value,
+                causing_event_id=r.causing_event_id,
+                evaluation_run_id=r.evaluation_run_id,
+            ),
+        )
+        events.append(event)
+        history.append(
+            {
+                "customer_id": r.customer_id,
+                "from_stage": change.from_stage.value if change.from_stage else None,
+                "to_stage": change.to_stage.value,
+                "reason": change.reason.value,
+                "trigger": change.trigger.value,
+                "at": change.at,
+                "causing_event_id": r.causing_event_id,
+                "evaluation_run_id": r.evaluation_run_id,
+                "event_id": event.id,
+            }
+        )
+    if history:
+        await session.execute(insert(_TRANSITIONS), history)
+    return events
+
+
+# --- the time rules, set-based ------------------------------------------------------------------
+
+# Each statement moves one chunk of due customers (ids sorted, joined as a table: a large
+# `= ANY(array)` parameter is not hashed in a generic plan): it locks them in customer-id
+# order (the consumers' order), re-checks under the lock, moves them and writes the history
+# and the outbox. The payload is the CloudEvent JSON of crm.lifecycle.stage_changed.v1; every
+# value in it is a uuid, a stage, a reason or a timestamp, so no JSON escaping is needed.
+_SWEEP_SQL = """
+WITH chunk AS (
+    SELECT unnest(CAST(:ids AS uuid[])) AS customer_id
+), locked AS (
+    SELECT c.customer_id FROM customer_lifecycles c JOIN chunk USING (customer_id)
+    WHERE c.{due_column} < :as_of AND c.stage IN ({from_stages})
+    ORDER BY c.customer_id FOR UPDATE OF c
+), moved AS (
+    UPDATE customer_lifecycles c
+    SET stage = CAST(:to_stage AS text), reason = CAST(:reason AS text),
+        since = c.{due_column}, stage_before_decline = {stage_before}, decline_causes = '{{}}',
+        decline_due_at = NULL, {churn_due_update} updated_at = now()
+    FROM locked
+    WHERE c.customer_id = locked.customer_id
+      AND c.{due_column} < :as_of AND c.stage IN ({from_stages})
+    RETURNING c.customer_id, {from_stage_returned} AS from_stage, c.since AS at
+), changes AS (
+    SELECT customer_id, from_stage, at, gen_random_uuid() AS event_id FROM moved
+), history AS (
+    INSERT INTO stage_transitions
+        (customer_id, from_stage, to_stage, reason, trigger, at, evaluation_run_id, event_id)
+    SELECT customer_id, from_stage, CAST(:to_stage AS text), CAST(:reason AS text), 'time', at,
+        CAST(:run_id AS uuid), event_id
+    FROM changes
+), published AS (
+    INSERT INTO outbox (event_id, event_type, topic, key, payload)
+    SELECT event_id, CAST(:event_type AS text), CAST(:topic AS text), customer_id::text,
+        convert_to(format(
+            '{{"specversion":"1.0","id":"%s","source":"%s","type":"%s","subject":"%s",'
+            '"time":"%s","datacontenttype":"application/json","data":{{"customer_id":"%s",'
+            '"from_stage":"%s","to_stage":"%s","reason":"%s","evaluation_run_id":"%s"}}}}',
+            event_id, CAST(:source AS text), CAST(:event_type AS text), customer_id,
+            to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), customer_id,
+            from_stage, CAST(:to_stage AS text), CAST(:reason AS text), CAST(:run_id AS uuid)
+        ), 'UTF8')
+    FROM changes
+)
+SELECT from_stage, count(*) AS customers FROM changes GROUP BY from_stage
+"""
+_DUE_SQL = """
+SELECT customer_id FROM customer_lifecycles
+WHERE {due_column} < :as_of AND stage IN ({from_stages}) ORDER BY customer_id
+"""
+
+
+@dataclass(frozen=True)
+class _TimeRule:
+    due: Any  # the sorted ids of the customers due
+    move: Any  # one chunk of them
+    to_stage: Stage
+    reason: Reason
+
+
+def _time_rule(
+    due_column: str,
+    from_stages: str,
+    to_stage: Stage,
+    reason: Reason,
+    *,
+    stage_before: str,
+    churn_due_update: str,
+    from_stage_returned: str,
+) -> _TimeRule:
+    return _TimeRule(
+        due=text(_DUE_SQL.format(due_column=due_column, from_stages=from_stages)),
+        move=text(
+            _SWEEP_SQL.format(
+                due_column=due_column,
+                from_stages=from_stages,
+                stage_before=stage_before,
+                churn_due_update=churn_due_update,
+                from_stage_returned=from_stage_returned,
+            )
+        ),
+        to_stage=to_stage,
+        reason=reason,
+    )
+
+
+# Lapsing first, so one run takes an idle customer through decline to churned.
+_TIME_RULES = (
+    _time_rule(
+        "decline_due_at",
+        "'growth', 'mature'",
+        Stage.DECLINE,
+        Reason.LAPSING,
+        stage_before="c.stage",
+        churn_due_update="",
+        from_stage_returned="c.stage_before_decline",
+    ),
+    _time_rule(
+        "churn_due_at",
+        "'decline'",
+        Stage.CHURNED,
+        Reason.INACTIVE,
+        stage_before="NULL",
+        churn_due_update="churn_due_at = NULL,",
+        from_stage_returned="'decline'",
+    ),
+)
+
+
+async def evaluate(
+    sessions: SessionFactory,
+    *,
+    as_of: datetime,
+    requested_by: str,
+    now: datetime,
+    chunk_size: int = 50_000,
+) -> EvaluationRead:
+    """Apply the lapsing and inactivity rules to every customer due before ``as_of``.
+
+    The due columns were computed by ``domain.due_times`` (a rule fires iff its due time is
+    strictly before ``as_of``, the change is dated at the due time), so this is the pure
+    ``domain.evaluate`` done set-based. One transaction per chunk.
+    """
+    started = time.perf_counter()
+    run_id = uuid.uuid4()
+    moved: dict[tuple[str, Stage, Reason], int] = defaultdict(int)
+    version = 0
+    for rule in _TIME_RULES:
+        async with transaction(sessions) as session:
+            version = (await policy_in_force(session)).version
+            due = list((await session.execute(rule.due, {"as_of": as_of})).scalars())
+        for start in range(0, len(due), chunk_size):
+            async with transaction(sessions) as session:
+                await policy_in_force(session)  # a policy change waits for this chunk
+                counts = (
+                    await session.execute(
+                        rule.move,
+                        {
+                            "ids": due[start : start + chunk_size],
+                            "as_of": as_of,
+                            "to_stage": rule.to_stage.value,
+                            "reason": rule.reason.value,
+                            "run_id": run_id,
+                            "event_type": ev.STAGE_CHANGED,
+                            "topic": ev.topic_for(ev.STAGE_CHANGED),
+                            "source": SOURCE,
+                        },
+                    )
+                ).all()
+            for row in counts:
+                moved[(row.from_stage, rule.to_stage, rule.reason)] += row.customers
+    result = EvaluationRead(
+        run_id=run_id,
+        as_of=as_of,
+        policy_version=version,
+        moved=[
+            MovedCount(from_stage=Stage(frm), to_stage=to, reason=reason, customers=n)
+            for (frm, to, reason), n in sorted(moved.items())
+        ],
+        total_moved=sum(moved.values()),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    async with transaction(sessions) as session:
+        session.add(
+            EvaluationRun(
+                run_id=run_id,
+                as_of=as_of,
+                started_at=now,
+                finished_at=now + timedelta(seconds=result.seconds),
+                policy_version=version,
+                moved=[m.model_dump(mode="json") for m in result.moved],
+                requested_by=requested_by,
+            )
+        )
+    log.info(
+        "lifecycle.evaluated", run_id=str(run_id), moved=result.total_moved, as_of=as_of.isoformat()
+    )
+    return result
+
+
+# --- queries ------------------------------------------------------------------------------------
+
+
+async def customer_lifecycle(
+    session: AsyncSession, *, customer_id: uuid.UUID, as_of: datetime
+) -> LifecycleRead:
+    row = (
+        await session.execute(
+            select(CustomerLifecycleRow.__table__).where(
+                CustomerLifecycleRow.customer_id == customer_id
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"No lifecycle for customer {customer_id}")
+    state = _to_state(row)
+    history = (
+        await session.execute(
+            select(StageTransition)
+            .where(StageTransition.customer_id == customer_id)
+            .order_by(StageTransition.at, StageTransition.id)
+        )
+    ).scalars()
+    return LifecycleRead(
+        customer_id=customer_id,
+        stage=state.stage,
+        since=state.since,
+        reason=state.reason,
+        days_in_stage=max(0.0, (as_of - state.since).total_seconds() / 86_400),
+        stage_before_decline=state.stage_before_decline,
+        decline_causes=sorted(state.decline_causes),
+        open_complaints=sorted(state.open_complaints),
+        purchase_days=len(state.purchase_days),
+        first_purchase_at=state.first_purchase_at,
+        last_purchase_at=state.last_purchase_at,
+        median_gap_days=row.gap_days,
+        decline_due_at=row.decline_due_at,
+        churn_due_at=row.churn_due_at,
+        history=[
+            TransitionRead(
+                from_stage=Stage(t.from_stage) if t.from_stage else None,
+                to_stage=Stage(t.to_stage),
+                reason=Reason(t.reason),
+                trigger=t.trigger,
+                at=t.at,
+                causing_event_id=t.causing_event_id,
+                evaluation_run_id=t.evaluation_run_id,
+            )
+            for t in history
+        ],
+    )
+
+
+async def distribution(
+    session: AsyncSession, *, as_of: datetime | None, now: datetime
+) -> DistributionRead:
+    """Customers per stage with the median days in it: now, or ``as_of`` from the history."""
+    if as_of is None:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT stage, count(*) AS customers, percentile_cont(0.5) WITHIN GROUP "
+                    "(ORDER BY extract(epoch FROM CAST(:at AS timestamptz) - since)) / 86400 AS median_days "
+                    "FROM customer_lifecycles GROUP BY stage"
+                ),
+                {"at": now},
+            )
+        ).all()
+    else:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT stage, count(*) AS customers, percentile_cont(0.5) WITHIN GROUP "
+                    "(ORDER BY extract(epoch FROM CAST(:at AS timestamptz) - since)) / 86400 AS median_days "
+                    "FROM (SELECT DISTINCT ON (customer_id) to_stage AS stage, at AS since "
+                    "      FROM stage_transitions WHERE at <= :at "
+                    "      ORDER BY customer_id, at DESC, id DESC) AS last_change "
+                    "GROUP BY stage"
+                ),
+                {"at": as_of},
+            )
+        ).all()
+    counts = {Stage(r.stage): r for r in rows}
+    total = sum(r.customers for r in rows)
+    return DistributionRead(
+        as_of=as_of or now,
+        from_history=as_of is not None,
+        total=total,
+        stages=[
+            StageCount(
+                stage=stage,
+                customers=counts[stage].customers if stage in counts else 0,
+                share=round(counts[stage].customers / total, 6) if stage in counts else 0.0,
+                median_days_in_stage=round(float(counts[stage].median_days), 3)
+                if stage in counts and counts[stage].median_days is not None
+                else None,
+            )
+            for stage in Stage
+        ],
+    )

@@ -1,0 +1,61 @@
+"""The scheduled sweep applies the time rules on its own, as of the service clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from integration.lifecycle.lifecycle_helpers import T0, Lifecycle, caught_up, day, moves
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from support import eventually, running
+
+from services.lifecycle.main import create_app
+from shared.clock import FixedClock
+from shared.devstack import Broker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+async def swept(
+    service_settings: Callable[..., Any], kafka_broker: Broker
+) -> AsyncIterator[Lifecycle]:
+    settings = service_settings("lifecycle", consumer_batch_size=200, sweep_interval_seconds=0.3)
+    clock = FixedClock(T0)
+    app = create_app(settings=settings, configure_logs=False, clock=clock)
+    engine = create_async_engine(settings.database_url, pool_size=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    await producer.start()
+    try:
+        async with running(app) as client:
+            await eventually(lambda: caught_up(app), timeout=120, what="consumer caught up")
+            yield Lifecycle(
+                client, settings, engine, kafka_broker.bootstrap_servers, clock, producer
+            )
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+async def test_the_scheduled_sweep_moves_customers_as_of_the_clock(swept: Lifecycle) -> None:
+    customer = await swept.register(day(0))
+    await swept.purchase(customer, day(10))
+    await swept.wait_for(customer, "growth")
+    swept.clock.set(day(140))
+    body = await swept.wait_for(customer, "decline", timeout=20)
+    assert moves(body)[-1] == ("growth", "decline", "lapsing")
+    assert datetime.fromisoformat(body["since"]) == day(130)
+    run_id = body["history"][-1]["evaluation_run_id"]
+    async with swept.engine.connect() as conn:
+        run = (
+            await conn.execute(
+                text("SELECT requested_by, as_of FROM evaluation_runs WHERE run_id = :r"),
+                {"r": run_id},
+            )
+        ).one()
+    assert run.requested_by == "lifecycle-sweep"
+    assert run.as_of == day(140)

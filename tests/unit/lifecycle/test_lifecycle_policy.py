@@ -1,0 +1,78 @@
+"""LifecyclePolicy: DOMAIN.md defaults, validation with clear messages, immutability."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from services.lifecycle.domain import LifecyclePolicy, Severity
+
+
+def test_defaults_are_domain_md() -> None:
+    policy = LifecyclePolicy()
+    assert policy.model_dump() == {
+        "default_gap_days": 60,
+        "lapse_min_days": 60,
+        "lapse_gap_multiplier": 2,
+        "churn_min_days": 180,
+        "churn_gap_multiplier": 4,
+        "mature_min_purchase_days": 3,
+        "mature_min_tenure_days": 90,
+        "complaint_severities": {Severity.HIGH, Severity.CRITICAL},
+        "recovery_min_satisfaction": 4,
+        "model_churn_p_alive": 0.1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("gap", "lapse", "churn"),
+    [(10, 60, 180), (30, 60, 180), (45, 90, 180), (60, 120, 240), (12.5, 60, 180)],
+)
+def test_thresholds_are_max_of_minimum_and_multiple_of_g(gap, lapse, churn) -> None:
+    policy = LifecyclePolicy()
+    assert policy.lapse_after(gap) == timedelta(days=lapse)
+    assert policy.churn_after(gap) == timedelta(days=churn)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"churn_min_days": 60}, "churn_min_days (60.0) must exceed lapse_min_days (60.0)"),
+        ({"lapse_min_days": 200}, "must exceed lapse_min_days (200.0)"),
+        ({"churn_gap_multiplier": 2}, "churn_gap_multiplier (2.0) must exceed"),
+        ({"lapse_gap_multiplier": 5}, "must exceed lapse_gap_multiplier (5.0)"),
+        ({"lapse_gap_multiplier": 0}, "greater than 0"),
+        ({"churn_gap_multiplier": -1}, "greater than 0"),
+        ({"default_gap_days": 0}, "greater than 0"),
+        ({"lapse_min_days": -5}, "greater than 0"),
+        ({"model_churn_p_alive": 0}, "greater than 0"),
+        ({"model_churn_p_alive": 1}, "less than 1"),
+        ({"recovery_min_satisfaction": 6}, "less than or equal to 5"),
+        ({"recovery_min_satisfaction": 0}, "greater than or equal to 1"),
+        ({"mature_min_purchase_days": 0}, "greater than or equal to 1"),
+        ({"mature_min_tenure_days": -1}, "greater than or equal to 0"),
+        ({"complaint_severities": ["urgent"]}, "'low', 'medium', 'high' or 'critical'"),
+        ({"lapse_days": 30}, "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_policies_are_rejected_with_a_clear_message(changes, message) -> None:
+    with pytest.raises(ValidationError) as error:
+        LifecyclePolicy(**changes)
+    assert message in str(error.value)
+
+
+def test_a_policy_is_immutable() -> None:
+    policy = LifecyclePolicy()
+    with pytest.raises(ValidationError):
+        policy.lapse_min_days = 10  # type: ignore[misc]
+
+
+def test_a_policy_round_trips_through_json() -> None:
+    policy = LifecyclePolicy(lapse_min_days=30, complaint_severities={"critical"})
+    assert LifecyclePolicy.model_validate_json(policy.model_dump_json()) == policy
+
+
+def test_severities_may_be_empty_so_complaints_never_decline() -> None:
+    assert LifecyclePolicy(complaint_severities=[]).complaint_severities == frozenset()
