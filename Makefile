@@ -27,8 +27,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/crm up
 
+# Order matters: the e2e platform (four service processes, session-scoped) runs last so that its
+# consumer groups never share partitions with the services the integration tests run in-process.
+TEST_SUITES := tests/unit tests/integration tests/e2e
+
 test: $(STAMP)
-	$(PY) -m pytest tests -q --ignore=tests/deploy
+	$(PY) -m pytest $(TEST_SUITES) -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q

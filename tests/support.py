@@ -4,6 +4,7 @@ event construction, and running a service in-process against the real infrastruc
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,10 @@ from shared.http.auth import SCOPES, issue_dev_token
 from shared.settings import ServiceSettings
 
 T = TypeVar("T")
+
+#: How fast each end-to-end step must show (seconds): the product's promise is one second; CI on a
+#: shared, loaded 2-core machine widens it (the measured latencies are printed and benchmarked).
+E2E_DEADLINE = float(os.environ.get("CRM_E2E_DEADLINE", "1.0"))
 
 
 def auth(*scopes: str, subject: str = "test-user") -> dict[str, str]:

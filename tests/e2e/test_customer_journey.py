@@ -8,7 +8,6 @@ performance measurement.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -16,14 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from support import auth
+from support import E2E_DEADLINE, auth
 
 from shared.platform import Platform
 
 pytestmark = pytest.mark.e2e
 
 #: Each step must show in the 360 view within this many seconds.
-DEADLINE = float(os.environ.get("CRM_E2E_DEADLINE", "1.0"))
+DEADLINE = E2E_DEADLINE
 
 
 def within(

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 import pytest
-from support import auth
+from support import E2E_DEADLINE, auth
 
 from shared.platform import Platform
 
@@ -63,13 +63,13 @@ def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) ->
         _, took = wait_for(
             lambda: http.get(lifecycle_url, headers=headers),
             lambda b: b["stage"] == "growth",
-            within=1.0,
+            within=E2E_DEADLINE,
         )
         print(f"purchase -> lifecycle growth in {took * 1000:.0f} ms")
 
         value_url = f"{platform.url('scoring')}/v1/customers/{customer_id}/value"
         value, took = wait_for(
-            lambda: http.get(value_url, headers=headers), lambda b: bool(b), within=1.0
+            lambda: http.get(value_url, headers=headers), lambda b: bool(b), within=E2E_DEADLINE
         )
         print(f"purchase -> scoring updated in {took * 1000:.0f} ms")
         assert str(customer_id) in str(value)
