@@ -69,3 +69,23 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+async def skip_history(bootstrap_servers: str, group_id: str, topics: list[str]) -> None:
+    """Commit `group_id`'s offsets at the current end of `topics`, so a service started next
+    sees only what the test publishes (the session's topics hold earlier suites' events)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shared.messaging.kafka import partitions_of
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, *topics)
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit(dict(ends))
+    finally:
+        await consumer.stop()

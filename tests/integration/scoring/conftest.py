@@ -19,15 +19,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from support import auth, eventually, running
+from support import auth, eventually, running, skip_history
 
 from services.scoring.config import ScoringSettings
+from services.scoring.handlers import HANDLERS
 from services.scoring.main import create_app
 from shared.clock import FixedClock
 from shared.devstack import Broker
 from shared.events import CloudEvent, new_event, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.events.registry import topic_for
 
 READER = auth("scores:read", subject="analyst")
 ADMIN = auth("scores:read", "scores:admin", subject="value-admin")
@@ -200,6 +202,10 @@ async def scoring(
         "scoring", consumer_batch_size=500, nightly_recompute=False, recompute_poll_seconds=0.2
     )
     clock = FixedClock(T0)
+    # The fits must see the simulated population only, not earlier suites' purchases.
+    await skip_history(
+        kafka_broker.bootstrap_servers, "scoring", sorted({topic_for(t) for t in HANDLERS})
+    )
     app = create_app(settings=settings, configure_logs=False, clock=clock)
     engine = create_async_engine(settings.database_url, pool_size=2)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, linger_ms=5)
