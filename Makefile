@@ -62,6 +62,12 @@ $(ASYNCAPI_SPECS):
 docs-check: $(STAMP) $(ASYNCAPI_SPECS)
 	$(VENV)/bin/crm docs --check --asyncapi-schema '$(ASYNCAPI_SPECS)'
 
+# lifetimes (the reference CLV fitter, unmaintained, pulls pandas) lives in its own venv under .cache.
+BENCH_VENV := .cache/bench-venv
+bench: $(STAMP)
+	@test -x $(BENCH_VENV)/bin/python || { $(PY) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install -q lifetimes==0.11.3 matplotlib py-spy "numpy==$$($(PY) -c 'import numpy;print(numpy.__version__)')" "scipy==$$($(PY) -c 'import scipy;print(scipy.__version__)')"; }
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
+
 deploy-check: $(STAMP)
 	bash deploy/check.sh
 

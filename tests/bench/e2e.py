@@ -1,0 +1,550 @@
+"""End to end: orders offered on the ingest topic (or posted over HTTP) through profile ->
+lifecycle and scoring, at increasing load until saturation, checked by reconciliation; then
+latency at half the saturation rate, matched per customer on the published events.
+
+Reconciliation, not sleeping: a step is done when profile's `purchases` table holds every
+order and the inboxes of lifecycle and scoring hold every `crm.purchase.recorded.v1` event
+(each inbox row commits in the same transaction as the projection it fed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from bench.common import http_load, percentiles
+from bench.stack import BenchStack
+from shared.events import topics
+from shared.messaging.kafka import DEFAULT_PARTITIONS
+
+PURCHASE_RECORDED = "crm.purchase.recorded.v1"
+STAGE_CHANGED = "crm.lifecycle.stage_changed.v1"
+VALUE_SCORED = "crm.value.scored.v1"
+STAGES = ("profile", "lifecycle", "scoring")
+
+
+@dataclass
+class Step:
+    path: str  # "ingest" or "http"
+    offered_rps: float
+    orders: int
+    produce_s: float = 0.0  # how long offering took (the offered rate actually achieved)
+    done_s: dict[str, float | None] = field(default_factory=dict)  # per stage, from the first send
+    achieved_rps: float = 0.0  # orders / time until every projection reflected them
+    stage_rps: dict[str, float] = field(default_factory=dict)
+    drained: bool = False
+    http: dict[str, Any] | None = None
+    series: list[tuple[float, int, int, int]] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # per service: SQL per event, CPU
+
+    @property
+    def saturated(self) -> bool:
+        return not self.drained or self.achieved_rps < 0.8 * self.offered_rps
+
+
+class Projections:
+    """Counts in the services' own databases, on connections kept open for the whole run."""
+
+    def __init__(self, stack: BenchStack) -> None:
+        self.stack = stack
+        self.connections: dict[str, asyncpg.Connection] = {}
+
+    async def open(self) -> None:
+        for service in STAGES:
+            self.connections[service] = await asyncpg.connect(self.stack.service_db(service))
+
+    async def close(self) -> None:
+        for connection in self.connections.values():
+            await connection.close()
+
+    async def now(self) -> datetime:
+        value: datetime = await self.connections["profile"].fetchval("SELECT now()")
+        return value
+
+    async def counts(self, since: datetime) -> dict[str, int]:
+        """Purchases in profile (all), purchase events processed by lifecycle and scoring since."""
+        profile = await self.connections["profile"].fetchval("SELECT count(*) FROM purchases")
+        result = {"profile": int(profile)}
+        for service in ("lifecycle", "scoring"):
+            result[service] = int(
+                await self.connections[service].fetchval(
+                    "SELECT count(*) FROM inbox WHERE processed_at >= $1 AND event_type = $2",
+                    since,
+                    PURCHASE_RECORDED,
+                )
+            )
+        return result
+
+    async def totals(self) -> dict[str, int]:
+        """Whole-run reconciliation: purchases known to each service."""
+        result = {
+            "profile": int(
+                await self.connections["profile"].fetchval("SELECT count(*) FROM purchases")
+            )
+        }
+        for service in ("lifecycle", "scoring"):
+            result[f"{service}_inbox"] = int(
+                await self.connections[service].fetchval(
+                    "SELECT count(*) FROM inbox WHERE event_type = $1", PURCHASE_RECORDED
+                )
+            )
+        if await self.connections["scoring"].fetchval(
+            "SELECT to_regclass('purchases') IS NOT NULL"
+        ):
+            result["scoring_ledger"] = int(
+                await self.connections["scoring"].fetchval("SELECT count(*) FROM purchases")
+            )
+        result["outbox_left"] = 0
+        for service, connection in self.connections.items():
+            left = int(await connection.fetchval("SELECT count(*) FROM outbox"))
+            result["outbox_left"] += left
+            result[f"{service}_outbox"] = left
+        return result
+
+
+async def start_producer(bootstrap: str, idempotent: bool) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=idempotent,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30000,
+    )
+    await producer.start()
+    return producer
+
+
+async def offer(
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[tuple[bytes, bytes]],
+    rate: float | None,
+    sent_at: list[float] | None = None,
+) -> float:
+    """Send at `rate` messages/s (as fast as possible with None); return the seconds it took.
+
+    Messages go out as one record batch per partition and tick (`create_batch`/`send_batch`):
+    one `send()` per message costs the harness more CPU than the brokers and services.
+    Partitions are the Java client's murmur2 of the key, computed before the clock starts.
+    """
+    partitions = sorted(await producer.partitions_for(topic))
+    assigned = [partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)] for key, _ in messages]
+    futures: list[asyncio.Future[Any]] = []
+    started = time.perf_counter()
+    sent = 0
+    while sent < len(messages):
+        if rate is None:
+            target = min(len(messages), sent + 5000)
+        else:
+            target = min(len(messages), int((time.perf_counter() - started) * rate) + 1)
+        batches: dict[int, Any] = {}
+        stamp = time.time()
+        for index in range(sent, target):
+            key, value = messages[index]
+            partition = assigned[index]
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            if sent_at is not None:
+                sent_at.append(stamp)
+        for partition, batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        sent = target
+        if sent < len(messages):
+            await asyncio.sleep(0.004 if rate is not None else 0)
+    await asyncio.gather(*futures)
+    return time.perf_counter() - started
+
+
+async def reconcile(
+    projections: Projections,
+    step: Step,
+    *,
+    baseline_profile: int,
+    since: datetime,
+    started: float,
+    offering: asyncio.Task[Any],
+    timeout: float,
+    expected: Callable[[], int],
+) -> None:
+    """Poll the projections until each reflects every order of the step (bounded by timeout)."""
+    deadline = started + timeout
+    while True:
+        now = time.perf_counter()
+        counts = await projections.counts(since)
+        counts["profile"] -= baseline_profile
+        elapsed = now - started
+        step.series.append(
+            (round(elapsed, 3), counts["profile"], counts["lifecycle"], counts["scoring"])
+        )
+        wanted = expected()
+        if offering.done():
+            for stage in STAGES:
+                if step.done_s.get(stage) is None and counts[stage] >= wanted:
+                    step.done_s[stage] = elapsed
+            if all(step.done_s.get(s) is not None for s in STAGES):
+                step.drained = True
+                return
+        if now > deadline:
+            for stage in STAGES:
+                step.done_s.setdefault(stage, None)
+            return
+        await asyncio.sleep(0.5 if not offering.done() else 0.2)
+
+
+async def ingest_step(
+    stack: BenchStack,
+    projections: Projections,
+    producer: AIOKafkaProducer,
+    messages: Sequence[tuple[bytes, bytes]],
+    rate: float,
+    *,
+    drain_timeout: float,
+    echo: Callable[[str], None],
+) -> Step:
+    step = Step(path="ingest", offered_rps=rate, orders=len(messages))
+    baseline = (await projections.counts(await projections.now()))["profile"]
+    since = await projections.now()
+    started = time.perf_counter()
+    offering = asyncio.create_task(offer(producer, topics.INGEST_ORDERS, messages, rate))
+    await reconcile(
+        projections,
+        step,
+        baseline_profile=baseline,
+        since=since,
+        started=started,
+        offering=offering,
+        timeout=len(messages) / rate + drain_timeout,
+        expected=lambda: len(messages),
+    )
+    step.produce_s = await offering
+    _finish(step, len(messages))
+    echo(_describe(step))
+    return step
+
+
+def _finish(step: Step, orders: int) -> None:
+    step.orders = orders
+    done = [v for v in step.done_s.values() if v is not None]
+    if step.drained and done:
+        step.achieved_rps = orders / max(done)
+    elif step.series:
+        # Not drained in time: what the slowest projection got through, per second.
+        elapsed, *counts = step.series[-1]
+        step.achieved_rps = min(counts) / elapsed if elapsed > 0 else 0.0
+    for stage, seconds in step.done_s.items():
+        step.stage_rps[stage] = round(orders / seconds, 1) if seconds else 0.0
+
+
+def _describe(step: Step) -> str:
+    stages = "  ".join(
+        f"{s} {step.done_s[s]:.1f}s" if step.done_s.get(s) is not None else f"{s} --"
+        for s in STAGES
+    )
+    offered = step.orders / step.produce_s if step.produce_s else step.offered_rps
+    flag = "" if step.drained else "  (NOT DRAINED within the bound)"
+    return (
+        f"    {step.path:<6} offered {step.offered_rps:>7.0f}/s (actual {offered:>7.0f}/s) "
+        f"{step.orders:>7} orders -> sustained {step.achieved_rps:>7.0f}/s   [{stages}]{flag}"
+    )
+
+
+async def http_step(
+    stack: BenchStack,
+    projections: Projections,
+    requests: list[list[Any]],
+    rate: float,
+    token: str,
+    *,
+    duration: float,
+    drain_timeout: float,
+    echo: Callable[[str], None],
+    connections: int = 48,
+) -> Step:
+    step = Step(path="http", offered_rps=rate, orders=len(requests))
+    baseline = (await projections.counts(await projections.now()))["profile"]
+    since = await projections.now()
+    started = time.perf_counter()
+    url = stack.url("profile")
+    port = int(url.rsplit(":", 1)[1])
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "rate": rate,
+        "duration": duration,
+        "connections": connections,
+        "headers": {"Authorization": f"Bearer {token}"},
+    }
+    load = asyncio.create_task(http_load(spec, requests, timeout=duration + 90))
+    acknowledged: list[int] = []
+
+    def expected() -> int:
+        return acknowledged[0] if acknowledged else 1 << 62
+
+    async def offering() -> None:
+        result = await load
+        step.http = {k: v for k, v in result.items() if k != "acks"}
+        acknowledged.append(int(result["ok"]))
+
+    task = asyncio.create_task(offering())
+    await reconcile(
+        projections,
+        step,
+        baseline_profile=baseline,
+        since=since,
+        started=started,
+        offering=task,
+        timeout=duration + drain_timeout,
+        expected=expected,
+    )
+    await task
+    step.produce_s = float(step.http["elapsed_s"]) if step.http else duration
+    _finish(step, acknowledged[0] if acknowledged else 0)
+    http = step.http or {}
+    echo(
+        _describe(step)
+        + f"  http p99 {http.get('p99_ms') or 0:.0f} ms, statuses {http.get('statuses')}"
+    )
+    return step
+
+
+async def sweep(
+    run_step: Callable[[float], Any],
+    rates: Sequence[float],
+    *,
+    deadline: float,
+) -> list[Step]:
+    """Steps at increasing offered load; stop at the first saturated one (or the deadline)."""
+    steps: list[Step] = []
+    for rate in rates:
+        if time.monotonic() > deadline:
+            break
+        step: Step | None = await run_step(rate)
+        if step is None:
+            break
+        steps.append(step)
+        if step.saturated:
+            break
+    return steps
+
+
+def saturation(steps: Sequence[Step]) -> float:
+    return max((s.achieved_rps for s in steps), default=0.0)
+
+
+# --- latency ---------------------------------------------------------------------------------
+
+
+class EventWatch:
+    """Consumes the lifecycle and value topics from their end and keeps, per customer, the
+    broker timestamps of the first `stage_changed` to growth and the first `value.scored`."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.growth: dict[str, float] = {}
+        self.scored: list[tuple[str, float]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            max_poll_records=2000,
+        )
+        await self.consumer.start()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (topics.LIFECYCLE, topics.VALUE)
+            for p in range(DEFAULT_PARTITIONS[topic])
+        ]
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await self.consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while not self._stop.is_set():
+            batch = await self.consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    document = orjson.loads(record.value)
+                    kind = document.get("type")
+                    data = document.get("data") or {}
+                    customer = str(data.get("customer_id") or document.get("subject"))
+                    stamp = record.timestamp / 1000
+                    if kind == STAGE_CHANGED and data.get("to_stage") == "growth":
+                        self.growth.setdefault(customer, stamp)
+                    elif kind == VALUE_SCORED:
+                        self.scored.append((customer, stamp))
+
+    def first_scored_after(self) -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {}
+        for customer, stamp in self.scored:
+            found.setdefault(customer, []).append(stamp)
+        return found
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=5)
+            self._task.cancel()
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, Any]:
+    """Per customer: event time minus start time, in ms; customers without an event are missing."""
+    growth = [(watch.growth[c] - t) * 1000 for c, t in starts.items() if c in watch.growth]
+    scored_by = watch.first_scored_after()
+    scored = []
+    for customer, started in starts.items():
+        # The first score at or after the purchase (clocks are the same machine's; 5 ms of slack).
+        later = [s for s in scored_by.get(customer, []) if s >= started - 0.005]
+        if later:
+            scored.append((min(later) - started) * 1000)
+    return {
+        "customers": len(starts),
+        "stage_changed_ms": percentiles(growth),
+        "value_scored_ms": percentiles(scored),
+        "missing_stage_changed": len(starts) - len(growth),
+        "missing_value_scored": len(starts) - len(scored),
+    }
+
+
+async def ids_by_ref(dsn: str, refs: Sequence[str]) -> dict[str, str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT external_ref, id FROM customers WHERE external_ref = ANY($1::text[])",
+            list(refs),
+        )
+    finally:
+        await connection.close()
+    return {r["external_ref"]: str(r["id"]) for r in rows}
+
+
+async def ingest_latency(
+    stack: BenchStack,
+    producer: AIOKafkaProducer,
+    documents: list[dict[str, Any]],
+    rate: float,
+    *,
+    settle: float,
+) -> dict[str, Any]:
+    """New customers' first orders at `rate`: produce -> stage_changed(growth) / value.scored."""
+    watch = EventWatch(stack.bootstrap)
+    await watch.start()
+    sent_at: list[float] = []
+    try:
+        messages = [(d["external_ref"].encode(), orjson.dumps(d)) for d in documents]
+        await offer(producer, topics.INGEST_ORDERS, messages, rate, sent_at)
+        refs = [d["external_ref"] for d in documents]
+        deadline = time.monotonic() + settle
+        ids: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            ids = await ids_by_ref(stack.service_db("profile"), refs)
+            if len(ids) == len(refs) and all(i in watch.growth for i in ids.values()):
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # late value events of the last customers
+        starts = {ids[r]: t for r, t in zip(refs, sent_at, strict=True) if r in ids}
+        summary = latency_summary(starts, watch)
+    finally:
+        await watch.stop()
+    summary["offered_rps"] = rate
+    return summary
+
+
+async def http_latency(
+    stack: BenchStack,
+    prospects: list[str],
+    rate: float,
+    token: str,
+    *,
+    settle: float,
+    run: str,
+) -> dict[str, Any]:
+    """Registered prospects' first purchases over HTTP at `rate`: HTTP ack -> events."""
+    watch = EventWatch(stack.bootstrap)
+    await watch.start()
+    try:
+        requests = [
+            [
+                "POST",
+                f"/v1/customers/{customer}/purchases",
+                orjson.dumps(
+                    {
+                        "order_id": f"{run}-http-lat-{i}",
+                        "amount": "42.50",
+                        "currency": "USD",
+                        "items": [
+                            {
+                                "sku": "LAT-1",
+                                "category": "books",
+                                "quantity": 1,
+                                "unit_price": "42.50",
+                            }
+                        ],
+                    }
+                ).decode(),
+            ]
+            for i, customer in enumerate(prospects)
+        ]
+        port = int(stack.url("profile").rsplit(":", 1)[1])
+        duration = len(requests) / rate
+        spec = {
+            "host": "127.0.0.1",
+            "port": port,
+            "rate": rate,
+            "duration": duration + 1,
+            "connections": 32,
+            "acks": True,
+            "headers": {"Authorization": f"Bearer {token}"},
+        }
+        result = await http_load(spec, requests, timeout=duration + 120)
+        acked = {prospects[i]: t for i, t in result.pop("acks") or []}
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            if all(c in watch.growth for c in acked):
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
+        summary = latency_summary(acked, watch)
+    finally:
+        await watch.stop()
+    summary["offered_rps"] = rate
+    summary["http"] = {k: v for k, v in result.items()}
+    return summary
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    out = asdict(step)
+    out["saturated"] = step.saturated
+    return out
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,571 @@
+"""`make bench`: `.venv/bin/python tests/bench/run.py [--quick] [--only SECTION ...]`.
+
+Starts PostgreSQL, Apache Kafka (Tansu without Java) and the four services on free loopback
+ports, measures, prints a table and writes bench/results.json and bench/results.png.
+Every loop is bounded in count and time; Ctrl-C or SIGTERM stops everything started.
+The last run's service logs and py-spy samples stay in .cache/bench-run/{logs,profiles}/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform as host_platform
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from bench import e2e, per_service, report  # noqa: E402
+from bench.common import Helper, consumer_lag, token  # noqa: E402
+from bench.population import Population, generate  # noqa: E402
+from bench.profiling import Observation, diagnosis  # noqa: E402
+from bench.stack import BENCH_DATABASE, HARNESS_ROLE, BenchStack  # noqa: E402
+
+SECTIONS = (
+    "baselines",
+    "ingest",
+    "http",
+    "latency",
+    "consumers",
+    "profile",
+    "complaints",
+    "lifecycle",
+    "scoring",
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    customers: int
+    step_seconds: float
+    ingest_rates: tuple[float, ...]
+    http_rates: tuple[float, ...]
+    baseline_messages: int
+    latency_seconds: float
+    drain_orders: int
+    read_seconds: float
+    import_rows: int
+    sweep_customers: int
+    sla_complaints: int
+    fit_sizes: tuple[int, ...]
+    rescore_customers: int
+    budget_s: float
+
+
+QUICK = Sizes(
+    customers=6_000,
+    step_seconds=5,
+    ingest_rates=(200, 400, 800, 1600),
+    http_rates=(50, 100, 200, 400),
+    baseline_messages=10_000,
+    latency_seconds=6,
+    drain_orders=3_000,
+    read_seconds=5,
+    import_rows=5_000,
+    sweep_customers=20_000,
+    sla_complaints=20_000,
+    fit_sizes=(20_000,),
+    rescore_customers=20_000,
+    budget_s=420,
+)
+FULL = Sizes(
+    customers=60_000,
+    step_seconds=12,
+    ingest_rates=(500, 1000, 2000, 3000, 4500, 6500, 9000),
+    http_rates=(100, 200, 400, 700, 1000, 1500),
+    baseline_messages=100_000,
+    latency_seconds=20,
+    drain_orders=30_000,
+    read_seconds=15,
+    import_rows=100_000,
+    sweep_customers=1_000_000,
+    sla_complaints=1_000_000,
+    fit_sizes=(100_000, 1_000_000),
+    rescore_customers=1_000_000,
+    budget_s=2400,
+)
+
+
+class Stop(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C: a KeyboardInterrupt, so that it leaves the event loop at once."""
+
+
+def commit_id() -> str | None:
+    """The checked-out commit, read from .git without running git."""
+    git = REPO / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        path = git / ref
+        if path.exists():
+            return path.read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def echo(message: str) -> None:
+    print(message, flush=True)
+
+
+class Bench:
+    def __init__(self, stack: BenchStack, sizes: Sizes, seed: int, results: dict[str, Any]) -> None:
+        self.stack = stack
+        self.sizes = sizes
+        self.seed = seed
+        self.results = results
+        self.run_id = f"r{int(time.time())}"
+        self.population: Population | None = None
+        self.order_cursor = 0
+        self.token = token()
+        self.deadline = time.monotonic() + sizes.budget_s
+
+    def next_orders(self, count: int) -> list[dict[str, Any]]:
+        assert self.population is not None
+        end = min(len(self.population.orders), self.order_cursor + count)
+        documents = [
+            self.population.order_document(i, self.run_id) for i in range(self.order_cursor, end)
+        ]
+        self.order_cursor = end
+        return documents
+
+    async def settle(self, timeout: float = 120.0) -> float:
+        """Wait until the previous section's events have flowed: outboxes empty, inboxes still,
+        and every service consumer group caught up with its topics (a long batch in flight
+        leaves the inboxes still for a while, not the lag)."""
+        import asyncpg
+
+        from shared.platform import SERVICES
+
+        started = time.perf_counter()
+        connections = [await asyncpg.connect(self.stack.service_db(s)) for s in SERVICES]
+        try:
+            last = -1
+            while time.perf_counter() - started < timeout:
+                pending = 0
+                processed = 0
+                for connection in connections:
+                    pending += await connection.fetchval("SELECT count(*) FROM outbox")
+                    processed += await connection.fetchval("SELECT count(*) FROM inbox")
+                if (
+                    pending == 0
+                    and processed == last
+                    and await consumer_lag(self.stack.bootstrap) == 0
+                ):
+                    break
+                last = processed
+                await asyncio.sleep(1.5)
+        finally:
+            for connection in connections:
+                await connection.close()
+        return time.perf_counter() - started
+
+    async def observed(self, services: tuple[str, ...], label: str) -> Observation:
+        """Start CPU sampling and statement statistics for these services (stop with .finish)."""
+        from bench.profiling import CpuProfile, StatementStats
+
+        stats = StatementStats(self.stack.pg_url("postgres"), HARNESS_ROLE)
+        available = await stats.available()
+        if available:
+            await stats.reset()
+        assert self.stack.platform is not None
+        profiles = {}
+        for service in services:
+            pid = self.stack.platform.processes[service].pid
+            if pid:
+                profiles[service] = CpuProfile(
+                    pid, self.stack.work_dir / "profiles" / f"{label}-{service}.txt"
+                )
+        return Observation(stats if available else None, profiles)
+
+    async def section(self, name: str, body: Callable[[], Awaitable[Any]]) -> None:
+        echo(f"\n== {name} ==")
+        waited = await self.settle()
+        if waited > 5:
+            echo(f"  (waited {waited:.0f}s for the previous section's events to flow)")
+        self.results.setdefault("settle_s", {})[name] = round(waited, 1)
+        started = time.perf_counter()
+        try:
+            self.results[name] = await body()
+        except (Exception, asyncio.CancelledError) as error:
+            self.results[name] = {"error": f"{type(error).__name__}: {error}"}
+            echo(f"  section {name} failed: {type(error).__name__}: {error}")
+            traceback.print_exc(limit=6)
+        dead = self.stack.dead_services()
+        if dead:
+            echo(f"  WARNING: services not running after {name}: {dead}")
+            self.results.setdefault("warnings", []).append(f"{dead} died during {name}")
+        echo(f"  ({time.perf_counter() - started:.0f}s)")
+
+    # -- baselines ----------------------------------------------------------------------------
+
+    async def baselines(self) -> dict[str, Any]:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        n = self.sizes.baseline_messages
+        documents = self.next_orders(n)
+        messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
+        self.order_cursor -= len(documents)  # the same orders go through the platform later
+        topic = f"bench.orders.{self.run_id}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.stack.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 6, 1)])
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
+        producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
+        out: dict[str, Any] = {"messages": len(messages)}
+        try:
+            for mode in ("raw", "batched"):
+                spec = {
+                    "bootstrap": self.stack.bootstrap,
+                    "topic": topic,
+                    "group": f"bench-{mode}-{self.run_id}",
+                    "count": len(messages),
+                    "timeout": 120,
+                    "dsn": self.stack.pg_url(BENCH_DATABASE),
+                }
+                helper = await Helper.start(
+                    [
+                        sys.executable,
+                        str(Path(__file__).with_name("baselines.py")),
+                        mode,
+                        json.dumps(spec),
+                    ],
+                    timeout=180,
+                )
+                if mode == "raw":
+                    started = time.time()
+                    produce_s = await e2e.offer(producer, topic, messages, None)
+                    out["produce_rps"] = len(messages) / produce_s
+                    echo(f"  aiokafka produce (acks=all): {out['produce_rps']:,.0f} msg/s")
+                else:
+                    started = time.time()  # the topic is full: consumption starts now
+                result = await helper.result()
+                seconds = max(1e-6, result["last"] - started)
+                out[mode] = {**result, "seconds": seconds, "rps": result["count"] / seconds}
+                label = (
+                    "raw aiokafka produce->consume"
+                    if mode == "raw"
+                    else "batched consumer (inbox+upsert+outbox)"
+                )
+                echo(
+                    f"  {label}: {out[mode]['rps']:,.0f} msg/s ({result['count']} in {seconds:.1f}s)"
+                )
+        finally:
+            await producer.stop()
+        return out
+
+    # -- end to end ---------------------------------------------------------------------------
+
+    async def ingest(self) -> dict[str, Any]:
+        projections = e2e.Projections(self.stack)
+        await projections.open()
+        producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
+        try:
+
+            async def step(rate: float) -> e2e.Step | None:
+                count = int(rate * self.sizes.step_seconds)
+                documents = self.next_orders(count)
+                if len(documents) < count // 2:
+                    echo("  population exhausted")
+                    return None
+                messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
+                observation = await self.observed(("profile", "lifecycle", "scoring"), "ingest")
+                result = await e2e.ingest_step(
+                    self.stack,
+                    projections,
+                    producer,
+                    messages,
+                    rate,
+                    drain_timeout=max(30.0, 3 * self.sizes.step_seconds),
+                    echo=echo,
+                )
+                result.diagnostics = await observation.finish(len(messages))
+                echo(diagnosis(result.diagnostics))
+                return result
+
+            steps = await e2e.sweep(step, self.sizes.ingest_rates, deadline=self.deadline)
+        finally:
+            await producer.stop()
+            await projections.close()
+        return {"steps": [e2e.step_dict(s) for s in steps], "saturation_rps": e2e.saturation(steps)}
+
+    async def customer_ids(self, limit: int) -> list[str]:
+        """Random registered customers; registers some over HTTP when a section runs alone."""
+        import asyncpg
+
+        connection = await asyncpg.connect(self.stack.service_db("profile"))
+        try:
+            known = await connection.fetchval("SELECT count(*) FROM customers")
+        finally:
+            await connection.close()
+        if known < min(limit, 1000):
+            await per_service.register_customers(
+                self.stack, self.token, min(limit, 1000), f"{self.run_id}-c"
+            )
+        connection = await asyncpg.connect(self.stack.service_db("profile"))
+        try:
+            rows = await connection.fetch(
+                "SELECT id FROM customers ORDER BY random() LIMIT $1", limit
+            )
+        finally:
+            await connection.close()
+        return [str(r["id"]) for r in rows]
+
+    def purchase_requests(self, customers: list[str], count: int, tag: str) -> list[list[Any]]:
+        documents = self.next_orders(count)
+        requests = []
+        for i, document in enumerate(documents):
+            body = {k: v for k, v in document.items() if k != "external_ref"}
+            body["order_id"] = f"{self.run_id}-{tag}-{i}"
+            requests.append(
+                [
+                    "POST",
+                    f"/v1/customers/{customers[i % len(customers)]}/purchases",
+                    json.dumps(body),
+                ]
+            )
+        return requests
+
+    async def http(self) -> dict[str, Any]:
+        customers = await self.customer_ids(20_000)
+        if not customers:
+            raise RuntimeError("no customers in profile (the ingest section creates them)")
+        projections = e2e.Projections(self.stack)
+        await projections.open()
+        try:
+
+            async def step(rate: float) -> e2e.Step | None:
+                count = int(rate * self.sizes.step_seconds)
+                requests = self.purchase_requests(customers, count, f"h{int(rate)}")
+                if len(requests) < count // 2:
+                    return None
+                observation = await self.observed(("profile", "lifecycle", "scoring"), "http")
+                result = await e2e.http_step(
+                    self.stack,
+                    projections,
+                    requests,
+                    rate,
+                    self.token,
+                    duration=self.sizes.step_seconds,
+                    drain_timeout=max(30.0, 3 * self.sizes.step_seconds),
+                    echo=echo,
+                )
+                result.diagnostics = await observation.finish(max(1, result.orders))
+                echo(diagnosis(result.diagnostics))
+                return result
+
+            steps = await e2e.sweep(step, self.sizes.http_rates, deadline=self.deadline)
+        finally:
+            await projections.close()
+        return {"steps": [e2e.step_dict(s) for s in steps], "saturation_rps": e2e.saturation(steps)}
+
+    async def latency(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        # Scores exist only against a fitted population: fit one, as production would have.
+        out["recompute_before"] = await per_service.recompute(self.stack, self.token, echo=echo)
+        ingest_saturation = (
+            float(self.results.get("ingest", {}).get("saturation_rps") or 0) or 1000.0
+        )
+        rate = max(20.0, ingest_saturation / 2)
+        count = int(rate * self.sizes.latency_seconds)
+        documents = []
+        for i, document in enumerate(self.next_orders(count)):
+            document["external_ref"] = f"{self.run_id}-lat-{i}"
+            document["order_id"] = f"{self.run_id}-lat-{i}"
+            documents.append(document)
+        producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
+        try:
+            out["ingest"] = await e2e.ingest_latency(
+                self.stack, producer, documents, rate, settle=60
+            )
+        finally:
+            await producer.stop()
+        echo("  ingest produce -> " + report.latency_line(out["ingest"]))
+        http_saturation = float(self.results.get("http", {}).get("saturation_rps") or 0) or 200.0
+        rate = max(10.0, http_saturation / 2)
+        count = int(rate * self.sizes.latency_seconds)
+        prospects = await per_service.register_customers(
+            self.stack, self.token, count, f"{self.run_id}-prospect"
+        )
+        out["http"] = await e2e.http_latency(
+            self.stack, prospects, rate, self.token, settle=60, run=self.run_id
+        )
+        echo("  HTTP ack -> " + report.latency_line(out["http"]))
+        return out
+
+    async def reconciliation(self) -> dict[str, Any]:
+        projections = e2e.Projections(self.stack)
+        await projections.open()
+        try:
+            totals: dict[str, int] = {}
+            for _ in range(60):
+                totals = await projections.totals()
+                if (
+                    totals["outbox_left"] == 0
+                    and totals["lifecycle_inbox"] == totals["profile"]
+                    and totals["scoring_inbox"] == totals["profile"]
+                ):
+                    break
+                await asyncio.sleep(1.0)
+        finally:
+            await projections.close()
+        totals["reconciled"] = int(
+            totals["outbox_left"] == 0
+            and totals["lifecycle_inbox"] == totals["profile"]
+            and totals["scoring_inbox"] == totals["profile"]
+            and totals.get("scoring_ledger", totals["profile"]) == totals["profile"]
+        )
+        echo(f"  {totals}")
+        return totals
+
+    async def consumers(self) -> dict[str, Any]:
+        # About a minute of work at the measured ingest capacity, within the size's bounds.
+        capacity = float(self.results.get("ingest", {}).get("saturation_rps") or 0)
+        count = int(min(self.sizes.drain_orders, max(2000, 60 * capacity)))
+        documents = self.next_orders(count)
+        return await per_service.consumer_drain(self.stack, documents, echo=echo)
+
+    async def measure(self, only: set[str]) -> None:
+        self.population = await asyncio.to_thread(
+            generate, self.sizes.customers, seed=self.seed, end=time.time() - 3600
+        )
+        self.results["population"] = {
+            "seed": self.seed,
+            "customers": self.sizes.customers,
+            "orders": len(self.population.orders),
+            "complaints": len(self.population.complaints),
+            "model": "BG/NBD purchase process (rates per day r=0.9, alpha=45; dropout a=0.8, b=4), "
+            "Gamma-Gamma spend (p=6, q=4, gamma=15), seasonal by hour, weekday and year (±30%, December peak)",
+        }
+        echo(
+            f"population: {self.sizes.customers:,} customers, {len(self.population.orders):,} orders, "
+            f"{len(self.population.complaints):,} complaints (seed {self.seed})"
+        )
+        plan: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("baselines", self.baselines),
+            ("ingest", self.ingest),
+            ("http", self.http),
+            ("latency", self.latency),
+            ("reconciliation", self.reconciliation),
+            ("consumers", self.consumers),
+            ("profile", lambda: per_service.profile(self.stack, self, echo=echo)),
+            ("complaints", lambda: per_service.complaints(self.stack, self, echo=echo)),
+            ("lifecycle", lambda: per_service.lifecycle(self.stack, self, echo=echo)),
+            ("scoring", lambda: per_service.scoring(self.stack, self, echo=echo)),
+        ]
+        for name, body in plan:
+            if (
+                only
+                and name not in only
+                and not (name == "reconciliation" and only & {"ingest", "http"})
+            ):
+                continue
+            if time.monotonic() > self.deadline:
+                echo(f"\n== {name} == skipped: the run's time budget is spent")
+                self.results[name] = {"error": "skipped: time budget spent"}
+                continue
+            await self.section(name, body)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes")
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument(
+        "--only", nargs="*", choices=SECTIONS, default=[], help="run only these sections"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument("--import-rows", type=int, help="CSV rows of the import (default by mode)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    if args.import_rows:
+        sizes = dataclasses.replace(sizes, import_rows=args.import_rows)
+
+    def on_signal(signum: int, _: Any) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit_id(),
+        "mode": "quick" if args.quick else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": host_platform.python_version(),
+            "platform": host_platform.platform(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "command": " ".join([".venv/bin/python", "tests/bench/run.py", *sys.argv[1:]]),
+    }
+    stack = BenchStack(REPO / ".cache" / "bench-run", echo=echo)
+    code = 0
+    try:
+        echo(
+            f"crm bench ({results['mode']}), commit {str(results['commit'])[:12]}, {os.cpu_count()} CPUs"
+        )
+        echo("starting the infrastructure ...")
+        stack.start_infrastructure()
+        echo("starting the four services ...")
+        stack.start_services()
+        results["infrastructure"] = {
+            "kafka": stack.kafka_kind,
+            "postgres": "embedded PostgreSQL 18, fsync off (ephemeral)",
+            "notes": stack.notes,
+            "timings": stack.timings,
+        }
+        bench = Bench(stack, sizes, args.seed, results)
+        asyncio.run(bench.measure(set(args.only)))
+    except (Stop, KeyboardInterrupt) as stop:
+        echo(f"\ninterrupted ({stop}): stopping ...")
+        results["interrupted"] = True
+        code = 130
+    except BaseException as error:
+        echo(f"\nbench failed: {type(error).__name__}: {error}")
+        traceback.print_exc()
+        results["error"] = f"{type(error).__name__}: {error}"
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        echo("stopping the services and the infrastructure ...")
+        stack.stop()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.json"
+    results_path.write_text(json.dumps(results, indent=2, default=str))
+    echo("")
+    echo(report.table(results))
+    chart = report.chart(results_path, args.out / "results.png")
+    echo(
+        f"\nwrote {results_path.relative_to(REPO) if results_path.is_relative_to(REPO) else results_path}"
+        + (f" and {chart}" if chart else "")
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Fast checks of the benchmark harness's own logic (the benchmark itself is `make bench`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench import loadgen
+from bench.common import percentiles
+from bench.e2e import EventWatch, Step, latency_summary
+from bench.population import (
+    DAY,
+    BgNbdTruth,
+    GammaGammaTruth,
+    generate,
+    seasonality,
+    simulate_summary,
+)
+
+END = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+
+
+def test_percentiles_use_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    result = percentiles(values)
+    assert (result["p50"], result["p95"], result["p99"], result["max"]) == (50.0, 95.0, 99.0, 100.0)
+    assert percentiles([])["p99"] is None
+
+
+def test_population_is_seeded_and_ordered_in_time() -> None:
+    first = generate(500, seed=5, end=END)
+    again = generate(500, seed=5, end=END)
+    other = generate(500, seed=6, end=END)
+    assert np.array_equal(first.orders.at, again.orders.at)
+    assert not np.array_equal(first.orders.at[:50], other.orders.at[:50])
+    assert np.all(np.diff(first.orders.at) >= 0)
+    assert first.orders.at.max() <= END
+    # every customer's first order is their acquisition: all of them bought at least once
+    assert len(np.unique(first.orders.customer)) == 500
+
+
+def test_order_documents_satisfy_the_ingest_contract() -> None:
+    population = generate(50, seed=1, end=END)
+    document = population.order_document(0, "run")
+    item: dict[str, Any] = document["items"][0]  # type: ignore[index]
+    assert document["currency"] == "USD"
+    assert str(document["occurred_at"]).endswith("Z")
+    total = round(float(item["unit_price"]) * item["quantity"], 2)
+    assert float(str(document["amount"])) == pytest.approx(total)
+
+
+def test_seasonality_peaks_on_saturday_evenings_in_december() -> None:
+    saturday_evening_dec = datetime(2025, 12, 6, 19, tzinfo=UTC).timestamp()
+    tuesday_night_jun = datetime(2025, 6, 3, 3, tzinfo=UTC).timestamp()
+    peak, trough = seasonality(np.array([saturday_evening_dec, tuesday_night_jun]))
+    assert peak > 3 * trough
+    # mean 1 over whole weeks of a year: seasonality reshapes demand, it does not add any
+    hours = (
+        np.arange(0, 364 * 24, dtype=np.float64) * 3600.0
+        + datetime(2025, 1, 6, tzinfo=UTC).timestamp()
+    )
+    assert seasonality(hours).mean() == pytest.approx(1.0, abs=0.02)
+
+
+def test_simulated_orders_follow_the_weekly_pattern() -> None:
+    population = generate(4000, seed=11, end=END)
+    weekday = ((population.orders.at // DAY).astype(np.int64) + 3) % 7
+    counts = np.bincount(weekday, minlength=7)
+    assert counts[5] > counts[6] * 1.3  # Saturday well above Sunday, as _WEEKLY says
+
+
+def test_summary_simulation_matches_the_bgnbd_mean() -> None:
+    truth = BgNbdTruth(r=0.25, alpha=4.0, a=0.8, b=2.5)
+    summary = simulate_summary(20_000, seed=3, bgnbd=truth, spend=GammaGammaTruth(), max_T=52.0)
+    assert np.all(summary.t_x <= summary.T)
+    assert np.all(summary.t_x[summary.x == 0] == 0)
+    # E[X(t)] for BG/NBD (Fader et al. 2005, eq. 9) averaged over the T drawn
+    from scipy.special import hyp2f1
+
+    r, alpha, a, b = truth.r, truth.alpha, truth.a, truth.b
+    t = summary.T
+    expected = (
+        (a + b - 1)
+        / (a - 1)
+        * (1 - (alpha / (alpha + t)) ** r * hyp2f1(r, b, a + b - 1, t / (alpha + t)))
+    )
+    assert summary.x.mean() == pytest.approx(expected.mean(), rel=0.05)
+
+
+def test_a_step_that_did_not_drain_is_saturated() -> None:
+    assert Step(
+        path="ingest", offered_rps=1000, orders=10, drained=False, achieved_rps=1000
+    ).saturated
+    assert Step(
+        path="ingest", offered_rps=1000, orders=10, drained=True, achieved_rps=700
+    ).saturated
+    assert not Step(
+        path="ingest", offered_rps=1000, orders=10, drained=True, achieved_rps=950
+    ).saturated
+
+
+def test_latency_matches_events_per_customer() -> None:
+    watch = EventWatch("unused:9092")
+    watch.growth = {"a": 10.100, "b": 10.300}
+    watch.scored = [("a", 9.0), ("a", 10.150), ("b", 10.500)]  # a's 9.0 predates its purchase
+    summary = latency_summary({"a": 10.0, "b": 10.0, "c": 10.0}, watch)
+    assert summary["stage_changed_ms"]["p50"] == pytest.approx(100.0)
+    assert summary["value_scored_ms"]["max"] == pytest.approx(500.0)
+    assert summary["value_scored_ms"]["p50"] == pytest.approx(150.0)
+    assert (summary["missing_stage_changed"], summary["missing_value_scored"]) == (1, 1)
+
+
+async def _serve(responses: list[bytes]) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for response in responses:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(response)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_loadgen_reads_sized_and_chunked_responses_on_one_connection() -> None:
+    sized = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    empty = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+    server, port = await _serve([sized, chunked, empty])
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = loadgen.render("127.0.0.1", port, "GET", "/x", None, {})
+        statuses = [await loadgen.exchange(reader, writer, request) for _ in range(3)]
+        writer.close()
+    assert statuses == [200, 201, 404]
+
+
+def test_loadgen_refuses_other_hosts() -> None:
+    with pytest.raises(SystemExit):
+        asyncio.run(
+            loadgen.run({"host": "example.com", "port": 80, "requests": "/dev/null", "duration": 1})
+        )
