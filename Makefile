@@ -29,7 +29,7 @@ run: $(STAMP)
 
 # Order matters: the e2e platform (four service processes, session-scoped) runs last so that its
 # consumer groups never share partitions with the services the integration tests run in-process.
-TEST_SUITES := tests/unit tests/integration tests/e2e
+TEST_SUITES := tests/unit tests/integration tests/fuzz tests/e2e
 
 test: $(STAMP)
 	$(PY) -m pytest $(TEST_SUITES) -q

@@ -79,7 +79,12 @@ async def analytics(
 ) -> Analytics:
     now = rt.clock.now()
     end = period_to or now
-    start = period_from or end - ANALYTICS_DEFAULT_PERIOD
+    try:
+        start = period_from or end - ANALYTICS_DEFAULT_PERIOD
+    except OverflowError:  # `to` within the default period of year 1: no earlier datetime exists
+        raise InvalidInput.field(
+            "query.to", "too early: give `from` too, or a later `to`"
+        ) from None
     async with transaction(rt.sessions) as session:
         return await service.analytics(session, start=start, end=end, as_of=now)
 

@@ -1,0 +1,16 @@
+"""Schemathesis against the scoring service's OpenAPI document (see fuzzing.py for the checks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fuzz.fuzzing import FUZZ_SETTINGS, call_and_check, schema_of
+
+schema = schema_of("scoring")
+
+
+@schema.parametrize()
+@FUZZ_SETTINGS
+def test_scoring_api(case: Any, service_url: Callable[[str], str]) -> None:
+    call_and_check(case, service_url("scoring"))
