@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ASYNCAPI_SPECS := .cache/asyncapi-specs/package/schemas/3.0.0-without-$$id.json
 
-.PHONY: help install run test test-unit test-integration test-e2e lint format docs docs-check bench chaos soak deploy-check clean
+.PHONY: help install run test chaos chaos-ci fuzz soak test-unit test-integration test-e2e lint format docs docs-check bench chaos soak deploy-check clean
 
 help:
 	@echo "make run          start the whole platform on embedded defaults (Ctrl-C stops it)"
@@ -67,6 +67,21 @@ BENCH_VENV := .cache/bench-venv
 bench: $(STAMP)
 	@test -x $(BENCH_VENV)/bin/python || { $(PY) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install -q lifetimes==0.11.3 matplotlib py-spy "numpy==$$($(PY) -c 'import numpy;print(numpy.__version__)')" "scipy==$$($(PY) -c 'import scipy;print(scipy.__version__)')"; }
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
+
+# Fault injection on the real platform (needs Java for Apache Kafka): kill -9 workers, restart the
+# broker and PostgreSQL, duplicates, poison messages; then reconcile. chaos-ci is the short profile.
+chaos: $(STAMP)
+	$(PY) -m pytest tests/chaos -q -s
+
+chaos-ci: $(STAMP)
+	CRM_CHAOS_PROFILE=ci $(PY) -m pytest tests/chaos -q -s
+
+fuzz: $(STAMP)
+	$(PY) -m pytest tests/fuzz -q
+
+MINUTES ?= 30
+soak: $(STAMP)
+	$(PY) tests/soak/soak.py --minutes $(MINUTES) $(if $(RATE),--rate $(RATE))
 
 deploy-check: $(STAMP)
 	bash deploy/check.sh
