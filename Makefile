@@ -27,12 +27,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/crm up
 
-# Order matters: the e2e platform (four service processes, session-scoped) runs last so that its
-# consumer groups never share partitions with the services the integration tests run in-process.
-TEST_SUITES := tests/unit tests/integration tests/fuzz tests/e2e
+# The e2e platform (four service processes) runs in a pytest process of its own, on fresh
+# infrastructure: services left running by other suites would share its consumer groups.
+TEST_SUITES := tests/unit tests/integration tests/fuzz
 
 test: $(STAMP)
 	$(PY) -m pytest $(TEST_SUITES) -q
+	$(PY) -m pytest tests/e2e -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
