@@ -629,6 +629,9 @@ _UPDATE_FROM_STAGE_SQL = (
     + f"'$[last-{MAX_CAUSES - 1} to last]')"
     + ", updated_at = now() FROM staged_values s "
     + "WHERE cv.customer_id = s.customer_id AND cv.facts_version = s.expected_version "
+    # A value never goes back in business time: a recompute as of an earlier time leaves a
+    # newer value to its catch-up, which re-scores it at its own as_of with the new model.
+    + "AND (cv.as_of IS NULL OR cv.as_of <= s.as_of) "
     + "RETURNING cv.customer_id, cv.published_at, cv.published_score, cv.published_tier, "
     + "cv.published_dick_basu, cv.published_jones_sasser"
 )
