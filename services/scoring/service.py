@@ -629,12 +629,17 @@ _UPDATE_FROM_STAGE_SQL = (
     + f"'$[last-{MAX_CAUSES - 1} to last]')"
     + ", updated_at = now() FROM staged_values s "
     + "WHERE cv.customer_id = s.customer_id AND cv.facts_version = s.expected_version "
-    # A value never goes back in business time: a recompute as of an earlier time leaves a
-    # newer value to its catch-up, which re-scores it at its own as_of with the new model.
-    + "AND (cv.as_of IS NULL OR cv.as_of <= s.as_of) "
+    + "{forward}"
     + "RETURNING cv.customer_id, cv.published_at, cv.published_score, cv.published_tier, "
     + "cv.published_dick_basu, cv.published_jones_sasser"
 )
+# A value goes back in business time only when a recompute restates a past date: otherwise a
+# run as of an earlier time (the nightly one, as of its hour) leaves a newer value to its
+# catch-up, which re-scores it with the new model at its own as_of.
+_UPDATE_FORWARD_SQL = _UPDATE_FROM_STAGE_SQL.format(
+    forward="AND (cv.as_of IS NULL OR cv.as_of <= s.as_of) "
+)
+_UPDATE_FROM_STAGE_SQL = _UPDATE_FROM_STAGE_SQL.format(forward="")
 _PUBLISHED_SQL = (
     "UPDATE customer_values SET published_score = score, published_tier = tier, "
     "published_dick_basu = dick_basu, published_jones_sasser = jones_sasser, "
@@ -689,6 +694,7 @@ async def store_values(
     expected_version: np.ndarray,
     new_version: np.ndarray,
     scored_positions: Sequence[int] | None = None,
+    restate: bool = False,
 ) -> StoreResult:
     """Write the values of `facts` where the stored facts version is still `expected_version`,
     and build the events they publish.
@@ -769,7 +775,7 @@ async def store_values(
     await conn.copy_records_to_table(
         "staged_values", records=list(zip(*columns, strict=True)), columns=_STAGED_COLUMNS
     )
-    written = await conn.fetch(_UPDATE_FROM_STAGE_SQL)
+    written = await conn.fetch(_UPDATE_FROM_STAGE_SQL if restate else _UPDATE_FORWARD_SQL)
     if model_version is None or not written:
         return StoreResult(written=len(written), events=[])
 
@@ -1180,6 +1186,11 @@ async def _progress(sessions: SessionFactory, run_id: uuid.UUID, **values: Any) 
         )
 
 
+def restates(run: RecomputeRun) -> bool:
+    """A recompute requested for a past date is a restatement: values as of that date."""
+    return run.trigger == "api" and run.as_of < run.requested_at
+
+
 async def run_recompute(
     sessions: SessionFactory, run_id: uuid.UUID, *, settings: ScoringSettings, clock: Clock
 ) -> None:
@@ -1188,6 +1199,8 @@ async def run_recompute(
     Safe while events keep arriving: the new model becomes current before the values are
     written, a customer whose facts changed after they were read keeps the handler's value,
     and every customer not yet on the new model is re-scored incrementally at the end.
+    A run requested for a past date restates every value as of that date (`restates`); any
+    other run leaves values newer than its as_of to the catch-up.
     """
     timings: dict[str, float] = {}
     try:
@@ -1195,7 +1208,7 @@ async def run_recompute(
             run = await session.get(RecomputeRun, run_id)
             if run is None:
                 raise NotFound(f"No recompute run {run_id}")
-            as_of, unit = run.as_of, TimeUnit(run.time_unit)
+            as_of, unit, restate = run.as_of, TimeUnit(run.time_unit), restates(run)
             policy, _ = await current_policy(session)
             previous = await current_model(session)
 
@@ -1231,6 +1244,7 @@ async def run_recompute(
             policy=policy,
             settings=settings,
             as_of=as_of,
+            restate=restate,
         )
         timings["write_values"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -1309,6 +1323,7 @@ async def _write_population(
     policy: ValueModelPolicy,
     settings: ScoringSettings,
     as_of: datetime,
+    restate: bool,
 ) -> tuple[int, int]:
     cause = [{"type": "recompute", "run_id": str(run_id), "time": as_of.isoformat()}]
     written = published = 0
@@ -1332,6 +1347,7 @@ async def _write_population(
                         expected_version=part.facts_version,
                         new_version=part.facts_version,
                         scored_positions=list(positions),
+                        restate=restate,
                     )
                     await add_events(session, MESSAGING, result.events)
                     await session.execute(
