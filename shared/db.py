@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import MetaData, make_url
+import asyncpg
+from sqlalchemy import MetaData, make_url, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -49,6 +50,22 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """One use case, one transaction: commit on success, roll back on any error."""
     async with factory() as session, session.begin():
         yield session
+
+
+async def driver_connection(session: AsyncSession, *, begun: bool = True) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction, for array-bound bulk SQL and COPY.
+
+    SQLAlchemy begins the driver-level transaction on the session's first statement: pass
+    `begun=False` when nothing ran yet, so a statement starts it (raw statements would otherwise
+    run outside it, their locks released at once).
+    """
+    connection = await session.connection()
+    if not begun:
+        await connection.execute(text("SELECT 1"))
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return driver
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -143,7 +143,10 @@ class ServiceRuntime:
         process: BatchProcessor | None = None,
         decoders: Mapping[str, Decoder] | None = None,
         group_id: str | None = None,
+        emits: bool = True,
     ) -> None:
+        """Run a consumer until stop. `emits=False`: a projection-only consumer, which takes no
+        customer locks (see shared.messaging.consumer)."""
         producer = await self.wait_producer()
         group = group_id or self.service
         consumer = make_consumer(self.settings, group_id=group, topics_=[])
@@ -159,6 +162,7 @@ class ServiceRuntime:
             group_id=group,
             max_attempts=self.settings.consumer_max_attempts,
             batch_size=self.settings.consumer_batch_size,
+            emits=emits,
         )
         consumer.subscribe(topics, listener=runner.rebalance_listener())
         backoff = 0.5

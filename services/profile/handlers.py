@@ -1,7 +1,8 @@
 """What the profile service reacts to: HANDLERS = {event type: handler}.
 
-- Lifecycle, value and complaint events feed the local projections of the 360 view. Events
-  arrive late or out of order: a projection only moves forward in business time.
+- Lifecycle, value and complaint events feed the local projections of the 360 view
+  (`process_projections`, set-based per batch). Events arrive late or out of order: a
+  projection only moves forward in business time.
 - Orders dropped by other systems on `crm.ingest.orders.v1` (plain JSON, see
   `domain.IngestOrder`) are decoded and validated by `ingest_decoder` (bad ones go straight to
   the DLQ with the reason) and recorded by `on_ingested_order`.
@@ -17,17 +18,10 @@ from typing import Any
 
 import orjson
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import func, literal_column, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.profile import domain, service
-from services.profile.models import (
-    ComplaintProjection,
-    Customer,
-    StageProjection,
-    ValueProjection,
-)
 from shared.clock import Clock
+from shared.db import driver_connection
 from shared.events import CloudEvent, EnvelopeError, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -39,105 +33,69 @@ INGESTED_ORDER = "crm.ingest.order_received.v1"
 _INGEST_NAMESPACE = uuid.UUID("6f1c3b1e-6c53-4c8e-9d51-2f0a8a3c1d11")
 
 
-async def _erased(ctx: HandlerContext, customer_id: uuid.UUID) -> bool:
-    """Events about an erased customer must not bring their data back."""
-    erased_at = await ctx.session.scalar(
-        select(Customer.erased_at).where(Customer.id == customer_id)
-    )
-    return erased_at is not None
+# --- the 360 projections: lifecycle, value and complaint events, set-based per batch ----------
 
-
-# --- lifecycle ---------------------------------------------------------------------------------
-
-
-async def on_stage_changed(ctx: HandlerContext, event: CloudEvent[p.StageChanged]) -> None:
-    data = event.data
-    if await _erased(ctx, data.customer_id):
-        return
-    values = {
-        "customer_id": data.customer_id,
-        "stage": data.to_stage.value,
-        "since": event.time,
-        "reason": data.reason[:40],
-        "event_id": event.id,
-        "updated_at": func.now(),
-    }
-    insert = pg_insert(StageProjection).values(values)
-    await ctx.session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[StageProjection.customer_id],
-            set_={k: insert.excluded[k] for k in values if k != "customer_id"},
-            where=StageProjection.since <= insert.excluded.since,
-        )
-    )
-
-
-# --- value -------------------------------------------------------------------------------------
-
-
-async def on_value_scored(ctx: HandlerContext, event: CloudEvent[p.ValueScored]) -> None:
-    data = event.data
-    if await _erased(ctx, data.customer_id):
-        return
-    values = {
-        "customer_id": data.customer_id,
-        "score": data.score,
-        "tier": data.tier.value if data.tier else None,
-        "loyalty_index": data.loyalty.index,
-        "loyalty_type": data.loyalty.dick_basu[:20],
-        "loyalty_satisfaction_type": data.loyalty.jones_sasser[:20],
-        "p_alive": data.p_alive,
-        "clv": data.clv,
-        "model_version": data.model_version,
-        "scored_at": event.time,
-        "updated_at": func.now(),
-    }
-    insert = pg_insert(ValueProjection).values(values)
-    stale = ValueProjection.scored_at.is_(None) | (
-        ValueProjection.scored_at <= insert.excluded.scored_at
-    )
-    await ctx.session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[ValueProjection.customer_id],
-            set_={k: insert.excluded[k] for k in values if k != "customer_id"},
-            where=stale,
-        )
-    )
-
-
-async def on_tier_changed(ctx: HandlerContext, event: CloudEvent[p.TierChanged]) -> None:
-    data = event.data
-    if await _erased(ctx, data.customer_id):
-        return
-    values = {
-        "customer_id": data.customer_id,
-        "tier": data.to_tier.value if data.to_tier else None,
-        "score": data.score,
-        "tier_changed_at": event.time,
-        "updated_at": func.now(),
-    }
-    insert = pg_insert(ValueProjection).values(values)
-    # A tier change applies unless the projection already holds something newer.
-    newest = func.coalesce(
-        func.greatest(ValueProjection.tier_changed_at, ValueProjection.scored_at),
-        literal_column("'-infinity'::timestamptz"),
-    )
-    newer = newest <= insert.excluded.tier_changed_at
-    await ctx.session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[ValueProjection.customer_id],
-            set_={
-                "tier": insert.excluded.tier,
-                "tier_changed_at": insert.excluded.tier_changed_at,
-                "updated_at": func.now(),
-            },
-            where=newer,
-        )
-    )
-
-
-# --- complaints --------------------------------------------------------------------------------
-
+_STAGE_SQL = """
+    INSERT INTO customer_stage (customer_id, stage, since, reason, event_id, updated_at)
+    SELECT customer_id, stage, since, reason, event_id, now()
+      FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::uuid[])
+           AS t(customer_id, stage, since, reason, event_id)
+    ON CONFLICT (customer_id) DO UPDATE
+       SET stage = excluded.stage, since = excluded.since, reason = excluded.reason,
+           event_id = excluded.event_id, updated_at = now()
+     WHERE customer_stage.since <= excluded.since
+"""
+_VALUE_SQL = """
+    INSERT INTO customer_value (customer_id, score, tier, loyalty_index, loyalty_type,
+                                loyalty_satisfaction_type, p_alive, clv, model_version,
+                                scored_at, updated_at)
+    SELECT t.*, now()
+      FROM unnest($1::uuid[], $2::float8[], $3::text[], $4::float8[], $5::text[], $6::text[],
+                  $7::float8[], $8::numeric[], $9::text[], $10::timestamptz[]) AS t
+    ON CONFLICT (customer_id) DO UPDATE
+       SET score = excluded.score,
+           tier = CASE WHEN customer_value.tier_changed_at > excluded.scored_at
+                       THEN customer_value.tier ELSE excluded.tier END,
+           loyalty_index = excluded.loyalty_index,
+           loyalty_type = excluded.loyalty_type,
+           loyalty_satisfaction_type = excluded.loyalty_satisfaction_type,
+           p_alive = excluded.p_alive, clv = excluded.clv, model_version = excluded.model_version,
+           scored_at = excluded.scored_at, updated_at = now()
+     WHERE customer_value.scored_at IS NULL OR customer_value.scored_at <= excluded.scored_at
+"""
+# A score moves the tier unless a newer tier change is held; a tier change applies unless the
+# projection already holds something newer: the tier is that of the latest of both events.
+_TIER_SQL = """
+    INSERT INTO customer_value (customer_id, tier, score, tier_changed_at, updated_at)
+    SELECT t.*, now()
+      FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::timestamptz[]) AS t
+    ON CONFLICT (customer_id) DO UPDATE
+       SET tier = excluded.tier, tier_changed_at = excluded.tier_changed_at, updated_at = now()
+     WHERE coalesce(greatest(customer_value.tier_changed_at, customer_value.scored_at),
+                    '-infinity'::timestamptz) <= excluded.tier_changed_at
+"""
+_COMPLAINT_COLUMNS = (
+    "complaint_id",
+    "customer_id",
+    "severity",
+    "status",
+    "category",
+    "opened_at",
+    "first_response_due",
+    "resolution_due",
+    "escalation_level",
+    "sla_breached",
+    "status_at",
+)
+_COMPLAINT_SQL = f"""
+    INSERT INTO customer_complaints ({", ".join(_COMPLAINT_COLUMNS)}, updated_at)
+    SELECT t.*, now()
+      FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                  $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::int2[],
+                  $10::bool[], $11::timestamptz[]) AS t
+    ON CONFLICT (complaint_id) DO UPDATE
+       SET {", ".join(f"{c} = excluded.{c}" for c in _COMPLAINT_COLUMNS[1:])}, updated_at = now()
+"""
 _STATUS_BY_EVENT = {
     ev.COMPLAINT_OPENED: "received",
     ev.COMPLAINT_ACKNOWLEDGED: "acknowledged",
@@ -145,46 +103,127 @@ _STATUS_BY_EVENT = {
     ev.COMPLAINT_CLOSED: "closed",
     ev.COMPLAINT_REOPENED: "reopened",
 }
+_COMPLAINT_TYPES = frozenset({*_STATUS_BY_EVENT, ev.COMPLAINT_ESCALATED})
 
 
-async def on_complaint(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+def _latest(events: Sequence[CloudEvent[Any]], type_: str) -> dict[uuid.UUID, CloudEvent[Any]]:
+    """Per customer, the event of this type with the latest business time (the last of equals):
+    what applying them one by one, each only moving forward in time, would leave."""
+    latest: dict[uuid.UUID, CloudEvent[Any]] = {}
+    for event in events:
+        if event.type == type_:
+            customer_id = event.data.customer_id
+            if customer_id not in latest or event.time >= latest[customer_id].time:
+                latest[customer_id] = event
+    return latest
+
+
+def _fold_complaint(row: dict[str, Any] | None, event: CloudEvent[Any]) -> dict[str, Any]:
     data: p.ComplaintPayload = event.data
-    if await _erased(ctx, data.customer_id):
-        return
-    row = await ctx.session.get(ComplaintProjection, data.complaint_id, with_for_update=True)
     if row is None:
-        row = ComplaintProjection(
-            complaint_id=data.complaint_id,
-            customer_id=data.customer_id,
-            severity=data.severity.value,
-            status="received",
-            escalation_level=0,
-            sla_breached=False,
-            status_at=event.time,
-        )
-        ctx.session.add(row)
-    row.severity = data.severity.value
+        row = dict.fromkeys(_COMPLAINT_COLUMNS)
+        row |= {
+            "complaint_id": data.complaint_id,
+            "customer_id": data.customer_id,
+            "status": "received",
+            "escalation_level": 0,
+            "sla_breached": False,
+            "status_at": event.time,
+        }
+    row["severity"] = data.severity.value
     breached = False
     match data:
         case p.ComplaintOpened():
-            row.category = data.category.value
-            row.opened_at = event.time
-            row.first_response_due = data.first_response_due
-            row.resolution_due = data.resolution_due
+            row["category"] = data.category.value
+            row["opened_at"] = event.time
+            row["first_response_due"] = data.first_response_due
+            row["resolution_due"] = data.resolution_due
         case p.ComplaintAcknowledged():
             breached = not data.first_response_met
         case p.ComplaintResolved():
             breached = not data.resolution_met
         case p.ComplaintEscalated():
-            row.escalation_level = max(row.escalation_level, data.level)
+            row["escalation_level"] = max(row["escalation_level"], data.level)
             breached = data.reason is not p.EscalationReason.manual
-    row.sla_breached = row.sla_breached or breached
+    row["sla_breached"] = row["sla_breached"] or breached
     status = _STATUS_BY_EVENT.get(event.type)
     # Only a newer business time moves the status: late events keep their facts, not their state.
-    if status is not None and event.time >= row.status_at:
-        row.status, row.status_at = status, event.time
-    row.updated_at = func.now()
-    await ctx.session.flush()
+    if status is not None and event.time >= row["status_at"]:
+        row["status"], row["status_at"] = status, event.time
+    return row
+
+
+async def process_projections(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
+    """Fold a batch of lifecycle, value and complaint events into the 360 projections with one
+    statement per projection. Events arrive late or out of order: a projection only moves
+    forward in business time. This consumer emits nothing, so it takes no customer locks; it
+    share-locks the customers' rows instead, so that an erasure (which updates the row and
+    deletes the projections) either commits first and is seen here, or waits for this batch."""
+    db = await driver_connection(ctx.session)
+    customers = sorted({event.data.customer_id for event in events})
+    erased = {
+        row["id"]
+        for row in await db.fetch(
+            "SELECT id, erased_at FROM customers WHERE id = ANY($1::uuid[]) ORDER BY id FOR SHARE",
+            customers,
+        )
+        if row["erased_at"] is not None
+    }
+    # Events about an erased customer must not bring their data back.
+    live = [event for event in events if event.data.customer_id not in erased]
+
+    if stages := list(_latest(live, ev.STAGE_CHANGED).values()):
+        await db.execute(
+            _STAGE_SQL,
+            [e.data.customer_id for e in stages],
+            [e.data.to_stage.value for e in stages],
+            [e.time for e in stages],
+            [e.data.reason[:40] for e in stages],
+            [e.id for e in stages],
+        )
+    if scores := list(_latest(live, ev.VALUE_SCORED).values()):
+        await db.execute(
+            _VALUE_SQL,
+            [e.data.customer_id for e in scores],
+            [e.data.score for e in scores],
+            [e.data.tier.value if e.data.tier else None for e in scores],
+            [e.data.loyalty.index for e in scores],
+            [e.data.loyalty.dick_basu[:20] for e in scores],
+            [e.data.loyalty.jones_sasser[:20] for e in scores],
+            [e.data.p_alive for e in scores],
+            [e.data.clv for e in scores],
+            [e.data.model_version for e in scores],
+            [e.time for e in scores],
+        )
+    if tiers := list(_latest(live, ev.TIER_CHANGED).values()):
+        await db.execute(
+            _TIER_SQL,
+            [e.data.customer_id for e in tiers],
+            [e.data.to_tier.value if e.data.to_tier else None for e in tiers],
+            [e.data.score for e in tiers],
+            [e.time for e in tiers],
+        )
+    complaint_events = [e for e in live if e.type in _COMPLAINT_TYPES]
+    if complaint_events:
+        ids = sorted({e.data.complaint_id for e in complaint_events})
+        rows: dict[uuid.UUID, dict[str, Any]] = {
+            row["complaint_id"]: dict(row)
+            for row in await db.fetch(
+                f"SELECT {', '.join(_COMPLAINT_COLUMNS)} FROM customer_complaints "
+                "WHERE complaint_id = ANY($1::uuid[]) ORDER BY complaint_id FOR UPDATE",
+                ids,
+            )
+        }
+        for event in complaint_events:
+            rows[event.data.complaint_id] = _fold_complaint(
+                rows.get(event.data.complaint_id), event
+            )
+        folded = list(rows.values())
+        await db.execute(_COMPLAINT_SQL, *([row[c] for row in folded] for c in _COMPLAINT_COLUMNS))
+
+
+async def on_projected_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+    await process_projections(ctx, [event])
 
 
 # --- reading the projections' topics ----------------------------------------------------------
@@ -311,17 +350,14 @@ async def process_ingested_orders(
 
 
 HANDLERS: dict[str, Handler] = {
-    ev.STAGE_CHANGED: on_stage_changed,
-    ev.VALUE_SCORED: on_value_scored,
-    ev.TIER_CHANGED: on_tier_changed,
-    ev.COMPLAINT_OPENED: on_complaint,
-    ev.COMPLAINT_ACKNOWLEDGED: on_complaint,
-    ev.COMPLAINT_ESCALATED: on_complaint,
-    ev.COMPLAINT_RESOLVED: on_complaint,
-    ev.COMPLAINT_CLOSED: on_complaint,
-    ev.COMPLAINT_REOPENED: on_complaint,
+    ev.STAGE_CHANGED: on_projected_event,
+    ev.VALUE_SCORED: on_projected_event,
+    ev.TIER_CHANGED: on_projected_event,
+    **dict.fromkeys(sorted(_COMPLAINT_TYPES), on_projected_event),
     INGESTED_ORDER: on_ingested_order,
 }
+#: The projections' batch processor (the worker's projection consumer and `crm replay profile`).
+PROCESS = process_projections
 
 #: Topics of the 360 projections (what `crm replay profile` re-reads; ingest is not replayed).
 PROJECTION_TOPICS = [topics.COMPLAINTS, topics.LIFECYCLE, topics.VALUE]

@@ -16,6 +16,7 @@ from services.profile.handlers import (
     PROJECTION_TOPICS,
     ingest_decoder,
     process_ingested_orders,
+    process_projections,
 )
 from shared.events import topics
 from shared.runtime import ServiceRuntime
@@ -30,7 +31,11 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
     return [
         runtime.run_relay(),
         runtime.run_consumer(
-            topics=PROJECTION_TOPICS, handlers=projections, decoders=PROJECTION_DECODERS
+            topics=PROJECTION_TOPICS,
+            handlers=projections,
+            process=process_projections,
+            decoders=PROJECTION_DECODERS,
+            emits=False,  # projections only: no customer locks, never waits for the writers
         ),
         runtime.run_consumer(
             topics=[topics.INGEST_ORDERS],

@@ -5,6 +5,11 @@ rolled back and redone message by message, each in a savepoint with bounded retr
 a message that still fails goes to the DLQ (after the DB commit, before the offset commit), so
 the partition keeps moving. Infrastructure failures (database or broker down) never send to the
 DLQ: the batch is retried until they heal, without committing offsets.
+
+Customer locks: a batch locks its events' customers (`lock_customers`, sorted) before its
+handlers run, so that what it emits gets outbox ids in per-customer commit order. A consumer
+that only maintains projections and never emits (`emits=False`) takes no such locks: its
+batches then never wait for, or hold up, the service's writers; emitting from one is a bug.
 """
 
 from __future__ import annotations
@@ -133,6 +138,7 @@ class ConsumerRunner:
         backoff: float = 0.2,
         batch_size: int = 500,
         commit_offsets: bool = True,
+        emits: bool = True,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -147,6 +153,7 @@ class ConsumerRunner:
         self.backoff = backoff
         self.batch_size = batch_size
         self.commit_offsets = commit_offsets
+        self.emits = emits
         self.batch_lock = asyncio.Lock()
         self.processed = 0
         self._lag_checked = 0.0
@@ -231,7 +238,7 @@ class ConsumerRunner:
                 raise
             log.info("consumer.batch_failed_retrying_singly", error=repr(exc), size=len(wanted))
         async with self.sessions() as session, session.begin():
-            await lock_customers(session, [m.event.subject for m in wanted if m.event])
+            await self._lock(session, [m.event.subject for m in wanted if m.event])
             for m in wanted:
                 await self._one(session, m)
         self._count([m for m in wanted if m.error is None], "ok")
@@ -254,7 +261,7 @@ class ConsumerRunner:
 
     async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:
         events = [m.event for m in wanted if m.event is not None]
-        await lock_customers(session, [e.subject for e in events])
+        await self._lock(session, [e.subject for e in events])
         stmt = (
             pg_insert(self.tables.inbox)
             .values([{"event_id": e.id, "event_type": e.type} for e in events])
@@ -269,7 +276,7 @@ class ConsumerRunner:
         ctx = HandlerContext(session, self.tables, self.service)
         if new_events:
             await self.process(ctx, new_events)
-        await add_events(session, self.tables, ctx.emitted)
+        await self._add_events(ctx)
 
     async def _one(self, session: AsyncSession, m: Message) -> None:
         assert m.event is not None
@@ -288,7 +295,7 @@ class ConsumerRunner:
                         return
                     ctx = HandlerContext(session, self.tables, self.service)
                     await self.process(ctx, [event])
-                    await add_events(session, self.tables, ctx.emitted)
+                    await self._add_events(ctx)
                 m.error = None
                 return
             except Exception as exc:
@@ -306,6 +313,19 @@ class ConsumerRunner:
                 )
                 if attempt < self.max_attempts:
                     await asyncio.sleep(self.backoff * (2 ** (attempt - 1)))
+
+    async def _lock(self, session: AsyncSession, subjects: list[str]) -> None:
+        if self.emits:
+            await lock_customers(session, subjects)
+
+    async def _add_events(self, ctx: HandlerContext) -> None:
+        if ctx.emitted and not self.emits:
+            raise RuntimeError(
+                f"{self.service}/{self.group_id} is declared emits=False but a handler emitted "
+                f"{ctx.emitted[0].type}: without customer locks its events could be published "
+                "out of order"
+            )
+        await add_events(ctx.session, self.tables, ctx.emitted)
 
     def _count(self, messages: list[Message], outcome: str) -> None:
         for m in messages:
