@@ -29,7 +29,7 @@ run: $(STAMP)
 
 # The e2e platform (four service processes) runs in a pytest process of its own, on fresh
 # infrastructure: services left running by other suites would share its consumer groups.
-TEST_SUITES := tests/unit tests/integration tests/fuzz
+TEST_SUITES := tests/unit tests/integration tests/fuzz tests/bench/test_harness.py
 
 test: $(STAMP)
 	$(PY) -m pytest $(TEST_SUITES) -q

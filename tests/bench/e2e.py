@@ -40,7 +40,11 @@ class Step:
     orders: int
     produce_s: float = 0.0  # how long offering took (the offered rate actually achieved)
     done_s: dict[str, float | None] = field(default_factory=dict)  # per stage, from the first send
-    achieved_rps: float = 0.0  # orders / time until every projection reflected them
+    # Orders/s the slowest stage kept up while it went from 10% to 90% of the step's orders
+    # (the pipeline's fixed latency at the start and the drain at the end excluded).
+    achieved_rps: float = 0.0
+    completion_rps: float = 0.0  # orders / time until every projection reflected them all
+    drain_lag_s: float | None = None  # last projection done - last order offered
     stage_rps: dict[str, float] = field(default_factory=dict)
     drained: bool = False
     http: dict[str, Any] | None = None
@@ -48,8 +52,16 @@ class Step:
     diagnostics: dict[str, Any] = field(default_factory=dict)  # per service: SQL per event, CPU
 
     @property
+    def offered_actual_rps(self) -> float:
+        return self.orders / self.produce_s if self.produce_s else self.offered_rps
+
+    @property
     def saturated(self) -> bool:
-        return not self.drained or self.achieved_rps < 0.8 * self.offered_rps
+        """Not keeping up: not drained, the steady rate under 80% of what was offered, or a
+        backlog left when offering ended that takes more than max(2 s, 25% of the step) to drain."""
+        if not self.drained or self.achieved_rps < 0.8 * self.offered_actual_rps:
+            return True
+        return self.drain_lag_s is not None and self.drain_lag_s > max(2.0, 0.25 * self.produce_s)
 
 
 class Projections:
@@ -238,15 +250,34 @@ async def ingest_step(
     return step
 
 
+def steady_rate(series: Sequence[tuple[float, int, int, int]], orders: int) -> float | None:
+    """Orders/s of the slowest stage between 10% and 90% of `orders` (None: too few samples)."""
+    low = high = None
+    for elapsed, *counts in series:
+        slowest = min(counts)
+        if low is None and slowest >= 0.1 * orders:
+            low = (elapsed, slowest)
+        if slowest >= 0.9 * orders:
+            high = (elapsed, slowest)
+            break
+    if low is None or high is None or high[0] <= low[0]:
+        return None
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
 def _finish(step: Step, orders: int) -> None:
     step.orders = orders
     done = [v for v in step.done_s.values() if v is not None]
     if step.drained and done:
-        step.achieved_rps = orders / max(done)
+        step.completion_rps = orders / max(done)
+        step.drain_lag_s = max(0.0, max(done) - step.produce_s)
+        steady = steady_rate(step.series, orders)
+        step.achieved_rps = steady if steady is not None else step.completion_rps
     elif step.series:
         # Not drained in time: what the slowest projection got through, per second.
         elapsed, *counts = step.series[-1]
         step.achieved_rps = min(counts) / elapsed if elapsed > 0 else 0.0
+        step.completion_rps = step.achieved_rps
     for stage, seconds in step.done_s.items():
         step.stage_rps[stage] = round(orders / seconds, 1) if seconds else 0.0
 
@@ -256,11 +287,13 @@ def _describe(step: Step) -> str:
         f"{s} {step.done_s[s]:.1f}s" if step.done_s.get(s) is not None else f"{s} --"
         for s in STAGES
     )
-    offered = step.orders / step.produce_s if step.produce_s else step.offered_rps
     flag = "" if step.drained else "  (NOT DRAINED within the bound)"
+    lag = f", drained {step.drain_lag_s:.1f}s after the last order" if step.drain_lag_s else ""
     return (
-        f"    {step.path:<6} offered {step.offered_rps:>7.0f}/s (actual {offered:>7.0f}/s) "
-        f"{step.orders:>7} orders -> sustained {step.achieved_rps:>7.0f}/s   [{stages}]{flag}"
+        f"    {step.path:<6} offered {step.offered_rps:>7.0f}/s "
+        f"(actual {step.offered_actual_rps:>7.0f}/s) {step.orders:>7} orders -> "
+        f"sustained {step.achieved_rps:>7.0f}/s (all done at {step.completion_rps:.0f}/s{lag})"
+        f"   [{stages}]{flag}"
     )
 
 

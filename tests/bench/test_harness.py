@@ -11,7 +11,7 @@ import pytest
 
 from bench import loadgen
 from bench.common import percentiles
-from bench.e2e import EventWatch, Step, latency_summary
+from bench.e2e import EventWatch, Step, latency_summary, steady_rate
 from bench.population import (
     DAY,
     BgNbdTruth,
@@ -101,6 +101,33 @@ def test_a_step_that_did_not_drain_is_saturated() -> None:
     assert not Step(
         path="ingest", offered_rps=1000, orders=10, drained=True, achieved_rps=950
     ).saturated
+
+
+def test_a_step_whose_backlog_drains_slowly_is_saturated() -> None:
+    def step(lag: float) -> Step:
+        return Step(
+            path="ingest",
+            offered_rps=1000,
+            orders=10_000,
+            produce_s=10.0,
+            drained=True,
+            achieved_rps=990,
+            drain_lag_s=lag,
+        )
+
+    assert not step(1.5).saturated  # the pipeline's latency, no backlog
+    assert step(4.0).saturated  # a backlog of seconds when offering ended
+
+
+def test_the_steady_rate_leaves_out_the_pipeline_latency_and_the_drain() -> None:
+    # 1,000 orders offered at 200/s: each stage lags ~1.5 s behind, then drains.
+    series = [
+        (t / 2, *(max(0, min(1000, int((t / 2 - lag) * 200))) for lag in (0.5, 1.0, 1.5)))
+        for t in range(0, 15)
+    ]
+    rate = steady_rate(series, 1000)
+    assert rate is not None and 190 <= rate <= 210
+    assert steady_rate(series[:3], 1000) is None  # never reached 90%: no steady rate
 
 
 def test_latency_matches_events_per_customer() -> None:
