@@ -496,10 +496,17 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument("--import-rows", type=int, help="CSV rows of the import (default by mode)")
+    parser.add_argument(
+        "--ingest-rates",
+        type=lambda text: tuple(float(r) for r in text.split(",")),
+        help="offered orders/s of the ingest steps, comma-separated (default by mode)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.import_rows:
         sizes = dataclasses.replace(sizes, import_rows=args.import_rows)
+    if args.ingest_rates:
+        sizes = dataclasses.replace(sizes, ingest_rates=args.ingest_rates)
 
     def on_signal(signum: int, _: Any) -> None:
         raise Stop(signal.Signals(signum).name)
