@@ -126,11 +126,12 @@ class ServiceRuntime:
     # -- worker building blocks ---------------------------------------------------------------
 
     async def run_relay(self, *, batch_size: int = 1000) -> None:
-        producer = await self.wait_producer()
+        """The outbox relay, with a producer of its own: it replaces that producer when it is
+        broken for good (see OutboxRelay), which the consumers' shared one must not undergo."""
         self.relay = OutboxRelay(
             service=self.service,
             dsn=asyncpg_dsn(self.settings.database_url),
-            producer=producer,
+            producer_factory=lambda: start_producer(self.settings),
             batch_size=batch_size,
         )
         await self.relay.run(self.stop_event)

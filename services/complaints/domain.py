@@ -15,11 +15,19 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Annotated, ClassVar, NamedTuple
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.errors import Conflict, InvalidInput
 from shared.events import payloads
@@ -148,46 +156,86 @@ def _hours(**targets: float) -> dict[Severity, timedelta]:
     return {Severity(name): timedelta(hours=hours) for name, hours in targets.items()}
 
 
+# A target of a year or more is a typo (hours as days, seconds as hours), never a promise: refused
+# with the field named, before it reaches the SLA arithmetic and the scheduled checks.
+MAX_SLA_DURATION = timedelta(days=365)
+SlaDuration = Annotated[timedelta, Field(gt=timedelta(0), lt=MAX_SLA_DURATION)]
+# Most urgent first: a more severe complaint never gets a longer target than a less severe one.
+URGENCY = (Severity.critical, Severity.high, Severity.medium, Severity.low)
+
+
+_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+
+
+def _iso(duration: timedelta) -> str:
+    """ISO 8601, as the API reads and writes durations (PT4H, P5D)."""
+    return str(_DURATION.dump_python(duration, mode="json"))
+
+
+def _in_urgency_order(targets: Mapping[Severity, timedelta]) -> dict[Severity, timedelta]:
+    missing = [s.value for s in URGENCY if s not in targets]
+    if missing:
+        raise ValueError(f"a target is needed for every severity; missing {missing}")
+    for more, less in pairwise(URGENCY):
+        if targets[more] > targets[less]:
+            raise ValueError(
+                f"{more.value} ({_iso(targets[more])}) must not be longer than {less.value} "
+                f"({_iso(targets[less])}): more severe complaints get shorter or equal targets"
+            )
+    return dict(targets)
+
+
 class SlaPolicy(BaseModel):
-    """SLA targets by severity, shortened by tier factor; fixed on a complaint at intake."""
+    """SLA targets by severity, shortened by tier factor; fixed on a complaint at intake.
+
+    Every duration is positive and under a year; targets shrink with severity, and each
+    severity's first-response target is no longer than its resolution target.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    first_response: dict[Severity, timedelta] = Field(
+    first_response: dict[Severity, SlaDuration] = Field(
         default_factory=lambda: _hours(critical=1, high=4, medium=24, low=24)
     )
-    resolution: dict[Severity, timedelta] = Field(
-        default_factory=lambda: _hours(critical=24, high=72, medium=120, low=240)
+    resolution: dict[Severity, SlaDuration] = Field(
+        default_factory=lambda: _hours(critical=24, high=72, medium=120, low=240),
+        validate_default=True,  # checked against a changed first_response even when omitted
     )
-    first_response_cap: timedelta = Field(
+    first_response_cap: SlaDuration = Field(
         timedelta(hours=24), description="No complaint waits longer for a first response"
     )
     tier_factors: dict[Tier, float] = Field(
         default_factory=lambda: {Tier.key: 0.5},
         description="Multiplier of every target per tier; tiers not listed keep 1.0",
     )
-    level_3_after: timedelta = Field(
+    level_3_after: SlaDuration = Field(
         timedelta(hours=24), description="Level 3 when still unresolved this long after level 2"
     )
 
-    @field_validator("first_response", "resolution")
+    @field_validator("first_response")
     @classmethod
-    def _every_severity_positive(
+    def _first_response_in_order(
         cls, targets: dict[Severity, timedelta]
     ) -> dict[Severity, timedelta]:
-        missing = [s.value for s in Severity if s not in targets]
-        if missing:
-            raise ValueError(f"a target is needed for every severity; missing {missing}")
-        if any(target <= timedelta(0) for target in targets.values()):
-            raise ValueError("targets must be positive durations")
-        return targets
+        return _in_urgency_order(targets)
 
-    @field_validator("first_response_cap", "level_3_after")
+    @field_validator("resolution")
     @classmethod
-    def _positive(cls, duration: timedelta) -> timedelta:
-        if duration <= timedelta(0):
-            raise ValueError("must be a positive duration")
-        return duration
+    def _resolution_in_order(
+        cls, targets: dict[Severity, timedelta], info: ValidationInfo
+    ) -> dict[Severity, timedelta]:
+        targets = _in_urgency_order(targets)
+        first_response: dict[Severity, timedelta] | None = info.data.get("first_response")
+        if first_response is None:
+            return targets  # first_response was refused: its own error says why
+        for severity in URGENCY:
+            if first_response[severity] > targets[severity]:
+                raise ValueError(
+                    f"{severity.value} ({_iso(targets[severity])}) must not be shorter than its "
+                    f"first-response target ({_iso(first_response[severity])}): "
+                    "the response comes first"
+                )
+        return targets
 
     @field_validator("tier_factors")
     @classmethod

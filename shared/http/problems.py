@@ -4,19 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.errors import CrmError
+from shared.messaging.consumer import is_transient
 from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://crm.example.org/problems/"
+# A PostgreSQL restart or fail-over takes seconds; the pools reconnect on the next request.
+RETRY_AFTER_SECONDS = 5
+# What the database (SQLAlchemy or a raw asyncpg pool) raises while it is down or restarting;
+# `is_unavailable` decides, these only route the exception to the handler that asks it.
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,  # ConnectionRefusedError and friends; TimeoutError (asyncio's too) is one
+)
 
 
 class FieldError(BaseModel):
@@ -45,8 +58,19 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Not found"),
         (422, "Invalid input, with the field errors"),
         (500, "Internal error"),
+        (503, "A dependency (the database) is unavailable; retry after Retry-After seconds"),
     ]
 }
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is down, restarting or saturated: an honest 503, not a bug (500).
+
+    The consumers' classification (`is_transient`: connection errors, asyncpg's
+    CannotConnectNow/ConnectionDoesNotExist/AdminShutdown, SQLAlchemy's wrapped and invalidated
+    connections, deadlocks) plus SQLAlchemy's pool checkout timeout.
+    """
+    return isinstance(exc, sa_exc.TimeoutError) or is_transient(exc)
 
 
 def problem_response(
@@ -118,6 +142,31 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail=str(exc.detail),
             headers=getattr(exc, "headers", None),
         )
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_unavailable(exc):
+            raise exc  # a bug, not an outage: the request middleware answers 500 and logs it
+        # Type names only: a wrapped DBAPI error's text carries the statement's parameters.
+        cause = getattr(exc, "orig", None) or exc.__cause__
+        log.warning(
+            "http.database_unavailable",
+            error=type(exc).__name__,
+            cause=type(cause).__name__ if cause is not None else None,
+        )
+        return problem_response(
+            request,
+            status=503,
+            title="Service unavailable",
+            slug="service-unavailable",
+            detail=(
+                "The database is unavailable or restarting; "
+                f"retry in {RETRY_AFTER_SECONDS} seconds."
+            ),
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    for error in _DATABASE_ERRORS:
+        app.add_exception_handler(error, database_error)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

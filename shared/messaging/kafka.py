@@ -11,7 +11,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerClosed,
+    TopicAlreadyExistsError,
+)
 
 from shared.events import topics
 from shared.observability.logging import get_logger
@@ -77,6 +82,48 @@ async def start_producer(
 async def _quiet_stop(client: Any) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.stop(), timeout=5)
+
+
+def producer_is_broken(producer: AIOKafkaProducer, error: BaseException) -> bool:
+    """Whether `producer` must be replaced rather than retried after `error`.
+
+    An idempotent producer that got OutOfOrderSequenceNumber, UnknownProducerId or a fenced
+    epoch (e.g. after a broker restart lost the tail of a partition) keeps its producer id and
+    sequence numbers, so every later batch fails the same way: only a new producer (a new id,
+    sequences from 0) gets through. The same for one whose sender task died. Timeouts and
+    retriable errors (broker down, leader moving) heal with the same producer.
+    """
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is not None and task.done():
+        return True
+    if isinstance(error, KafkaTimeoutError):
+        return False
+    if isinstance(error, KafkaError):
+        return not error.retriable
+    return True
+
+
+async def stop_producer(producer: AIOKafkaProducer, *, timeout: float = 10.0) -> None:
+    """Stop a producer, flushing what it holds; one that cannot flush in time (broker gone,
+    fatal error) is abandoned: its sender is cancelled and awaited, so nothing it still holds is
+    delivered after its replacement started sending (which would reorder a partition)."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout=timeout)
+        return
+    except Exception as exc:
+        log.warning("kafka.producer_abandoned", error=repr(exc))
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+        # The sender awaits its in-flight requests on cancel: bounded by their request timeout.
+        await asyncio.wait([task], timeout=60)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:  # what was never sent fails now (and the flush waiting on it ends)
+        accumulator.fail_all(ProducerClosed())
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), timeout=5)
 
 
 def make_consumer(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.events.registry import topic_for
+from shared.messaging.kafka import producer_is_broken, stop_producer
 from shared.messaging.tables import OUTBOX_CHANNEL, MessagingTables
 from shared.observability import metrics
 from shared.observability.logging import get_logger
@@ -82,40 +83,68 @@ async def add_event(
     await add_events(session, tables, [event])
 
 
+ProducerFactory = Callable[[], Awaitable[AIOKafkaProducer]]
+
+
 class OutboxRelay:
-    """Publishes outbox rows in id order and deletes them once the broker acknowledged them."""
+    """Publishes outbox rows in id order and deletes them once the broker acknowledged them.
+
+    With a `producer_factory` the relay owns its producer: it makes one when it first publishes,
+    replaces it when it is broken for good (an idempotent producer out of sequence after a broker
+    restart never recovers by itself), and stops it when the relay stops. A batch that failed is
+    published again whole, in id order, once everything the failed attempt had queued has
+    settled, so a retry never overtakes an earlier attempt on a partition; the rows it repeats are
+    absorbed by the consumers' inbox. With a `producer` only, the caller owns it (no replacement).
+    """
 
     def __init__(
         self,
         *,
         service: str,
         dsn: str,
-        producer: AIOKafkaProducer,
+        producer: AIOKafkaProducer | None = None,
+        producer_factory: ProducerFactory | None = None,
         batch_size: int = 1000,
         poll_interval: float = 1.0,
         standby_interval: float = 2.0,
+        settle_timeout: float = 30.0,
     ) -> None:
+        if (producer is None) == (producer_factory is None):
+            raise ValueError("give the relay a producer or a producer_factory (not both)")
         self.service = service
         self.dsn = dsn
         self.producer = producer
+        self.producer_factory = producer_factory
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
+        self.settle_timeout = settle_timeout
         self.lock_key = advisory_key(f"outbox-relay:{service}")
         self._wake = asyncio.Event()
         self.published = 0
+        self.producers_replaced = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.2
-        while not stop.is_set():
-            try:
-                await self._run_connected(stop)
-                backoff = 0.2
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                metrics.RELAY_ACTIVE.labels(self.service).set(0)
-                log.warning("outbox.relay_db_error", error=repr(exc), retry_in=backoff)
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
+        try:
+            while not stop.is_set():
+                try:
+                    await self._run_connected(stop)
+                    backoff = 0.2
+                except (
+                    TimeoutError,
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                ) as exc:
+                    metrics.RELAY_ACTIVE.labels(self.service).set(0)
+                    log.warning("outbox.relay_db_error", error=repr(exc), retry_in=backoff)
+                    await _sleep_or_stop(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if self.producer_factory is not None and self.producer is not None:
+                producer, self.producer = self.producer, None
+                await stop_producer(producer)
 
     async def _run_connected(self, stop: asyncio.Event) -> None:
         conn: asyncpg.Connection = await asyncio.wait_for(asyncpg.connect(self.dsn), timeout=10)
@@ -162,25 +191,26 @@ class OutboxRelay:
             return 0
         backoff = 0.2
         while True:
+            producer = await self._ready_producer(stop)
+            if producer is None:
+                return 0  # stopping: rows stay in the outbox; the next relay publishes them
             try:
-                futures = [
-                    await self.producer.send(
-                        r["topic"],
-                        value=bytes(r["payload"]),
-                        key=r["key"].encode(),
-                        headers=[("content-type", CONTENT_TYPE.encode())],
-                    )
-                    for r in rows
-                ]
-                await asyncio.gather(*futures)
+                await self._publish(producer, rows)
                 break
             except Exception as exc:
                 if stop.is_set():
-                    return 0  # rows stay in the outbox; the next relay publishes them
+                    return 0
+                replace = self.producer_factory is not None and producer_is_broken(producer, exc)
                 log.warning(
-                    "outbox.publish_failed", error=repr(exc), rows=len(rows), retry_in=backoff
+                    "outbox.publish_failed",
+                    error=repr(exc),
+                    rows=len(rows),
+                    retry_in=backoff,
+                    replace_producer=replace,
                 )
-                await asyncio.sleep(backoff)
+                if replace:
+                    await self._discard_producer(producer)
+                await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
         await conn.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
@@ -191,6 +221,53 @@ class OutboxRelay:
         oldest = rows[0]["created_at"].timestamp()
         metrics.OUTBOX_AGE.labels(self.service).set(max(0.0, time.time() - oldest))
         return len(rows)
+
+    async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]) -> None:
+        """Send every row in id order and wait for all acknowledgements."""
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for r in rows:
+                futures.append(
+                    await producer.send(
+                        r["topic"],
+                        value=bytes(r["payload"]),
+                        key=r["key"].encode(),
+                        headers=[("content-type", CONTENT_TYPE.encode())],
+                    )
+                )
+            await asyncio.gather(*futures)
+        except Exception:
+            # What this attempt queued must settle (delivered or failed) before anything is sent
+            # again, or a retry could overtake it on a partition.
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=self.settle_timeout)
+            for f in futures:
+                if f.done() and not f.cancelled():
+                    f.exception()  # retrieved: the failure is logged once, by the caller
+            raise
+
+    async def _ready_producer(self, stop: asyncio.Event) -> AIOKafkaProducer | None:
+        """The relay's producer, made by the factory if it has none (retried until `stop`)."""
+        backoff = 0.5
+        while self.producer is None:
+            assert self.producer_factory is not None
+            if stop.is_set():
+                return None
+            try:
+                self.producer = await self.producer_factory()
+                log.info("outbox.producer_ready", replaced=self.producers_replaced)
+            except Exception as exc:
+                log.warning("outbox.producer_unavailable", error=repr(exc), retry_in=backoff)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+        return self.producer
+
+    async def _discard_producer(self, producer: AIOKafkaProducer) -> None:
+        """Stop a broken producer; the next attempt makes a fresh one (new id, sequences 0)."""
+        self.producer = None
+        self.producers_replaced += 1
+        await stop_producer(producer)
 
 
 async def outbox_stats(conn: asyncpg.Connection) -> tuple[int, float]:

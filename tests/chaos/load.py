@@ -85,6 +85,7 @@ class ReadSample:
     status: int | None  # None: no answer (connection refused, timeout)
     content_type: str
     error: str = ""
+    retry_after: str | None = None  # the Retry-After header of a 503
 
 
 @dataclass
@@ -408,6 +409,7 @@ class ReadProbe:
 
     READS = (
         ("profile", "/v1/customers/{id}"),
+        ("profile", "/v1/customers/{id}/360"),  # the raw asyncpg read pool, not the ORM's
         ("lifecycle", "/v1/customers/{id}/lifecycle"),
         ("scoring", "/v1/customers/{id}/value"),
     )
@@ -441,6 +443,7 @@ class ReadProbe:
                 response.status_code,
                 response.headers.get("content-type", ""),
                 response.text[:300] if response.status_code >= 500 else "",
+                response.headers.get("retry-after"),
             )
         except httpx.HTTPError as error:
             sample = ReadSample(

@@ -291,8 +291,8 @@ class ChaosRun:
 
     @staticmethod
     def read_problems(reads: list[ReadSample]) -> list[str]:
-        """/v1 reads never fail with 5xx, except an honest 503 (problem+json) while a
-        dependency is down; readiness may say 503; an API process always answers."""
+        """/v1 reads never fail with 5xx, except an honest 503 (problem+json with Retry-After)
+        while a dependency is down; readiness may say 503; an API process always answers."""
         bad = []
         for sample in reads:
             if sample.status is None:
@@ -301,7 +301,11 @@ class ChaosRun:
                 if sample.status not in (200, 503):
                     bad.append(sample)
             elif sample.status >= 500:
-                honest = sample.status == 503 and sample.content_type.startswith(PROBLEM_JSON)
+                honest = (
+                    sample.status == 503
+                    and sample.content_type.startswith(PROBLEM_JSON)
+                    and sample.retry_after is not None
+                )
                 if not (honest and sample.phase.startswith("outage:")):
                     bad.append(sample)
         if not bad:
