@@ -164,6 +164,7 @@ class ServiceRuntime:
             max_attempts=self.settings.consumer_max_attempts,
             batch_size=self.settings.consumer_batch_size,
             emits=emits,
+            producer_factory=lambda: start_producer(self.settings),
         )
         consumer.subscribe(topics, listener=runner.rebalance_listener())
         backoff = 0.5
@@ -182,6 +183,8 @@ class ServiceRuntime:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), timeout=10)
+            with contextlib.suppress(Exception):
+                await runner.close()
             log.info("consumer.stopped", processed=runner.processed)
 
     async def run_periodic(

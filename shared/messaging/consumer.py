@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db import SessionFactory
 from shared.events import CloudEvent, EnvelopeError, parse
 from shared.events import topics as topic_names
+from shared.messaging.kafka import producer_is_broken, stop_producer
 from shared.messaging.outbox import add_events, lock_customers
 from shared.messaging.tables import MessagingTables
 from shared.observability import metrics
@@ -139,7 +140,10 @@ class ConsumerRunner:
         batch_size: int = 500,
         commit_offsets: bool = True,
         emits: bool = True,
+        producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
+        """`producer` sends to the DLQ; with `producer_factory`, one that Kafka says is broken for
+        good (see `producer_is_broken`) is replaced by a producer of the runner's own."""
         self.service = service
         self.consumer = consumer
         self.producer = producer
@@ -154,6 +158,8 @@ class ConsumerRunner:
         self.batch_size = batch_size
         self.commit_offsets = commit_offsets
         self.emits = emits
+        self.producer_factory = producer_factory
+        self._own_producer = False
         self.batch_lock = asyncio.Lock()
         self.processed = 0
         self._lag_checked = 0.0
@@ -358,9 +364,19 @@ class ConsumerRunner:
                 except KafkaError as exc:
                     if stop.is_set():
                         raise  # offsets stay uncommitted: the message is redone after restart
-                    log.warning("consumer.dlq_publish_failed", error=repr(exc), retry_in=backoff)
+                    replace = self.producer_factory is not None and producer_is_broken(
+                        self.producer, exc
+                    )
+                    log.warning(
+                        "consumer.dlq_publish_failed",
+                        error=repr(exc),
+                        retry_in=backoff,
+                        replace_producer=replace,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
+                    if replace:
+                        await self._replace_producer()
             metrics.EVENTS_FAILED.labels(self.service, event_type, m.error_type or "error").inc()
             log.error(
                 "consumer.dead_lettered",
@@ -370,6 +386,22 @@ class ConsumerRunner:
                 event_type=event_type,
                 error=m.error,
             )
+
+    async def _replace_producer(self) -> None:
+        assert self.producer_factory is not None
+        if self._own_producer:  # the service's shared producer is stopped by its owner
+            await stop_producer(self.producer)
+        try:
+            self.producer = await self.producer_factory()
+            self._own_producer = True
+        except Exception as exc:  # broker unreachable: retried on the next failed send
+            log.warning("consumer.producer_replacement_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        """Stop the producer the runner made for itself, if it had to."""
+        if self._own_producer:
+            await stop_producer(self.producer)
+            self._own_producer = False
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not self.commit_offsets:
