@@ -1,8 +1,13 @@
 """What the complaints service reacts to: customers it may take complaints for, their value
-tier (SLA targets by tier), and erasure (free text deleted, complaints kept anonymous)."""
+tier (SLA targets by tier), and erasure (free text deleted, complaints kept anonymous).
+
+The consumer runner calls `PROCESS` with whole batches: one statement writes the batch's net
+effect (`service.apply_customer_changes`); single events in its slow path go the same way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from services.complaints import service
@@ -12,42 +17,40 @@ from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.messaging.consumer import Handler, HandlerContext
 
-
-async def on_customer(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
-    await service.remember_customer(ctx.session, customer_id=event.data.customer_id)
+SEEN = frozenset({ev.CUSTOMER_REGISTERED, ev.CUSTOMER_UPDATED, ev.CUSTOMER_CONSENT_CHANGED})
 
 
-async def on_erased(ctx: HandlerContext, event: CloudEvent[p.CustomerErased]) -> None:
-    await service.erase_customer(ctx.session, customer_id=event.data.customer_id, at=event.time)
-
-
-async def on_tier_changed(ctx: HandlerContext, event: CloudEvent[p.TierChanged]) -> None:
-    await service.record_tier(
-        ctx.session,
-        customer_id=event.data.customer_id,
-        tier=_tier(event.data.to_tier),
-        as_of=event.time,
-    )
-
-
-async def on_scored(ctx: HandlerContext, event: CloudEvent[p.ValueScored]) -> None:
-    await service.record_tier(
-        ctx.session,
-        customer_id=event.data.customer_id,
-        tier=_tier(event.data.tier),
-        as_of=event.time,
-    )
+def change_of(event: CloudEvent[Any]) -> service.CustomerChange:
+    customer_id = event.data.customer_id
+    if event.type in SEEN:
+        return service.CustomerChange(customer_id, "seen", event.time)
+    if event.type == ev.CUSTOMER_ERASED:
+        return service.CustomerChange(customer_id, "erased", event.time)
+    if event.type == ev.TIER_CHANGED:
+        return service.CustomerChange(customer_id, "tier", event.time, _tier(event.data.to_tier))
+    if event.type == ev.VALUE_SCORED:
+        return service.CustomerChange(customer_id, "tier", event.time, _tier(event.data.tier))
+    raise ValueError(f"complaints does not consume {event.type}")
 
 
 def _tier(tier: p.Tier | None) -> Tier | None:
     return Tier(tier) if tier is not None else None
 
 
+async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
+    await service.apply_customer_changes(ctx.session, changes=[change_of(e) for e in events])
+
+
+async def on_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
+    await process(ctx, [event])
+
+
 HANDLERS: dict[str, Handler] = {
-    ev.CUSTOMER_REGISTERED: on_customer,
-    ev.CUSTOMER_UPDATED: on_customer,
-    ev.CUSTOMER_CONSENT_CHANGED: on_customer,
-    ev.CUSTOMER_ERASED: on_erased,
-    ev.TIER_CHANGED: on_tier_changed,
-    ev.VALUE_SCORED: on_scored,
+    ev.CUSTOMER_REGISTERED: on_event,
+    ev.CUSTOMER_UPDATED: on_event,
+    ev.CUSTOMER_CONSENT_CHANGED: on_event,
+    ev.CUSTOMER_ERASED: on_event,
+    ev.TIER_CHANGED: on_event,
+    ev.VALUE_SCORED: on_event,
 }
+PROCESS = process

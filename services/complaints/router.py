@@ -138,12 +138,15 @@ async def open_complaint(
                 session, data=body, actor=principal.subject, now=now
             )
         else:
+            opened: list[service.ComplaintRecord] = []
 
             async def create() -> tuple[int, dict[str, str]]:
-                opened = await service.open_complaint(
-                    session, data=body, actor=principal.subject, now=now
+                opened.append(
+                    await service.open_complaint(
+                        session, data=body, actor=principal.subject, now=now
+                    )
                 )
-                return status.HTTP_201_CREATED, {"id": str(opened.row.id)}
+                return status.HTTP_201_CREATED, {"id": str(opened[0].row.id)}
 
             stored = await run_once(
                 session,
@@ -155,7 +158,11 @@ async def open_complaint(
             )
             if stored.replayed:
                 response.headers["Idempotent-Replayed"] = "true"
-            record = await service.get_complaint(session, complaint_id=uuid.UUID(stored.body["id"]))
+                record = await service.get_complaint(
+                    session, complaint_id=uuid.UUID(stored.body["id"])
+                )
+            else:
+                record = opened[0]
     response.headers["Location"] = f"/v1/complaints/{record.row.id}"
     response.headers["ETag"] = _etag(record.row.version)
     return service.complaint_read(record, as_of=now, pii=principal.has("pii:read"))

@@ -7,15 +7,31 @@ Free text is never logged: log lines carry ids only.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, func, null, or_, select, text, tuple_, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +42,6 @@ from services.complaints.models import (
     Complaint,
     ComplaintEscalation,
     ComplaintStep,
-    KnownCustomer,
     PolicyDocument,
 )
 from services.complaints.schemas import (
@@ -54,7 +69,7 @@ from services.complaints.schemas import (
     StepBody,
     StepRead,
 )
-from shared.db import SessionFactory, transaction
+from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.events import CloudEvent, new_event
 from shared.events.registry import EVENTS
@@ -75,12 +90,22 @@ ANONYMOUS = uuid.UUID(int=0)
 # --- policy ------------------------------------------------------------------------------------
 
 
+_POLICY = text("SELECT document::text AS document, version FROM complaint_policy WHERE id = :id")
+
+
+@lru_cache(maxsize=16)
+def _parsed_policy(document: str | None) -> ComplaintPolicy:
+    """Validated once per distinct stored document (the text of a jsonb value is canonical), so
+    that every intake and checker batch reads the policy row but does not re-validate it."""
+    return ComplaintPolicy() if document is None else ComplaintPolicy.model_validate_json(document)
+
+
 async def load_policy(session: AsyncSession) -> tuple[ComplaintPolicy, int]:
     """The current policy and its version (0: the defaults, never changed)."""
-    row = await session.get(PolicyDocument, POLICY_ID)
+    row = (await session.execute(_POLICY, {"id": POLICY_ID})).first()
     if row is None:
-        return ComplaintPolicy(), 0
-    return ComplaintPolicy.model_validate(row.document), row.version
+        return _parsed_policy(None), 0
+    return _parsed_policy(row.document), row.version
 
 
 async def replace_policy(
@@ -172,7 +197,10 @@ def _pauses_from_json(document: Sequence[dict[str, Any]]) -> tuple[Pause, ...]:
     )
 
 
-def to_domain(row: Complaint, escalations: Sequence[ComplaintEscalation]) -> domain.Complaint:
+def to_domain(
+    row: Complaint | Row[Any], escalations: Sequence[ComplaintEscalation | Row[Any]]
+) -> domain.Complaint:
+    """Rules' view of a complaint, from its ORM object or a plain row of its columns."""
     return domain.Complaint(
         complaint_id=row.id,
         customer_id=row.customer_id or ANONYMOUS,
@@ -199,21 +227,29 @@ def to_domain(row: Complaint, escalations: Sequence[ComplaintEscalation]) -> dom
     )
 
 
+def _state(complaint: domain.Complaint, policy: ComplaintPolicy) -> dict[str, Any]:
+    """The rules' state as column values (and what SQL needs to find breaches)."""
+    return {
+        "status": complaint.status.value,
+        "acknowledged_at": complaint.acknowledged_at,
+        "resolved_at": complaint.resolved_at,
+        "closed_at": complaint.closed_at,
+        "root_cause": complaint.root_cause,
+        "satisfaction": complaint.satisfaction,
+        "reopen_count": complaint.reopen_count,
+        "pauses": _pauses_to_json(complaint.pauses),
+        "paused_since": complaint.paused_since,
+        "resolution_due_effective": domain.settled_resolution_due(complaint),
+        "escalation_level": complaint.escalation_level,
+        "next_sla_check_at": domain.next_sla_check(complaint, policy.sla),
+        "last_step_at": complaint.last_step_at,
+    }
+
+
 def _store(row: Complaint, complaint: domain.Complaint, policy: ComplaintPolicy) -> None:
-    """Copy the rules' state onto the row (and what SQL needs to find breaches)."""
-    row.status = complaint.status.value
-    row.acknowledged_at = complaint.acknowledged_at
-    row.resolved_at = complaint.resolved_at
-    row.closed_at = complaint.closed_at
-    row.root_cause = complaint.root_cause
-    row.satisfaction = complaint.satisfaction
-    row.reopen_count = complaint.reopen_count
-    row.pauses = _pauses_to_json(complaint.pauses)
-    row.paused_since = complaint.paused_since
-    row.resolution_due_effective = domain.settled_resolution_due(complaint)
-    row.escalation_level = complaint.escalation_level
-    row.next_sla_check_at = domain.next_sla_check(complaint, policy.sla)
-    row.last_step_at = complaint.last_step_at
+    """Copy the rules' state onto the row."""
+    for column, value in _state(complaint, policy).items():
+        setattr(row, column, value)
 
 
 def to_cloud_event(event: domain.ComplaintEvent) -> CloudEvent[Any]:
@@ -308,18 +344,73 @@ def complaint_detail(record: ComplaintRecord, *, as_of: datetime, pii: bool) -> 
 # --- intake ------------------------------------------------------------------------------------
 
 
+# Read after the customer's lock, in a statement of its own: its snapshot then sees an erasure
+# that committed while this intake waited for the lock.
+_INTAKE_CONTEXT = """
+SELECT kc.known, kc.tier, kc.erased_at, p.document::text AS policy
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN known_customers kc ON kc.customer_id = $1
+LEFT JOIN complaint_policy p ON p.id = $2
+"""
+_INTAKE_COLUMNS = (
+    "id",
+    "customer_id",
+    "channel",
+    "category",
+    "severity",
+    "tier_at_intake",
+    "order_id",
+    "subject",
+    "description",
+    "received_at",
+    "first_response_due",
+    "resolution_due",
+    "opened_by",
+    "version",
+    "status",
+    "acknowledged_at",
+    "resolved_at",
+    "closed_at",
+    "root_cause",
+    "satisfaction",
+    "reopen_count",
+    "pauses",
+    "paused_since",
+    "resolution_due_effective",
+    "escalation_level",
+    "next_sla_check_at",
+    "last_step_at",
+)
+# The complaint and its first history row in one round trip (the step's facts: last parameter).
+_INTAKE_INSERT = f"""
+WITH opened AS (
+  INSERT INTO complaints ({", ".join(_INTAKE_COLUMNS)})
+  VALUES ({", ".join(f"${i}" for i in range(1, len(_INTAKE_COLUMNS) + 1))})
+  RETURNING id, status, received_at, opened_by
+)
+INSERT INTO complaint_steps (complaint_id, action, from_status, to_status, actor, at, facts)
+SELECT id, 'open', NULL, status, opened_by, received_at, ${len(_INTAKE_COLUMNS) + 1}::jsonb
+FROM opened
+"""
+
+
 async def open_complaint(
     session: AsyncSession, *, data: ComplaintCreate, actor: str, now: datetime
 ) -> ComplaintRecord:
+    """Intake: four statements (customer lock, customer and policy, complaint with its first
+    step, outbox), the complaint row built for the response rather than read back."""
     received_at = data.received_at or now
     if received_at > now:
         raise InvalidInput.field("body.received_at", "must not be in the future")
     await lock_customers(session, [data.customer_id])
-    customer = await session.get(KnownCustomer, data.customer_id)
-    if customer is None or not customer.known or customer.erased_at is not None:
+    # The hot path goes straight to the driver, in the session's transaction (begun by the lock).
+    connection = await driver_connection(session)
+    context = await connection.fetchrow(_INTAKE_CONTEXT, data.customer_id, POLICY_ID)
+    assert context is not None  # one row, whether the customer is known or not
+    if not context["known"] or context["erased_at"] is not None:
         raise InvalidInput.field("body.customer_id", "unknown customer")
-    policy, _ = await load_policy(session)
-    tier = domain.Tier(customer.tier) if customer.tier else None
+    policy = _parsed_policy(context["policy"])
+    tier = domain.Tier(context["tier"]) if context["tier"] else None
     complaint, events = domain.open_complaint(
         complaint_id=uuid.uuid4(),
         customer_id=data.customer_id,
@@ -331,39 +422,35 @@ async def open_complaint(
         policy=policy.sla,
         order_id=data.order_id,
     )
-    row = Complaint(
-        id=complaint.complaint_id,
-        customer_id=data.customer_id,
-        channel=data.channel.value,
-        category=data.category.value,
-        severity=data.severity.value,
-        tier_at_intake=tier.value if tier else None,
-        order_id=data.order_id,
-        subject=data.subject,
-        description=data.description,
-        received_at=received_at,
-        first_response_due=complaint.first_response_due,
-        resolution_due=complaint.resolution_due,
-        opened_by=actor,
-        version=1,
+    values: dict[str, Any] = {
+        "id": complaint.complaint_id,
+        "customer_id": data.customer_id,
+        "channel": data.channel.value,
+        "category": data.category.value,
+        "severity": data.severity.value,
+        "tier_at_intake": tier.value if tier else None,
+        "order_id": data.order_id,
+        "subject": data.subject,
+        "description": data.description,
+        "received_at": received_at,
+        "first_response_due": complaint.first_response_due,
+        "resolution_due": complaint.resolution_due,
+        "opened_by": actor,
+        "version": 1,
+        **_state(complaint, policy),
+    }
+    facts = {"severity": data.severity.value, "tier": values["tier_at_intake"]}
+    await connection.execute(
+        _INTAKE_INSERT,
+        *(json.dumps(values[c]) if c == "pauses" else values[c] for c in _INTAKE_COLUMNS),
+        json.dumps(facts),
     )
-    _store(row, complaint, policy)
-    session.add(row)
-    session.add(
-        ComplaintStep(
-            complaint_id=row.id,
-            action="open",
-            from_status=None,
-            to_status=complaint.status.value,
-            actor=actor,
-            at=received_at,
-            facts={"severity": data.severity.value, "tier": row.tier_at_intake},
-        )
-    )
-    await session.flush()
     await add_events(session, MESSAGING, [to_cloud_event(e) for e in events])
-    log.info("complaint.opened", complaint_id=str(row.id), severity=row.severity)
-    return ComplaintRecord(row, escalations=[])
+    log.info(
+        "complaint.opened", complaint_id=str(complaint.complaint_id), severity=data.severity.value
+    )
+    # Not added to the session: the row is written above; this copy only answers the request.
+    return ComplaintRecord(Complaint(**values), escalations=[])
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -375,7 +462,31 @@ async def _escalations_of(
     found: dict[uuid.UUID, list[ComplaintEscalation]] = defaultdict(list)
     if complaint_ids:
         rows = await session.scalars(
-            select(ComplaintEscalation).where(ComplaintEscalation.complaint_id.in_(complaint_ids))
+            select(ComplaintEscalation).where(
+                ComplaintEscalation.complaint_id == any_(_uuids(complaint_ids))
+            )
+        )
+        for escalation in rows:
+            found[escalation.complaint_id].append(escalation)
+    return found
+
+
+def _uuids(values: Sequence[uuid.UUID]) -> BindParameter[Sequence[Any]]:
+    """One array parameter (`= ANY`), not one per value: the statement text, and so its
+    prepared statement, stays the same whatever the batch's size."""
+    return bindparam("ids", list(values), type_=ARRAY(UUID(as_uuid=True)), unique=True)
+
+
+async def _escalation_rows(
+    session: AsyncSession, complaint_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[Row[Any]]]:
+    """`_escalations_of` as plain rows (no ORM identity map: the checker reads thousands)."""
+    found: dict[uuid.UUID, list[Row[Any]]] = defaultdict(list)
+    if complaint_ids:
+        rows = await session.execute(
+            select(*ComplaintEscalation.__table__.c).where(
+                ComplaintEscalation.complaint_id == any_(_uuids(complaint_ids))
+            )
         )
         for escalation in rows:
             found[escalation.complaint_id].append(escalation)
@@ -628,6 +739,53 @@ async def evaluate_sla(
     return run
 
 
+_RAISE_LEVELS = text(
+    """
+UPDATE complaints AS c
+SET next_sla_check_at = u.next_check, escalation_level = u.level, version = c.version + u.bump
+FROM unnest(CAST(:ids AS uuid[]), CAST(:next_checks AS timestamptz[]),
+            CAST(:levels AS smallint[]), CAST(:bumps AS integer[])) AS u (id, next_check, level, bump)
+WHERE c.id = u.id
+"""
+)
+_ADD_ESCALATIONS = text(
+    """
+INSERT INTO complaint_escalations (complaint_id, level, reason, at, actor)
+SELECT complaint_id, level, reason, at, NULL
+FROM unnest(CAST(:ids AS uuid[]), CAST(:levels AS smallint[]), CAST(:reasons AS text[]),
+            CAST(:ats AS timestamptz[])) AS u (complaint_id, level, reason, at)
+"""
+)
+# History rows in the order given (per complaint: level by level), as the row-by-row code wrote them.
+_ADD_ESCALATION_STEPS = text(
+    """
+INSERT INTO complaint_steps (complaint_id, action, from_status, to_status, actor, at, facts)
+SELECT complaint_id, :action, status, status, :actor, at,
+       jsonb_build_object('level', level, 'reason', reason)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:levels AS integer[]),
+            CAST(:reasons AS text[]), CAST(:ats AS timestamptz[]))
+     WITH ORDINALITY AS u (complaint_id, status, level, reason, at, n)
+ORDER BY n
+"""
+)
+
+
+@dataclass
+class _Raised:
+    """What one checker batch writes, column by column (bound as arrays: one statement each)."""
+
+    ids: list[uuid.UUID] = field(default_factory=list)
+    next_checks: list[datetime | None] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    bumps: list[int] = field(default_factory=list)
+    escalated: list[uuid.UUID] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    escalation_levels: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    ats: list[datetime] = field(default_factory=list)
+    events: list[CloudEvent[Any]] = field(default_factory=list)
+
+
 async def _escalate_batch(
     session: AsyncSession,
     *,
@@ -635,60 +793,76 @@ async def _escalate_batch(
     customer_ids: list[uuid.UUID | None],
     as_of: datetime,
 ) -> list[int]:
+    """The rules run per complaint in Python; their results are written set-based: one UPDATE
+    of the complaints, one INSERT of the escalations, one of the history rows, the outbox."""
     await lock_customers(session, [c for c in customer_ids if c is not None])
-    rows = list(
-        await session.scalars(
-            select(Complaint)
-            .where(Complaint.id.in_(complaint_ids))
+    rows = (
+        await session.execute(
+            select(*Complaint.__table__.c)
+            .where(Complaint.id == any_(_uuids(complaint_ids)))
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
-    )
+    ).all()
     policy, _ = await load_policy(session)
-    escalations = await _escalations_of(session, complaint_ids)
-    raised: list[int] = []
-    events: list[CloudEvent[Any]] = []
+    escalations = await _escalation_rows(session, complaint_ids)
+    out = _Raised()
     for row in rows:
-        if row.customer_id is None:
-            row.next_sla_check_at = None  # anonymised: nobody left to escalate for
+        new: tuple[domain.Escalation, ...] = ()
+        events: tuple[domain.ComplaintEvent, ...] = ()
+        if row.customer_id is None:  # anonymised: nobody left to escalate for
+            next_check, level = None, row.escalation_level
+        else:
+            before = to_domain(row, escalations[row.id])
+            after, events = domain.evaluate_sla(before, as_of=as_of, policy=policy.sla)
+            next_check = domain.next_sla_check(after, policy.sla)
+            new = after.escalations[len(before.escalations) :]
+            level = after.escalation_level
+        if not new and next_check == row.next_sla_check_at:
             continue
-        before = to_domain(row, escalations[row.id])
-        after, new_events = domain.evaluate_sla(before, as_of=as_of, policy=policy.sla)
-        row.next_sla_check_at = domain.next_sla_check(after, policy.sla)
-        new = after.escalations[len(before.escalations) :]
-        if not new:
-            continue
-        row.escalation_level = after.escalation_level
-        row.version += 1
+        out.ids.append(row.id)
+        out.next_checks.append(next_check)
+        out.levels.append(level)
+        out.bumps.append(1 if new else 0)
         for escalation in new:
-            session.add(
-                ComplaintEscalation(
-                    complaint_id=row.id,
-                    level=escalation.level,
-                    reason=escalation.reason.value,
-                    at=escalation.at,
-                    actor=None,
-                )
-            )
-            session.add(
-                ComplaintStep(
-                    complaint_id=row.id,
-                    action=Action.escalate.value,
-                    from_status=row.status,
-                    to_status=row.status,
-                    actor=SLA_CHECKER,
-                    at=escalation.at,
-                    facts={"level": escalation.level, "reason": escalation.reason.value},
-                )
-            )
-            raised.append(escalation.level)
-            if escalation.level in (1, 2):
-                clock = "first_response" if escalation.level == 1 else "resolution"
-                metrics.SLA_BREACHES.labels(SERVICE, clock).inc()
-        events.extend(to_cloud_event(e) for e in new_events)
-    await session.flush()
-    await add_events(session, MESSAGING, events)
-    return raised
+            out.escalated.append(row.id)
+            out.statuses.append(row.status)
+            out.escalation_levels.append(escalation.level)
+            out.reasons.append(escalation.reason.value)
+            out.ats.append(escalation.at)
+        out.events.extend(to_cloud_event(e) for e in events)
+    if out.ids:
+        await session.execute(
+            _RAISE_LEVELS,
+            {
+                "ids": out.ids,
+                "next_checks": out.next_checks,
+                "levels": out.levels,
+                "bumps": out.bumps,
+            },
+        )
+    if out.escalated:
+        columns = {
+            "ids": out.escalated,
+            "levels": out.escalation_levels,
+            "reasons": out.reasons,
+            "ats": out.ats,
+        }
+        await session.execute(_ADD_ESCALATIONS, columns)
+        await session.execute(
+            _ADD_ESCALATION_STEPS,
+            {
+                **columns,
+                "statuses": out.statuses,
+                "action": Action.escalate.value,
+                "actor": SLA_CHECKER,
+            },
+        )
+        for clock, level in (("first_response", 1), ("resolution", 2)):
+            breaches = out.escalation_levels.count(level)
+            if breaches:
+                metrics.SLA_BREACHES.labels(SERVICE, clock).inc(breaches)
+    await add_events(session, MESSAGING, out.events)
+    return out.escalation_levels
 
 
 # --- analytics (computed in SQL) ---------------------------------------------------------------
@@ -843,75 +1017,109 @@ async def analytics(
 # --- projections fed by events -----------------------------------------------------------------
 
 
-async def remember_customer(session: AsyncSession, *, customer_id: uuid.UUID) -> None:
-    """A crm.customer.* event: the customer exists (unless erased, which is final)."""
-    await session.execute(
-        pg_insert(KnownCustomer)
-        .values(customer_id=customer_id, known=True)
-        .on_conflict_do_update(
-            index_elements=[KnownCustomer.customer_id],
-            set_={"known": True},
-            where=KnownCustomer.erased_at.is_(None),
-        )
-    )
+class CustomerChange(NamedTuple):
+    """One consumed event about a customer: seen (crm.customer.*), a value tier, or erased."""
+
+    customer_id: uuid.UUID
+    kind: Literal["seen", "tier", "erased"]
+    at: datetime
+    tier: domain.Tier | None = None
 
 
-async def record_tier(
-    session: AsyncSession, *, customer_id: uuid.UUID, tier: domain.Tier | None, as_of: datetime
-) -> None:
-    """The customer's value tier; an older event never overwrites a newer one."""
-    value = tier.value if tier else None
-    table = KnownCustomer.__table__
-    await session.execute(
-        pg_insert(KnownCustomer)
-        .values(customer_id=customer_id, tier=value, tier_as_of=as_of)
-        .on_conflict_do_update(
-            index_elements=[KnownCustomer.customer_id],
-            set_={"tier": value, "tier_as_of": as_of},
-            where=and_(
-                table.c.erased_at.is_(None),
-                or_(table.c.tier_as_of.is_(None), table.c.tier_as_of <= as_of),
-            ),
-        )
-    )
+@dataclass
+class CustomerNet:
+    """What a batch of changes leaves of one customer, applied in order: the newest tier by
+    business time (ties: the later event), nothing after an erasure (which is final)."""
+
+    seen: bool = False
+    tier: domain.Tier | None = None
+    tier_as_of: datetime | None = None
+    erased_at: datetime | None = None
 
 
-async def erase_customer(session: AsyncSession, *, customer_id: uuid.UUID, at: datetime) -> int:
-    """Right to be forgotten: free text deleted, the complaints kept as anonymous records."""
-    await session.execute(
-        pg_insert(KnownCustomer)
-        .values(customer_id=customer_id, known=False, erased_at=at)
-        .on_conflict_do_update(
-            index_elements=[KnownCustomer.customer_id],
-            set_={"known": False, "tier": None, "erased_at": at},
-        )
-    )
-    ids = list(
-        await session.scalars(
-            select(Complaint.id).where(Complaint.customer_id == customer_id).with_for_update()
-        )
-    )
-    if not ids:
+def net_changes(changes: Sequence[CustomerChange]) -> dict[uuid.UUID, CustomerNet]:
+    net: dict[uuid.UUID, CustomerNet] = {}
+    for change in changes:
+        customer = net.setdefault(change.customer_id, CustomerNet())
+        if change.kind == "erased":
+            customer.erased_at = change.at
+        elif customer.erased_at is not None:
+            continue
+        elif change.kind == "seen":
+            customer.seen = True
+        elif customer.tier_as_of is None or customer.tier_as_of <= change.at:
+            customer.tier, customer.tier_as_of = change.tier, change.at
+    return net
+
+
+# One statement for a whole consumer batch: the projection upserted (the stored row's rules as
+# in `net_changes`: erasure final, an older tier never over a newer one), and the erased
+# customers' complaints anonymised with their steps' free text.
+_APPLY_CUSTOMERS = text(
+    """
+WITH projected AS (
+  INSERT INTO known_customers AS kc (customer_id, known, tier, tier_as_of, erased_at)
+  SELECT customer_id, seen AND erased_at IS NULL, CASE WHEN erased_at IS NULL THEN tier END,
+         tier_as_of, erased_at
+  FROM unnest(CAST(:ids AS uuid[]), CAST(:seen AS boolean[]), CAST(:tiers AS text[]),
+              CAST(:tier_as_ofs AS timestamptz[]), CAST(:erased_ats AS timestamptz[]))
+       AS u (customer_id, seen, tier, tier_as_of, erased_at)
+  ON CONFLICT (customer_id) DO UPDATE SET
+    known = CASE WHEN excluded.erased_at IS NOT NULL OR kc.erased_at IS NOT NULL THEN false
+                 ELSE kc.known OR excluded.known END,
+    tier = CASE WHEN excluded.erased_at IS NOT NULL THEN NULL
+                WHEN kc.erased_at IS NULL AND excluded.tier_as_of IS NOT NULL
+                     AND (kc.tier_as_of IS NULL OR kc.tier_as_of <= excluded.tier_as_of)
+                  THEN excluded.tier
+                ELSE kc.tier END,
+    tier_as_of = CASE WHEN kc.erased_at IS NULL AND excluded.tier_as_of IS NOT NULL
+                           AND (kc.tier_as_of IS NULL OR kc.tier_as_of <= excluded.tier_as_of)
+                        THEN excluded.tier_as_of
+                      ELSE kc.tier_as_of END,
+    erased_at = coalesce(excluded.erased_at, kc.erased_at)
+),
+anonymised AS (
+  UPDATE complaints AS c
+  SET customer_id = NULL, subject = NULL, description = NULL, order_id = NULL,
+      next_sla_check_at = NULL, anonymised_at = e.erased_at, version = c.version + 1
+  FROM unnest(CAST(:erased_ids AS uuid[]), CAST(:erased_at AS timestamptz[]))
+       AS e (customer_id, erased_at)
+  WHERE c.customer_id = e.customer_id
+  RETURNING c.id
+),
+scrubbed AS (
+  UPDATE complaint_steps SET note = NULL, texts = NULL
+  WHERE complaint_id IN (SELECT id FROM anonymised)
+)
+SELECT count(*) FROM anonymised
+"""
+)
+
+
+async def apply_customer_changes(
+    session: AsyncSession, *, changes: Sequence[CustomerChange]
+) -> int:
+    """Customers the service may take complaints for, their value tier (SLA targets by tier), and
+    the right to be forgotten: free text deleted, the complaints kept as anonymous records.
+    Returns how many complaints were anonymised."""
+    net = net_changes(changes)
+    if not net:
         return 0
-    await session.execute(
-        update(ComplaintStep)
-        .where(ComplaintStep.complaint_id.in_(ids))
-        .values(note=None, texts=null())
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(
-        update(Complaint)
-        .where(Complaint.id.in_(ids))
-        .values(
-            customer_id=None,
-            subject=None,
-            description=None,
-            order_id=None,
-            next_sla_check_at=None,
-            anonymised_at=at,
-            version=Complaint.version + 1,
+    erased = [(c, n.erased_at) for c, n in net.items() if n.erased_at is not None]
+    anonymised: int = (
+        await session.execute(
+            _APPLY_CUSTOMERS,
+            {
+                "ids": list(net),
+                "seen": [n.seen for n in net.values()],
+                "tiers": [n.tier.value if n.tier else None for n in net.values()],
+                "tier_as_ofs": [n.tier_as_of for n in net.values()],
+                "erased_ats": [n.erased_at for n in net.values()],
+                "erased_ids": [c for c, _ in erased],
+                "erased_at": [at for _, at in erased],
+            },
         )
-        .execution_options(synchronize_session=False)
-    )
-    log.info("complaints.anonymised", complaints=len(ids))
-    return len(ids)
+    ).scalar_one()
+    if anonymised:
+        log.info("complaints.anonymised", complaints=anonymised, customers=len(erased))
+    return anonymised

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from services.complaints import service
 from services.complaints.config import ComplaintsSettings
-from services.complaints.handlers import HANDLERS
+from services.complaints.handlers import HANDLERS, PROCESS
 from services.complaints.schemas import SlaRun
 from shared.events import registry
 from shared.runtime import ServiceRuntime
@@ -31,6 +31,6 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
     topics = sorted({registry.topic_for(t) for t in HANDLERS})
     return [
         runtime.run_relay(),
-        runtime.run_consumer(topics=topics, handlers=HANDLERS),
+        runtime.run_consumer(topics=topics, handlers=HANDLERS, process=PROCESS),
         runtime.run_periodic("sla-check", settings.sla_check_interval_seconds, sla_job(runtime)),
     ]
