@@ -171,13 +171,25 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if isinstance(sla, dict) and "evaluate_s" in sla:
         out.append(
             (
-                f"complaints SLA evaluation, {sla['open_complaints']:,} open",
+                f"complaints SLA backlog, {sla['open_complaints']:,} open",
                 _num(sla["evaluate_s"], " s", 1),
-                f"scan {_num(sla['baseline_scan_s'], ' s', 2)}; {sla['overdue']:,} overdue",
+                f"scan {_num(sla['baseline_scan_s'], ' s', 2)} "
+                f"(x{_num(sla.get('ratio_to_baseline_scan'), '', 1)}); "
+                f"{sla['overdue']:,} overdue, {_num(sla.get('escalations_per_s'), '/s')} escalated",
                 "",
                 "",
             )
         )
+        if sla.get("interval_evaluate_s") is not None:
+            out.append(
+                (
+                    "complaints SLA check, one interval later",
+                    _num(sla["interval_evaluate_s"], " s", 2),
+                    f"x{_num(sla.get('interval_ratio_to_baseline_scan'), '', 1)} of the scan",
+                    "",
+                    "",
+                )
+            )
     sweep = results.get("lifecycle")
     if isinstance(sweep, dict) and "evaluate_s" in sweep:
         out.append(
