@@ -7,7 +7,8 @@ Where things are (STYLE.md vocabulary):
   results do not depend on the sweep cadence.
 - ``service.py``: ``apply_events`` (a consumed batch: rows locked in customer-id order,
   each customer's events applied in business-time order, state upserted, history and
-  ``crm.lifecycle.stage_changed.v1`` written in the same transaction), ``evaluate`` (the time
+  ``crm.lifecycle.stage_changed.v1`` written in the same transaction; six statements per
+  batch whatever its size, bound to arrays on the asyncpg connection), ``evaluate`` (the time
   rules set-based in SQL over the stored due columns, chunked), queries, policy versions.
 - ``models.py``: ``customer_lifecycles`` (stage columns, the due columns the sweep reads through
   partial indexes, the facts as JSONB), ``stage_transitions`` (history), ``erased_customers``

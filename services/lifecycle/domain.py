@@ -67,14 +67,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
-from typing import Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -298,9 +297,92 @@ class CustomerLifecycle:
         """Latest order of any kind: a later refund does not undo what the order did then."""
         return max((o.placed_at for o in self.orders.values()), default=None)
 
+    @cached_property
+    def median_gap(self) -> float | None:
+        """Median gap in days between consecutive purchase days; None with fewer than two."""
+        days = self.purchase_days
+        if len(days) < 2:
+            return None
+        return _median_of_sorted(
+            sorted((later - earlier).days for earlier, later in itertools.pairwise(days))
+        )
+
     @property
     def open_complaints(self) -> frozenset[str]:
         return frozenset(cid for cid, c in self.complaints.items() if c.is_open)
+
+
+#: Cached facts derived from ``orders`` alone (``_relationship`` also from the policy).
+_ORDER_FACTS = (
+    "purchase_days",
+    "first_purchase_at",
+    "last_purchase_at",
+    "latest_order_at",
+    "median_gap",
+    "_relationship",
+)
+
+
+def _evolve(state: CustomerLifecycle, **changes: Any) -> CustomerLifecycle:
+    """``replace`` for changes that leave ``orders`` alone: the new state keeps the facts
+    already derived from them (each decision makes several copies; recomputing is O(orders))."""
+    evolved = replace(state, **changes)
+    derived = state.__dict__
+    for name in _ORDER_FACTS:
+        if name in derived:
+            evolved.__dict__[name] = derived[name]
+    return evolved
+
+
+def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> CustomerLifecycle:
+    """The state with an order it did not have, its derived facts updated rather than redone.
+
+    Equal to deriving them anew: the order comes last in ``orders``, and ``min``/``max`` keep
+    the first of equal values, as they do over all the orders.
+    """
+    added = replace(
+        state,
+        orders={**state.orders, order_id: order},
+        pending_refunds={k: v for k, v in state.pending_refunds.items() if k != order_id},
+    )
+    known, derived = state.__dict__, added.__dict__
+    at = order.placed_at
+    if "latest_order_at" in known:
+        latest = known["latest_order_at"]
+        derived["latest_order_at"] = at if latest is None else max(latest, at)
+    if not order.counts_as_purchase:
+        for name in ("purchase_days", "first_purchase_at", "last_purchase_at", "median_gap"):
+            if name in known:
+                derived[name] = known[name]
+        return added
+    if "purchase_days" in known:
+        days = known["purchase_days"]
+        derived["purchase_days"] = days if order.day in days else tuple(sorted((*days, order.day)))
+        if order.day in days and "median_gap" in known:
+            derived["median_gap"] = known["median_gap"]
+    if "first_purchase_at" in known:
+        first = known["first_purchase_at"]
+        derived["first_purchase_at"] = at if first is None else min(first, at)
+    if "last_purchase_at" in known:
+        last = known["last_purchase_at"]
+        derived["last_purchase_at"] = at if last is None else max(last, at)
+        relationship = known.get("_relationship")
+        if relationship is not None and last is not None and at >= last and "median_gap" in known:
+            # The walk of relationship_start with one more step: this purchase starts a new
+            # relationship iff its gap exceeds the churn threshold with the g known before it.
+            policy, start = relationship
+            gap = known["median_gap"]
+            threshold = policy.churn_after(policy.default_gap_days if gap is None else gap)
+            derived["_relationship"] = (policy, at if at - last > threshold else start)
+    return added
+
+
+def _median_of_sorted(values: list[int]) -> float:
+    """``statistics.median`` of an already sorted list, without sorting it again."""
+    middle = len(values) // 2
+    if len(values) % 2:
+        return float(values[middle])
+    return float((values[middle - 1] + values[middle]) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,11 +407,8 @@ class Decision:
 
 def median_gap_days(state: CustomerLifecycle, policy: LifecyclePolicy) -> float:
     """g: median of the gaps (days) between consecutive purchase days; default under two."""
-    days = state.purchase_days
-    if len(days) < 2:
-        return float(policy.default_gap_days)
-    gaps = [(later - earlier).days for earlier, later in itertools.pairwise(days)]
-    return float(statistics.median(gaps))
+    gap = state.median_gap
+    return float(policy.default_gap_days) if gap is None else gap
 
 
 def relationship_start(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime | None:
@@ -337,14 +416,25 @@ def relationship_start(state: CustomerLifecycle, policy: LifecyclePolicy) -> dat
 
     Walks the purchases in business time: a gap longer than the churn threshold with the g
     known at that point is exactly where in-order processing churned the customer (the sweep
-    before that purchase fires), so the purchase after it was a winback.
+    before that purchase fires), so the purchase after it was a winback. Cached on the state
+    for the policy it was computed with.
     """
+    cached = state.__dict__.get("_relationship")
+    if cached is not None and cached[0] is policy:
+        start: datetime | None = cached[1]
+        return start
+    start = _relationship_start(state, policy)
+    state.__dict__["_relationship"] = (policy, start)
+    return start
+
+
+def _relationship_start(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime | None:
     times = sorted(o.placed_at for o in state.orders.values() if o.counts_as_purchase)
     if not times:
         return None
     start, gaps, last_day = times[0], list[int](), times[0].astimezone(UTC).date()
     for previous, current in itertools.pairwise(times):
-        gap = float(statistics.median(gaps)) if gaps else float(policy.default_gap_days)
+        gap = _median_of_sorted(gaps) if gaps else float(policy.default_gap_days)
         if current - previous > policy.churn_after(gap):
             start = current
         current_day = current.astimezone(UTC).date()
@@ -435,7 +525,7 @@ def _move(
     if at < state.since:
         raise ForbiddenTransitionError(f"change at {at} before the stage began at {state.since}")
     entering_decline = to_stage is Stage.DECLINE
-    moved = replace(
+    moved = _evolve(
         state,
         stage=to_stage,
         since=at,
@@ -458,7 +548,7 @@ def on_registered(state: CustomerLifecycle | None, *, at: datetime) -> Decision:
     """(none) -> prospect. For a known customer only moves ``registered_at`` earlier."""
     _require_aware(at)
     if state is not None:
-        return Decision(replace(state, registered_at=min(state.registered_at, at)))
+        return Decision(_evolve(state, registered_at=min(state.registered_at, at)))
     prospect = CustomerLifecycle(
         stage=Stage.PROSPECT, since=at, reason=Reason.REGISTERED, registered_at=at
     )
@@ -511,11 +601,7 @@ def on_purchase(
         return Decision(state)
     current, changes = _enter(state, policy, at)
     order = Order(at, amount, current.pending_refunds.get(order_id, Decimal(0)))
-    current = replace(
-        current,
-        orders={**current.orders, order_id: order},
-        pending_refunds={k: v for k, v in current.pending_refunds.items() if k != order_id},
-    )
+    current = _with_new_order(current, order_id, order)
     if order.counts_as_purchase:
         current, moved = _apply_purchase(current, policy, at)
         changes += moved
@@ -547,7 +633,7 @@ def _apply_purchase(
             # The purchase is older than complaints still in force: the decline stands.
             before = state.stage_before_decline
             upgraded = Stage.MATURE if before is Stage.GROWTH and established else before
-            return replace(state, decline_causes=held, stage_before_decline=upgraded), []
+            return _evolve(state, decline_causes=held, stage_before_decline=upgraded), []
     elif state.stage is Stage.DECLINE and _lapse_threshold_at(state, policy) > state.since:
         # Lapsing: with this purchase known, the lapse had not happened by its date.
         move(target, Reason.REACTIVATED)
@@ -570,7 +656,7 @@ def _apply_purchase(
                 Trigger.COMPLAINT_OPENED,
                 max(state.since, first_opened),
             )
-            state = replace(state, decline_causes=held)
+            state = _evolve(state, decline_causes=held)
             changes.append(change)
     return state, changes
 
@@ -636,7 +722,7 @@ def on_refund(
     order = current.orders.get(order_id)
     if order is None:
         pending = max(current.pending_refunds.get(order_id, Decimal(0)), refunded_total)
-        current = replace(current, pending_refunds={**current.pending_refunds, order_id: pending})
+        current = _evolve(current, pending_refunds={**current.pending_refunds, order_id: pending})
     else:
         refunded = replace(order, refunded=max(order.refunded, refunded_total))
         current = replace(current, orders={**current.orders, order_id: refunded})
@@ -663,7 +749,7 @@ def on_complaint_opened(
         return Decision(state)
     current, changes = _enter(state, policy, at)
     complaint = Complaint(severity=severity, opened_at=at, is_open=True)
-    current = replace(current, complaints={**current.complaints, complaint_id: complaint})
+    current = _evolve(current, complaints={**current.complaints, complaint_id: complaint})
     current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_OPENED)
     return Decision(current, tuple(changes + moved))
 
@@ -687,7 +773,7 @@ def on_complaint_reopened(
     complaint = Complaint(
         severity=severity or (known.severity if known else None), opened_at=at, is_open=True
     )
-    current = replace(current, complaints={**current.complaints, complaint_id: complaint})
+    current = _evolve(current, complaints={**current.complaints, complaint_id: complaint})
     current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_REOPENED)
     return Decision(current, tuple(changes + moved))
 
@@ -707,9 +793,9 @@ def _apply_complaint(
         return state, []  # in order, that later purchase would already have ended this decline
     if state.stage in (Stage.GROWTH, Stage.MATURE):
         moved, change = _move(state, Stage.DECLINE, Reason.COMPLAINT, trigger, max(at, state.since))
-        return replace(moved, decline_causes=frozenset({complaint_id})), [change]
+        return _evolve(moved, decline_causes=frozenset({complaint_id})), [change]
     if state.stage is Stage.DECLINE and state.reason is Reason.COMPLAINT:
-        return replace(state, decline_causes=state.decline_causes | {complaint_id}), []
+        return _evolve(state, decline_causes=state.decline_causes | {complaint_id}), []
     return state, []
 
 
@@ -734,7 +820,7 @@ def on_complaint_closed(
         if known is not None
         else Complaint(severity=None, opened_at=at, is_open=False, satisfaction=satisfaction)
     )
-    current = replace(current, complaints={**current.complaints, complaint_id: closed})
+    current = _evolve(current, complaints={**current.complaints, complaint_id: closed})
     if not _recovered(current, policy, complaint_id):
         return Decision(current, tuple(changes))
     before = current.stage_before_decline

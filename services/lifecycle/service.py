@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol
 
-from sqlalchemy import Table, delete, func, insert, select, text
+import asyncpg
+import orjson
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,7 +54,7 @@ from services.lifecycle.schemas import (
     StageCount,
     TransitionRead,
 )
-from shared.db import SessionFactory, transaction
+from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
@@ -196,14 +198,24 @@ async def policy_versions(
 # --- state <-> row -----------------------------------------------------------------------------
 
 
-def _to_state(row: Any) -> CustomerLifecycle:
-    facts = row.facts
+class _Row(Protocol):
+    """A row read by column name: an asyncpg Record, a SQLAlchemy RowMapping or a dict."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+def _to_state(row: _Row) -> CustomerLifecycle:
+    """The domain state of a ``customer_lifecycles`` row (``facts`` as JSON text or decoded)."""
+    facts = row["facts"]
+    if isinstance(facts, str | bytes):
+        facts = orjson.loads(facts)
+    before = row["stage_before_decline"]
     return CustomerLifecycle(
-        stage=Stage(row.stage),
-        since=row.since,
-        reason=Reason(row.reason),
-        registered_at=row.registered_at,
-        stage_before_decline=Stage(row.stage_before_decline) if row.stage_before_decline else None,
+        stage=Stage(row["stage"]),
+        since=row["since"],
+        reason=Reason(row["reason"]),
+        registered_at=row["registered_at"],
+        stage_before_decline=Stage(before) if before else None,
         orders={
             order_id: Order(datetime.fromisoformat(at), Decimal(amount), Decimal(refunded))
             for order_id, (at, amount, refunded) in facts.get("orders", {}).items()
@@ -220,14 +232,35 @@ def _to_state(row: Any) -> CustomerLifecycle:
                 "complaints", {}
             ).items()
         },
-        decline_causes=frozenset(row.decline_causes or ()),
+        decline_causes=frozenset(row["decline_causes"] or ()),
     )
 
 
 def _to_row(
     customer_id: uuid.UUID, state: CustomerLifecycle, policy: LifecyclePolicy
 ) -> dict[str, Any]:
-    decline_due, churn_due = domain.due_times(state, policy)
+    """The ``customer_lifecycles`` columns of a state (``facts`` as JSON text)."""
+    idle_from = domain.idle_since(state)
+    gap_days = domain.median_gap_days(state, policy)
+    decline_due, churn_due = domain.due_times_for(
+        stage=state.stage, since=state.since, idle_from=idle_from, gap_days=gap_days, policy=policy
+    )
+    facts = {
+        "orders": {
+            order_id: [o.placed_at.isoformat(), str(o.amount), str(o.refunded)]
+            for order_id, o in state.orders.items()
+        },
+        "pending_refunds": {k: str(v) for k, v in state.pending_refunds.items()},
+        "complaints": {
+            complaint_id: [
+                c.severity.value if c.severity else None,
+                c.opened_at.isoformat(),
+                c.is_open,
+                c.satisfaction,
+            ]
+            for complaint_id, c in state.complaints.items()
+        },
+    }
     return {
         "customer_id": customer_id,
         "stage": state.stage.value,
@@ -238,26 +271,11 @@ def _to_row(
         if state.stage_before_decline
         else None,
         "decline_causes": sorted(state.decline_causes),
-        "idle_since": domain.idle_since(state),
-        "gap_days": domain.median_gap_days(state, policy),
+        "idle_since": idle_from,
+        "gap_days": gap_days,
         "decline_due_at": decline_due,
         "churn_due_at": churn_due,
-        "facts": {
-            "orders": {
-                order_id: [o.placed_at.isoformat(), str(o.amount), str(o.refunded)]
-                for order_id, o in state.orders.items()
-            },
-            "pending_refunds": {k: str(v) for k, v in state.pending_refunds.items()},
-            "complaints": {
-                complaint_id: [
-                    c.severity.value if c.severity else None,
-                    c.opened_at.isoformat(),
-                    c.is_open,
-                    c.satisfaction,
-                ]
-                for complaint_id, c in state.complaints.items()
-            },
-        },
+        "facts": orjson.dumps(facts).decode(),
     }
 
 
@@ -349,28 +367,21 @@ async def apply_events(
 
     Each customer's events are applied in business-time order (stable for equal times),
     which puts the two topics a batch may mix (purchases, complaints) back in order.
+
+    A fixed number of statements whatever the batch size, each bound to arrays on the driver
+    connection (no per-row statements, no SQLAlchemy compilation): the policy, the tombstones,
+    the rows (locked), one upsert of the changed rows, one insert of the history.
     """
     by_customer: dict[uuid.UUID, list[CloudEvent[Any]]] = defaultdict(list)
     for event in events:
         by_customer[event.data.customer_id].append(event)
     ids = sorted(by_customer)
-    policy = (await policy_in_force(session)).policy
-    erased = set(
-        (
-            await session.execute(
-                select(ErasedCustomer.customer_id).where(ErasedCustomer.customer_id.in_(ids))
-            )
-        ).scalars()
-    )
-    rows = (
-        await session.execute(
-            select(CustomerLifecycleRow.__table__)
-            .where(CustomerLifecycleRow.customer_id.in_(ids))
-            .order_by(CustomerLifecycleRow.customer_id)
-            .with_for_update()
-        )
-    ).all()
-    states: dict[uuid.UUID, CustomerLifecycle] = {r.customer_id: _to_state(r) for r in rows}
+    # Through the session first: it begins the transaction the driver statements then join.
+    await session.execute(_SHARED_POLICY_LOCK)
+    db = await driver_connection(session)
+    policy = _policy_of(await db.fetchval(_POLICY_SQL))
+    erased = {r["customer_id"] for r in await db.fetch(_ERASED_SQL, ids)}
+    states = {r["customer_id"]: _to_state(r) for r in await db.fetch(_LOCK_ROWS_SQL, ids)}
 
     to_erase: dict[uuid.UUID, datetime] = {}
     changed: dict[uuid.UUID, CustomerLifecycle] = {}
@@ -397,16 +408,30 @@ async def apply_events(
     if to_erase:
         await _erase(session, to_erase)
     if changed:
-        # executemany: one cached statement whatever the batch size
-        await session.execute(
-            _UPSERT, [_to_row(cid, state, policy) for cid, state in changed.items()]
+        rows = [_to_row(cid, state, policy) for cid, state in changed.items()]
+        await db.execute(
+            _UPSERT_SQL,
+            *(
+                [_text_array(row[c]) for row in rows]
+                if c == "decline_causes"
+                else [row[c] for row in rows]
+                for c in _ROW_COLUMNS
+            ),
         )
-    return await _record(session, recorded)
+    return await _record(db, recorded)
 
 
-_LIFECYCLES = cast(Table, CustomerLifecycleRow.__table__)
-_TRANSITIONS = cast(Table, StageTransition.__table__)
+_SHARED_POLICY_LOCK = text(_POLICY_LOCK.format(mode="_shared"))
+_POLICY_SQL = "SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 1"
+_ERASED_SQL = "SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])"
+_LOCK_ROWS_SQL = (
+    "SELECT customer_id, stage, since, reason, registered_at, stage_before_decline, "
+    "decline_causes, facts::text AS facts FROM customer_lifecycles "
+    "WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id FOR UPDATE"
+)
+# The columns _to_row gives, in the order of the upsert's arrays.
 _ROW_COLUMNS = (
+    "customer_id",
     "stage",
     "since",
     "reason",
@@ -419,12 +444,47 @@ _ROW_COLUMNS = (
     "churn_due_at",
     "facts",
 )
-_INSERT_ROW = pg_insert(_LIFECYCLES)
-_UPSERT = _INSERT_ROW.on_conflict_do_update(
-    index_elements=[_LIFECYCLES.c.customer_id],
-    set_={column: _INSERT_ROW.excluded[column] for column in _ROW_COLUMNS}
-    | {"updated_at": func.now()},
-)
+_UPSERT_SQL = """
+INSERT INTO customer_lifecycles AS c (customer_id, stage, since, reason, registered_at,
+    stage_before_decline, decline_causes, idle_since, gap_days, decline_due_at, churn_due_at,
+    facts, updated_at)
+SELECT u.customer_id, u.stage, u.since, u.reason, u.registered_at, u.stage_before_decline,
+    CAST(u.decline_causes AS varchar(100)[]), u.idle_since, u.gap_days, u.decline_due_at,
+    u.churn_due_at, CAST(u.facts AS jsonb), now()
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
+    $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::timestamptz[],
+    $11::timestamptz[], $12::text[])
+    AS u(customer_id, stage, since, reason, registered_at, stage_before_decline, decline_causes,
+        idle_since, gap_days, decline_due_at, churn_due_at, facts)
+ON CONFLICT (customer_id) DO UPDATE SET
+    stage = EXCLUDED.stage, since = EXCLUDED.since, reason = EXCLUDED.reason,
+    registered_at = EXCLUDED.registered_at, stage_before_decline = EXCLUDED.stage_before_decline,
+    decline_causes = EXCLUDED.decline_causes, idle_since = EXCLUDED.idle_since,
+    gap_days = EXCLUDED.gap_days, decline_due_at = EXCLUDED.decline_due_at,
+    churn_due_at = EXCLUDED.churn_due_at, facts = EXCLUDED.facts, updated_at = now()
+"""
+# WITH ORDINALITY: identities follow the order of the changes (history reads by (at, id)).
+_HISTORY_SQL = """
+INSERT INTO stage_transitions (customer_id, from_stage, to_stage, reason, trigger, at,
+    causing_event_id, evaluation_run_id, event_id)
+SELECT customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
+    evaluation_run_id, event_id
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+    $7::uuid[], $8::uuid[], $9::uuid[]) WITH ORDINALITY
+    AS t(customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
+        evaluation_run_id, event_id, n)
+ORDER BY n
+"""
+
+
+def _policy_of(stored: str | None) -> LifecyclePolicy:
+    return LifecyclePolicy() if stored is None else LifecyclePolicy.model_validate_json(stored)
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal (a ragged list of lists cannot be bound as an array)."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 async def _erase(session: AsyncSession, erased: Mapping[uuid.UUID, datetime]) -> None:
@@ -446,44 +506,43 @@ async def _erase(session: AsyncSession, erased: Mapping[uuid.UUID, datetime]) ->
 _StageChangedEvent = CloudEvent[p.StageChanged]
 
 
-async def _record(session: AsyncSession, recorded: Iterable[_Recorded]) -> list[CloudEvent[Any]]:
-    """Store each change in the history and return its ``stage_changed`` event."""
-    events: list[CloudEvent[Any]] = []
-    history: list[dict[str, Any]] = []
-    for r in recorded:
-        change = r.change
-        event = _StageChangedEvent(
-            id=uuid.uuid4(),
-            source=SOURCE,
-            type=ev.STAGE_CHANGED,
-            subject=str(r.customer_id),
-            time=change.at,
-            data=p.StageChanged(
-                customer_id=r.customer_id,
-                from_stage=p.Stage(change.from_stage) if change.from_stage else None,
-                to_stage=p.Stage(change.to_stage),
-                reason=change.reason.value,
-                causing_event_id=r.causing_event_id,
-                evaluation_run_id=r.evaluation_run_id,
-            ),
-        )
-        events.append(event)
-        history.append(
-            {
-                "customer_id": r.customer_id,
-                "from_stage": change.from_stage.value if change.from_stage else None,
-                "to_stage": change.to_stage.value,
-                "reason": change.reason.value,
-                "trigger": change.trigger.value,
-                "at": change.at,
-                "causing_event_id": r.causing_event_id,
-                "evaluation_run_id": r.evaluation_run_id,
-                "event_id": event.id,
-            }
-        )
-    if history:
-        await session.execute(insert(_TRANSITIONS), history)
-    return events
+def _stage_changed(r: _Recorded, event_id: uuid.UUID) -> CloudEvent[p.StageChanged]:
+    change = r.change
+    return _StageChangedEvent(
+        id=event_id,
+        source=SOURCE,
+        type=ev.STAGE_CHANGED,
+        subject=str(r.customer_id),
+        time=change.at,
+        data=p.StageChanged(
+            customer_id=r.customer_id,
+            from_stage=p.Stage(change.from_stage) if change.from_stage else None,
+            to_stage=p.Stage(change.to_stage),
+            reason=change.reason.value,
+            causing_event_id=r.causing_event_id,
+            evaluation_run_id=r.evaluation_run_id,
+        ),
+    )
+
+
+async def _record(db: asyncpg.Connection, recorded: Sequence[_Recorded]) -> list[CloudEvent[Any]]:
+    """Store each change in the history (one statement) and return its ``stage_changed`` event."""
+    if not recorded:
+        return []
+    event_ids = [uuid.uuid4() for _ in recorded]
+    await db.execute(
+        _HISTORY_SQL,
+        [r.customer_id for r in recorded],
+        [r.change.from_stage.value if r.change.from_stage else None for r in recorded],
+        [r.change.to_stage.value for r in recorded],
+        [r.change.reason.value for r in recorded],
+        [r.change.trigger.value for r in recorded],
+        [r.change.at for r in recorded],
+        [r.causing_event_id for r in recorded],
+        [r.evaluation_run_id for r in recorded],
+        event_ids,
+    )
+    return [_stage_changed(r, event_id) for r, event_id in zip(recorded, event_ids, strict=True)]
 
 
 # --- the time rules, set-based ------------------------------------------------------------------
@@ -681,7 +740,7 @@ async def customer_lifecycle(
     ).one_or_none()
     if row is None:
         raise NotFound(f"No lifecycle for customer {customer_id}")
-    state = _to_state(row)
+    state = _to_state(row._mapping)
     history = (
         await session.execute(
             select(StageTransition)

@@ -1,8 +1,9 @@
 """A customer's journey across the four running services, read through profile's 360 view.
 
-Register, buy twice, complain: after each step the 360 view (served by profile from its own
-projections of lifecycle, scoring and complaint events) reflects the stage, the tier and the
-complaint within a second. Polling with a deadline: a functional check of the event flow, not a
+Register, buy twice, complain, close the complaint satisfied: after each step the 360 view (served
+by profile from its own projections of lifecycle, scoring and complaint events) reflects the
+stage, the tier and the complaint within a second; the closure also shows as service recovery in
+lifecycle's own API and as satisfaction in scoring's loyalty. Polling with a deadline: a functional check of the event flow, not a
 performance measurement.
 """
 
@@ -177,3 +178,92 @@ def test_register_buy_complain_is_reflected_in_the_360_view(platform: Platform) 
         assert body["lifecycle"]["reason"] == "complaint"
         assert body["value"]["tier"] is not None
         print(f"complaint -> 360 open complaint, stage decline in {took * 1000:.0f} ms")
+
+        # 5. scoring counted the open complaint: unknown satisfaction (50) less the open penalty
+        def value() -> httpx.Response:
+            return http.get(scoring_url, headers=headers)
+
+        scored_open, _ = within(
+            DEADLINE,
+            value,
+            lambda v: v["aggregates"]["open_complaints"] == 1 and v["loyalty"] is not None,
+        )
+        assert scored_open["loyalty"]["satisfaction"] == 50.0
+        attitudinal_open = scored_open["loyalty"]["attitudinal"]
+        assert attitudinal_open < 50.0  # the open-complaint penalty
+
+        # 6. the complaint through its workflow to closed with satisfaction 5
+        policy = http.get(f"{complaints}/v1/complaints/policy", headers=headers)
+        assert policy.status_code == 200, policy.text
+        root_cause = policy.json()["root_causes"][0]
+        steps: list[tuple[str, dict[str, Any]]] = [
+            ("acknowledge", {"message": "Sorry about the boots, we are on it."}),
+            ("investigate", {}),
+            ("propose", {"proposed_resolution": "A new pair, shipped today."}),
+            (
+                "resolve",
+                {
+                    "root_cause": root_cause,
+                    "root_cause_detail": "Sole glued badly in one batch.",
+                    "resolution": "Replacement pair delivered.",
+                },
+            ),
+            ("close", {"satisfaction": 5, "feedback": "Quick and kind, thank you."}),
+        ]
+        for step, step_body in steps:
+            moved = http.post(
+                f"{complaints}/v1/complaints/{complaint_id}/{step}", json=step_body, headers=headers
+            )
+            assert moved.status_code == 200, (step, moved.status_code, moved.text)
+        closed = moved.json()
+        assert (closed["status"], closed["satisfaction"]) == ("closed", 5)
+
+        # 7. DOMAIN.md §1: every complaint that caused the decline closed with satisfaction >= 4
+        #    -> back to the stage before (growth), reason service_recovery; no open complaint
+        body, took = within(
+            DEADLINE,
+            view,
+            lambda b: (
+                b["complaints"]["open_count"] == 0
+                and (b["lifecycle"] or {}).get("reason") == "service_recovery"
+            ),
+            parts={
+                "complaint closed": lambda b: b["complaints"]["open_count"] == 0,
+                "service recovery": lambda b: (
+                    (b["lifecycle"] or {}).get("reason") == "service_recovery"
+                ),
+            },
+        )
+        assert body["complaints"]["open"] == [] and not body["complaints"]["sla_breached"]
+        assert body["lifecycle"]["stage"] == "growth"
+        print(f"closure -> 360 no open complaint, stage growth in {took * 1000:.0f} ms")
+
+        lifecycle = http.get(
+            f"{platform.url('lifecycle')}/v1/customers/{customer_id}/lifecycle", headers=headers
+        )
+        assert lifecycle.status_code == 200, lifecycle.text
+        stages = lifecycle.json()
+        assert (stages["stage"], stages["reason"]) == ("growth", "service_recovery")
+        assert stages["open_complaints"] == [] and stages["decline_causes"] == []
+        assert stages["stage_before_decline"] is None
+        assert [(t["from_stage"], t["to_stage"], t["reason"]) for t in stages["history"]] == [
+            (None, "prospect", "registered"),
+            ("prospect", "growth", "first_purchase"),
+            ("growth", "decline", "complaint"),
+            ("decline", "growth", "service_recovery"),
+        ]
+        assert stages["history"][-1]["trigger"] == "complaint_closed"
+
+        # 8. scoring: the closed complaint's CSAT 5 -> satisfaction 100, no open-complaint penalty
+        scored, took = within(
+            DEADLINE,
+            value,
+            lambda v: (
+                v["aggregates"]["open_complaints"] == 0
+                and v["aggregates"]["closed_complaints_with_csat"] == 1
+            ),
+        )
+        assert scored["aggregates"]["mean_csat"] == 5.0
+        assert scored["loyalty"]["satisfaction"] == 100.0
+        assert scored["loyalty"]["attitudinal"] == 100.0 > attitudinal_open
+        print(f"closure -> scoring satisfaction 100, attitudinal 100 in {took * 1000:.0f} ms")

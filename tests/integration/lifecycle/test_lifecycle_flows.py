@@ -367,7 +367,9 @@ async def test_the_sql_sweep_moves_exactly_what_the_pure_rules_move(lifecycle: L
     expected = {
         row.customer_id: [
             (c.from_stage.value if c.from_stage else None, c.to_stage.value, c.reason.value, c.at)
-            for c in domain.evaluate(service._to_state(row), LifecyclePolicy(), as_of=as_of).changes
+            for c in domain.evaluate(
+                service._to_state(row._mapping), LifecyclePolicy(), as_of=as_of
+            ).changes
         ]
         for row in rows
     }

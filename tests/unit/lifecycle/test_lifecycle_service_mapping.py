@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
 from typing import Any
 
 from services.lifecycle import domain as d
@@ -151,7 +150,7 @@ def test_a_state_survives_its_row() -> None:
     assert (state.stage, state.decline_causes) == (Stage.DECLINE, frozenset({"c1"}))
 
     row = service._to_row(CUSTOMER, state, POLICY)
-    assert service._to_state(SimpleNamespace(**row)) == state
+    assert service._to_state(row) == state
     assert (row["decline_due_at"], row["churn_due_at"]) == d.due_times(state, POLICY)
     assert row["idle_since"] == day(5)
     assert row["gap_days"] == 5.0
