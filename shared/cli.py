@@ -6,6 +6,7 @@ This is the composition root: it may import every service (lazily); services nev
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import os
@@ -64,6 +65,9 @@ def serve(
     chosen = Role(role)
     module = importlib.import_module(f"services.{service}.main")
     application = module.create_app(role=chosen)
+    # Everything imported so far lives as long as the process: keep it out of the cyclic GC's
+    # scans (they cost a consumer about a fifth of its CPU per event).
+    gc.freeze()
     uvicorn.run(
         application,
         host=host,

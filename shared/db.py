@@ -56,19 +56,18 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def driver_connection(session: AsyncSession, *, begun: bool = True) -> asyncpg.Connection:
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under the session's transaction, for array-bound bulk SQL and COPY.
 
-    SQLAlchemy begins the driver-level transaction on the session's first statement: pass
-    `begun=False` when nothing ran yet, so a statement starts it (raw statements would otherwise
-    run outside it, their locks released at once).
+    SQLAlchemy begins the driver-level transaction on the session's first statement; when none
+    ran yet, one does here (raw statements would otherwise run outside it, committed at once).
     """
     connection = await session.connection()
-    if not begun:
-        await connection.execute(text("SELECT 1"))
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert isinstance(driver, asyncpg.Connection)
+    if not driver.is_in_transaction():
+        await connection.execute(text("SELECT 1"))
     return driver
 
 

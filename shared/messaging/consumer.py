@@ -32,7 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import SessionFactory
+from shared.db import SessionFactory, driver_connection
 from shared.events import CloudEvent, EnvelopeError, parse
 from shared.events import topics as topic_names
 from shared.messaging.kafka import producer_is_broken, stop_producer
@@ -268,13 +268,18 @@ class ConsumerRunner:
     async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:
         events = [m.event for m in wanted if m.event is not None]
         await self._lock(session, [e.subject for e in events])
-        stmt = (
-            pg_insert(self.tables.inbox)
-            .values([{"event_id": e.id, "event_type": e.type} for e in events])
-            .on_conflict_do_nothing()
-            .returning(self.tables.inbox.c.event_id)
-        )
-        fresh = set((await session.execute(stmt)).scalars())
+        # One array-bound statement, prepared once whatever the batch size.
+        db = await driver_connection(session)
+        fresh = {
+            row[0]
+            for row in await db.fetch(
+                f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
+                "SELECT * FROM unnest($1::uuid[], $2::text[]) "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                [e.id for e in events],
+                [e.type for e in events],
+            )
+        }
         new_events = [e for e in events if e.id in fresh]
         for e in events:
             if e.id not in fresh:

@@ -18,9 +18,10 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import driver_connection
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.events.registry import topic_for
 from shared.messaging.kafka import producer_is_broken, stop_producer
@@ -52,28 +53,32 @@ async def lock_customers(session: AsyncSession, customer_ids: Iterable[object]) 
     )
 
 
+_OUTBOX_INSERT = (
+    "INSERT INTO {table} (event_id, event_type, topic, key, payload) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+)
+
+
 async def add_events(
     session: AsyncSession, tables: MessagingTables, events: Sequence[CloudEvent[Any]]
 ) -> None:
-    """Write events to the outbox in the caller's transaction (one INSERT for many)."""
+    """Write events to the outbox in the caller's transaction: one array-bound INSERT (the same
+    prepared statement whatever the count), COPY for big batches."""
     if not events:
         return
     rows = [(e.id, e.type, topic_for(e.type), e.subject, e.to_bytes()) for e in events]
+    raw = await driver_connection(session)
     if len(rows) >= COPY_THRESHOLD:
         # Big batches (a recompute re-scoring everyone) go through COPY on the same connection,
         # inside the same transaction; COPY fires the NOTIFY trigger like INSERT does.
-        connection = await session.connection()
-        raw = await connection.get_raw_connection()
-        await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-            "outbox", records=rows, columns=["event_id", "event_type", "topic", "key", "payload"]
+        await raw.copy_records_to_table(
+            tables.outbox.name,
+            records=rows,
+            columns=["event_id", "event_type", "topic", "key", "payload"],
         )
         return
-    await session.execute(
-        insert(tables.outbox),
-        [
-            {"event_id": r[0], "event_type": r[1], "topic": r[2], "key": r[3], "payload": r[4]}
-            for r in rows
-        ],
+    await raw.execute(
+        _OUTBOX_INSERT.format(table=tables.outbox.name), *(list(c) for c in zip(*rows, strict=True))
     )
 
 
