@@ -134,3 +134,20 @@ async def test_recompute_is_safe_while_events_keep_arriving(scoring: Scoring) ->
         ).scalar_one()
     assert unit == "week"
     await scoring.recompute(as_of=T0)
+
+
+async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring) -> None:
+    first = await scoring.recompute(as_of=T0)
+    again = await scoring.recompute(as_of=T0)
+
+    # Same ledgers, same as_of: the same fit and scores, so no event; every value rewritten.
+    assert again["events_published"] == 0
+    assert again["customers_scored"] == first["customers_scored"] >= len(scoring.population)
+    rows = await scoring.sql(
+        "SELECT cv.model_version, c ->> 'run_id' FROM customer_values cv "
+        "CROSS JOIN LATERAL jsonb_array_elements(cv.pending_causes) AS c "
+        "WHERE c ->> 'type' = 'recompute'"
+    )
+    # The explanation keeps the latest recompute among the causes, not one per run.
+    assert len(rows) == first["customers_scored"]
+    assert {(version, run) for version, run in rows} == {(again["model_version"], again["id"])}
