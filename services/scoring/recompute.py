@@ -49,7 +49,7 @@ from services.scoring.domain import (
 )
 from services.scoring.domain._arrays import IntArray
 from services.scoring.facts import Facts, load_facts, raw_connection
-from services.scoring.models import CustomerValue, ModelVersion, RecomputeRun
+from services.scoring.models import ModelVersion, RecomputeRun
 from services.scoring.service import (
     CurrentModel,
     calibration_and_clv,
@@ -252,7 +252,7 @@ async def run_recompute(
         await _progress(sessions, run_id, phase="writing values", model_version=version)
 
         with _timed(timings, "write_values"):
-            written, published = await _write_population(
+            written, published, left_behind = await _write_population(
                 sessions,
                 run_id,
                 facts,
@@ -265,7 +265,7 @@ async def run_recompute(
             )
         with _timed(timings, "catch_up"):
             caught_up, caught_up_published = await _catch_up(
-                sessions, version=version, settings=settings, as_of=as_of
+                sessions, left_behind, settings=settings, as_of=as_of
             )
         await _progress(
             sessions,
@@ -336,7 +336,8 @@ async def _publish_model(
 
 def page_chunks(page: IntArray, size: int) -> list[tuple[IntArray, tuple[int, int]]]:
     """Positions grouped in chunks of about `size` customers whose value rows lie on
-    consecutive heap pages (first, last), a page never split.
+    consecutive heap pages (first, last), a page never split; the ranges follow each other
+    from page 0, so together they cover every page up to the last row's.
 
     Customer ids are random with respect to where rows lie, so chunks of consecutive ids would
     each touch most pages of the table, and each page would be read and dirtied once per chunk;
@@ -345,12 +346,13 @@ def page_chunks(page: IntArray, size: int) -> list[tuple[IntArray, tuple[int, in
     order = np.argsort(page, kind="stable")
     pages = page[order]
     chunks = []
-    start = 0
+    start, first_page = 0, 0
     while start < len(order):
         stop = min(start + size, len(order))
         stop = int(np.searchsorted(pages, pages[stop - 1], side="right"))
-        chunks.append((order[start:stop], (int(pages[start]), int(pages[stop - 1]))))
-        start = stop
+        last_page = int(pages[stop - 1])
+        chunks.append((order[start:stop], (first_page, last_page)))
+        start, first_page = stop, last_page + 1
     return chunks
 
 
@@ -365,16 +367,19 @@ async def _write_population(
     settings: ScoringSettings,
     as_of: datetime,
     timings: dict[str, float],
-) -> tuple[int, int]:
-    """Write every chunk, `settings.recompute_writers` at a time on as many connections.
+) -> tuple[int, int, list[uuid.UUID]]:
+    """Write every chunk, `settings.recompute_writers` at a time on as many connections, and
+    return the customers written, the events and the customers left on another model.
 
     Chunks hold disjoint customers and pages, so writers never wait for each other's rows;
     while one waits for PostgreSQL another prepares its chunk or its events. The seconds of
     the phases inside (write_stage, write_update, ...) add up over the writers.
     """
     cause = [{"type": "recompute", "run_id": str(run_id), "time": as_of.isoformat()}]
-    chunks = iter(page_chunks(facts.page, settings.recompute_chunk_size))
+    planned = page_chunks(facts.page, settings.recompute_chunk_size)
+    chunks = iter(planned)
     done = {"values": 0, "events": 0}
+    left_behind: list[uuid.UUID] = []
 
     async def write(rows: IntArray, pages: tuple[int, int]) -> None:
         async with transaction(sessions) as session:
@@ -397,6 +402,7 @@ async def _write_population(
             )
             with _timed(timings, "write_outbox"):
                 await add_to_outbox(connection, result.events)
+            left_behind.extend(await _left_behind(connection, version, *pages))
             done["values"] += result.values
             done["events"] += len(result.events)
             await session.execute(
@@ -424,7 +430,13 @@ async def _write_population(
                 writers.create_task(writer())
     except ExceptionGroup as group:
         raise group.exceptions[0] from group
-    return done["values"], done["events"]
+    # Pages added to the table since the facts were read (rows inserted meanwhile).
+    async with transaction(sessions) as session:
+        connection = await raw_connection(session)
+        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        tail = planned[-1][1][1] + 1 if planned else 0
+        left_behind.extend(await _left_behind(connection, version, tail, None))
+    return done["values"], done["events"], left_behind
 
 
 def _is_deadlock(exc: BaseException) -> bool:
@@ -433,28 +445,42 @@ def _is_deadlock(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.DeadlockDetectedError)
 
 
+# Rows of the pages first .. last (None: to the end) still on another model than $1: their
+# facts moved after they were read, or they were created meanwhile.
+_LEFT_BEHIND = (
+    "SELECT customer_id FROM customer_values cv WHERE cv.model_version IS DISTINCT FROM $1 "
+    "AND cv.ctid >= format('(%s,0)', $2::int8)::tid "
+    "AND ($3::int8 IS NULL OR cv.ctid < format('(%s,0)', $3::int8 + 1)::tid)"
+)
+
+
+async def _left_behind(
+    connection: asyncpg.Connection, version: str, first_page: int, last_page: int | None
+) -> list[uuid.UUID]:
+    """Customers on these heap pages not on `version` (after the chunk's own UPDATE).
+
+    The chunks' page ranges and the tail after them cover the whole table, so together these
+    find everyone the chunks could not write, without scanning the table once more.
+    """
+    rows = await connection.fetch(_LEFT_BEHIND, version, first_page, last_page)
+    return [row["customer_id"] for row in rows]
+
+
 async def _catch_up(
-    sessions: SessionFactory, *, version: str, settings: ScoringSettings, as_of: datetime
+    sessions: SessionFactory,
+    customers: list[uuid.UUID],
+    *,
+    settings: ScoringSettings,
+    as_of: datetime,
 ) -> tuple[int, int]:
-    """Re-score, with the new model, customers written meanwhile with another one."""
+    """Re-score, with the new model (now current), the customers the chunks left behind."""
     scored = published = 0
-    for _ in range(10_000):  # bounded: each round moves up to a chunk of customers to `version`
+    ids = sorted(set(customers))
+    for start in range(0, len(ids), settings.recompute_chunk_size):
         async with transaction(sessions) as session:
-            ids = list(
-                (
-                    await session.execute(
-                        select(CustomerValue.customer_id)
-                        .where(CustomerValue.model_version.is_distinct_from(version))
-                        .order_by(CustomerValue.customer_id)
-                        .limit(settings.recompute_chunk_size)
-                    )
-                ).scalars()
-            )
-            if not ids:
-                break
             result = await rescore(
                 session,
-                dict.fromkeys(ids),
+                dict.fromkeys(ids[start : start + settings.recompute_chunk_size]),
                 causes={},
                 settings=settings,
                 facts_changed=False,

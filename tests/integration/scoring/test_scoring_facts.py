@@ -103,7 +103,9 @@ LEFT JOIN complaint_state c ON c.customer_id = t.customer_id
 LEFT JOIN referred r ON r.customer_id = t.customer_id
 ORDER BY t.customer_id
 """
-_EVERYONE = "SELECT customer_id, CAST(:as_of AS timestamptz) AS as_of, facts_version FROM customer_values"
+_EVERYONE = (
+    "SELECT customer_id, CAST(:as_of AS timestamptz) AS as_of, facts_version FROM customer_values"
+)
 _SOME = (
     "SELECT t.customer_id, t.as_of, cv.facts_version "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:times AS timestamptz[])) AS t(customer_id, as_of) "

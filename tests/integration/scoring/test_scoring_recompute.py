@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
 from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_event
 from sqlalchemy import text
 from support import eventually
+
+from services.scoring import recompute
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +137,46 @@ async def test_recompute_is_safe_while_events_keep_arriving(scoring: Scoring) ->
         ).scalar_one()
     assert unit == "week"
     await scoring.recompute(as_of=T0)
+
+
+async def test_values_changed_or_created_after_the_facts_were_read_are_caught_up(
+    scoring: Scoring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changed, created = scoring.population[7], uuid.uuid4()
+    read_facts = recompute.load_facts
+
+    async def facts_then_a_handler_commits(session: Any, **arguments: Any) -> Any:
+        facts = await read_facts(session, **arguments)
+        # What a handler batch does meanwhile: one ledger change, one new customer.
+        async with scoring.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE customer_values SET facts_version = facts_version + 1 "
+                    "WHERE customer_id = :c"
+                ),
+                {"c": changed},
+            )
+            await conn.execute(
+                text("INSERT INTO customer_values (customer_id, facts_version) VALUES (:c, 1)"),
+                {"c": created},
+            )
+        return facts
+
+    monkeypatch.setattr(recompute, "load_facts", facts_then_a_handler_commits)
+    run = await scoring.recompute(as_of=T0)
+
+    # Neither could be written with the facts read before them; the catch-up re-scored both.
+    rows = await scoring.sql(
+        "SELECT customer_id, model_version, as_of FROM customer_values "
+        "WHERE customer_id = ANY(:ids)",
+        ids=[changed, created],
+    )
+    assert {(c, v) for c, v, _ in rows} == {
+        (changed, run["model_version"]),
+        (created, run["model_version"]),
+    }
+    total = await scoring.sql("SELECT count(*) FROM customer_values")
+    assert run["customers_scored"] == total[0][0]
 
 
 async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring) -> None:

@@ -17,8 +17,9 @@ def test_chunks_cover_everyone_once_in_page_order_without_splitting_a_page() -> 
     assert sorted(positions.tolist()) == list(range(10_000))
     previous_last = -1
     for rows, (first, last) in chunks:
-        assert page[rows].min() == first and page[rows].max() == last
-        assert first > previous_last  # consecutive, disjoint page ranges
+        assert first <= page[rows].min() and page[rows].max() == last
+        # The ranges follow each other from page 0: together they cover every page.
+        assert first == previous_last + 1
         previous_last = last
         # About the size asked for: at most one page's rows more.
         assert 1000 <= len(rows) <= 1000 + np.bincount(page).max() or rows is chunks[-1][0]
@@ -30,4 +31,6 @@ def test_one_chunk_when_everyone_fits_and_none_for_nobody() -> None:
     assert [(rows.tolist(), pages) for rows, pages in page_chunks(page, 10)] == [
         ([1, 3, 0, 2], (0, 3))
     ]
+    # Pages without a row (0, 1 and 4) still belong to a chunk.
+    assert [pages for _, pages in page_chunks(np.array([2, 5, 5, 3]), 2)] == [(0, 3), (4, 5)]
     assert page_chunks(np.zeros(0, dtype=np.int64), 10) == []
