@@ -131,7 +131,9 @@ async def replace_model(
     summary="Refit the models and re-score everyone, as of a given time",
     description=(
         "Queues a run (the worker executes it) and returns it; follow `Location` for progress. "
-        "Only purchases up to `as_of` are used. Retry safely with `Idempotency-Key`."
+        "The models are fitted on purchases up to `as_of`; a customer whose value is newer "
+        "is re-scored with the new model at its own time (values never go back in time). "
+        "Retry safely with `Idempotency-Key`."
     ),
 )
 async def request_recompute(
