@@ -131,9 +131,9 @@ async def replace_model(
     summary="Refit the models and re-score everyone, as of a given time",
     description=(
         "Queues a run (the worker executes it) and returns it; follow `Location` for progress. "
-        "The models are fitted on purchases up to `as_of`; a customer whose value is newer "
-        "is re-scored with the new model at its own time (values never go back in time). "
-        "Retry safely with `Idempotency-Key`."
+        "The models are fitted on purchases up to `as_of` (default now). A past `as_of` "
+        "restates every value as of then; otherwise a value newer than `as_of` is re-scored "
+        "with the new model at its own time. Retry safely with `Idempotency-Key`."
     ),
 )
 async def request_recompute(
