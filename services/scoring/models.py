@@ -108,7 +108,8 @@ class CustomerValue(Base):
 
     `facts_version` grows with every ledger change of the customer; a recompute only overwrites
     a value computed from facts at least as old as the ones it read. The table has fillfactor
-    70 (migration 0003): a recompute rewrites every row, mostly as heap-only updates.
+    45 (migration 0003): a recompute rewrites every row of a page in one transaction, and the
+    new versions stay on the page (heap-only updates) when tier and net revenue do not move.
     """
 
     __tablename__ = "customer_values"

@@ -10,7 +10,9 @@ the worker, one at a time:
    heap pages, one transaction each (`values.store_values`: COPY, one locking read, one
    UPDATE), and the events of the customers whose published score moves written to the outbox
    by COPY;
-5. a catch-up re-scores whoever was left on another model (their facts moved meanwhile).
+5. a catch-up re-scores whoever was left on another model: their facts moved meanwhile, they
+   are new, or their value is newer than the run's as_of and the run does not restate a past
+   date (`restates`), so the value is not moved back in time.
 
 Safe while events keep arriving: a chunk only overwrites values computed from facts no newer
 than it read (`facts_version`), and rows are locked in customer-id order by both paths. The run
@@ -211,6 +213,11 @@ async def _progress(sessions: SessionFactory, run_id: uuid.UUID, **values: Any) 
         )
 
 
+def restates(run: RecomputeRun) -> bool:
+    """A recompute requested for a past date is a restatement: values as of that date."""
+    return run.trigger == "api" and run.as_of < run.requested_at
+
+
 async def run_recompute(
     sessions: SessionFactory, run_id: uuid.UUID, *, settings: ScoringSettings, clock: Clock
 ) -> None:
@@ -219,6 +226,8 @@ async def run_recompute(
     Safe while events keep arriving: the new model becomes current before the values are
     written, a customer whose facts changed after they were read keeps the handler's value,
     and every customer not yet on the new model is re-scored incrementally at the end.
+    A run requested for a past date restates every value as of that date (`restates`); any
+    other run (nightly, policy, as of now) leaves values newer than its as_of to the catch-up.
     """
     timings: dict[str, float] = {}
     try:
@@ -226,7 +235,7 @@ async def run_recompute(
             run = await session.get(RecomputeRun, run_id)
             if run is None:
                 raise NotFound(f"No recompute run {run_id}")
-            as_of, unit = run.as_of, TimeUnit(run.time_unit)
+            as_of, unit, restate = run.as_of, TimeUnit(run.time_unit), restates(run)
             policy, _ = await current_policy(session)
             previous = await current_model(session)
 
@@ -251,21 +260,23 @@ async def run_recompute(
         )
         await _progress(sessions, run_id, phase="writing values", model_version=version)
 
+        cause = [{"type": "recompute", "run_id": str(run_id), "time": as_of.isoformat()}]
         with _timed(timings, "write_values"):
-            written, published, left_behind = await _write_population(
+            written, published = await _write_population(
                 sessions,
                 run_id,
                 facts,
                 refit.scored,
                 version=version,
+                cause=cause,
                 policy=policy,
                 settings=settings,
-                as_of=as_of,
+                restate=restate,
                 timings=timings,
             )
         with _timed(timings, "catch_up"):
             caught_up, caught_up_published = await _catch_up(
-                sessions, left_behind, settings=settings, as_of=as_of
+                sessions, version=version, cause=cause, settings=settings, as_of=as_of
             )
         await _progress(
             sessions,
@@ -363,29 +374,28 @@ async def _write_population(
     scored: Scored,
     *,
     version: str,
+    cause: list[dict[str, Any]],
     policy: ValueModelPolicy,
     settings: ScoringSettings,
-    as_of: datetime,
+    restate: bool,
     timings: dict[str, float],
-) -> tuple[int, int, list[uuid.UUID]]:
+) -> tuple[int, int]:
     """Write every chunk, `settings.recompute_writers` at a time on as many connections, and
-    return the customers written, the events and the customers left on another model.
+    return how many values and events were written.
 
     Chunks hold disjoint customers and pages, so writers never wait for each other's rows;
     while one waits for PostgreSQL another prepares its chunk or its events. The seconds of
     the phases inside (write_stage, write_update, ...) add up over the writers.
     """
-    cause = [{"type": "recompute", "run_id": str(run_id), "time": as_of.isoformat()}]
-    planned = page_chunks(facts.page, settings.recompute_chunk_size)
-    chunks = iter(planned)
+    chunks = iter(page_chunks(facts.page, settings.recompute_chunk_size))
     done = {"values": 0, "events": 0}
-    left_behind: list[uuid.UUID] = []
 
     async def write(rows: IntArray, pages: tuple[int, int]) -> None:
         async with transaction(sessions) as session:
             connection = await raw_connection(session)
             # A value whose facts moved since they were read is left to the handler's newer
-            # one (the version check), then re-scored by the catch-up.
+            # one (the version check), and unless the run restates a past date so is a value
+            # newer than the run's as_of; the catch-up re-scores both with the new model.
             result = await store_values(
                 connection,
                 facts.take(rows),
@@ -398,11 +408,11 @@ async def _write_population(
                 currency=settings.currency,
                 facts_changed=False,
                 recompute=True,
+                restate=restate,
                 timings=timings,
             )
             with _timed(timings, "write_outbox"):
                 await add_to_outbox(connection, result.events)
-            left_behind.extend(await _left_behind(connection, version, *pages))
             done["values"] += result.values
             done["events"] += len(result.events)
             await session.execute(
@@ -430,13 +440,7 @@ async def _write_population(
                 writers.create_task(writer())
     except ExceptionGroup as group:
         raise group.exceptions[0] from group
-    # Pages added to the table since the facts were read (rows inserted meanwhile).
-    async with transaction(sessions) as session:
-        connection = await raw_connection(session)
-        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        tail = planned[-1][1][1] + 1 if planned else 0
-        left_behind.extend(await _left_behind(connection, version, tail, None))
-    return done["values"], done["events"], left_behind
+    return done["values"], done["events"]
 
 
 def _is_deadlock(exc: BaseException) -> bool:
@@ -445,50 +449,47 @@ def _is_deadlock(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.DeadlockDetectedError)
 
 
-# Rows of the pages first .. last (None: to the end) still on another model than $1: their
-# facts moved after they were read, or they were created meanwhile.
-_LEFT_BEHIND = (
-    "SELECT customer_id FROM customer_values cv WHERE cv.model_version IS DISTINCT FROM $1 "
-    "AND cv.ctid >= format('(%s,0)', $2::int8)::tid "
-    "AND ($3::int8 IS NULL OR cv.ctid < format('(%s,0)', $3::int8 + 1)::tid)"
-)
-
-
-async def _left_behind(
-    connection: asyncpg.Connection, version: str, first_page: int, last_page: int | None
-) -> list[uuid.UUID]:
-    """Customers on these heap pages not on `version` (after the chunk's own UPDATE).
-
-    The chunks' page ranges and the tail after them cover the whole table, so together these
-    find everyone the chunks could not write, without scanning the table once more.
-    """
-    rows = await connection.fetch(_LEFT_BEHIND, version, first_page, last_page)
-    return [row["customer_id"] for row in rows]
+# Customers not on the run's model after its chunks: their facts moved after they were read
+# (their row may have moved to another page too), their value was newer than a run that does
+# not restate, or they were created meanwhile. One scan of the table finds them all.
+_LEFT_BEHIND = "SELECT customer_id FROM customer_values WHERE model_version IS DISTINCT FROM $1"
+# Bounded: after one round only a handler batch that read the previous model before the new
+# one was published, and committed after the scan, can leave someone behind.
+_CATCH_UP_ROUNDS = 3
 
 
 async def _catch_up(
     sessions: SessionFactory,
-    customers: list[uuid.UUID],
     *,
+    version: str,
+    cause: list[dict[str, Any]],
     settings: ScoringSettings,
     as_of: datetime,
 ) -> tuple[int, int]:
-    """Re-score, with the new model (now current), the customers the chunks left behind."""
+    """Re-score, with the new model (now current), the customers the chunks left behind, each
+    at the later of its own as_of and the run's."""
     scored = published = 0
-    ids = sorted(set(customers))
-    for start in range(0, len(ids), settings.recompute_chunk_size):
+    for _ in range(_CATCH_UP_ROUNDS):
         async with transaction(sessions) as session:
-            result = await rescore(
-                session,
-                dict.fromkeys(ids[start : start + settings.recompute_chunk_size]),
-                causes={},
-                settings=settings,
-                facts_changed=False,
-                default_as_of=as_of,
-            )
-            await add_to_outbox(await raw_connection(session), result.events)
-            scored += result.values
-            published += len(result.events)
+            rows = await (await raw_connection(session)).fetch(_LEFT_BEHIND, version)
+        ids = sorted(row["customer_id"] for row in rows)
+        if not ids:
+            break
+        for start in range(0, len(ids), settings.recompute_chunk_size):
+            batch = ids[start : start + settings.recompute_chunk_size]
+            async with transaction(sessions) as session:
+                result = await rescore(
+                    session,
+                    dict.fromkeys(batch),
+                    causes=dict.fromkeys(batch, cause),
+                    settings=settings,
+                    facts_changed=False,
+                    default_as_of=as_of,
+                    recompute=True,
+                )
+                await add_to_outbox(await raw_connection(session), result.events)
+                scored += result.values
+                published += len(result.events)
     return scored, published
 
 

@@ -269,21 +269,30 @@ async def rescore(
     settings: ScoringSettings,
     facts_changed: bool,
     default_as_of: datetime | None = None,
+    recompute: bool = False,
 ) -> Written:
     """Re-score customers with the current model at max(their business time, stored as_of).
 
     `facts_changed` bumps the customers' facts version (their ledgers changed in this
-    transaction), which tells a concurrent recompute not to overwrite the new value.
+    transaction), which tells a concurrent recompute not to overwrite the new value, and
+    creates the value rows of new customers; otherwise only existing rows are re-scored (a
+    customer erased meanwhile stays erased). `recompute`: the causes are a recompute's, which
+    replace the previous recompute's among the pending causes.
     """
     if not targets:
         return Written(0, [])
     ids = sorted(targets)
-    await session.execute(
-        pg_insert(CustomerValue).values([{"customer_id": c} for c in ids]).on_conflict_do_nothing()
-    )
+    if facts_changed:
+        await session.execute(
+            pg_insert(CustomerValue)
+            .values([{"customer_id": c} for c in ids])
+            .on_conflict_do_nothing()
+        )
     locked = await lock_values(session, ids)
     as_of: dict[uuid.UUID, datetime] = {}
     for customer_id in ids:
+        if customer_id not in locked:
+            continue
         times = [
             t for t in (targets[customer_id], locked[customer_id]["as_of"], default_as_of) if t
         ]
@@ -302,6 +311,7 @@ async def rescore(
         policy=model.policy,
         currency=settings.currency,
         facts_changed=facts_changed,
+        recompute=recompute,
     )
 
 

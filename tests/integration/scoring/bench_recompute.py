@@ -8,7 +8,8 @@ NumPy, sent as a few arrays and expanded by INSERT ... SELECT FROM unnest; a few
 complaints and referrals, and customers without a purchase), then runs recomputes exactly as
 the worker does (`request_recompute`, `claim_pending_run`, `run_recompute`): the first one
 publishes everyone's first score, the next ones (one day later) only the customers who moved.
-The phases are the run's own `timings`; `--profile DIR` adds a pyinstrument report per run.
+The phases are the run's own `timings`; `--profile DIR` adds a pyinstrument report per run,
+`--statements N` the N statements PostgreSQL spent most time on (pg_stat_statements).
 """
 
 from __future__ import annotations
@@ -230,9 +231,42 @@ async def run_once(
         if profiler is not None:
             profiler.stop()
             assert profile_to is not None
-            profile_to.parent.mkdir(parents=True, exist_ok=True)
-            profile_to.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+            report = profiler.output_text(unicode=True, color=False, show_all=False)
+            await asyncio.to_thread(_write, profile_to, report)
         await engine.dispose()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+async def track_statements(dsn: str) -> None:
+    """Load pg_stat_statements (the server is restarted after this)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await conn.close()
+
+
+async def top_statements(dsn: str, limit: int) -> list[dict[str, Any]]:
+    """The statements that took longest since the last call (then reset): where the server's
+    time went. COPY (query) also counts as its inner query."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        rows = await conn.fetch(
+            "SELECT round(total_exec_time::numeric / 1000, 2)::float8 AS seconds, calls, rows, "
+            "shared_blks_hit + shared_blks_read AS blocks, shared_blks_dirtied AS dirtied, "
+            "wal_records, left(regexp_replace(query, '\\s+', ' ', 'g'), 120) AS query "
+            "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT $1",
+            limit,
+        )
+        await conn.execute("SELECT pg_stat_statements_reset()")
+        return [dict(row) for row in rows]
+    finally:
+        await conn.close()
 
 
 async def clear_outbox(dsn: str) -> None:
@@ -253,6 +287,9 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--profile", type=Path, default=None, help="pyinstrument reports here")
+    parser.add_argument(
+        "--statements", type=int, default=0, help="report this many top statements per run"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="scoring-bench-") as tmp:
@@ -271,13 +308,28 @@ def main() -> None:
             counts = asyncio.run(load_population(dsn, args.customers, args.seed))
             loaded = time.perf_counter() - started
             print(f"loaded {counts} in {loaded:.1f}s", flush=True)
+            if args.statements:
+                asyncio.run(track_statements(dsn))
+                postgres.stop()
+                postgres.start()
             runs = []
             for k in range(args.runs):
                 as_of = AS_OF + timedelta(days=k)
                 profile = args.profile / f"recompute-{k + 1}.txt" if args.profile else None
+                if args.statements:
+                    asyncio.run(top_statements(dsn, 0))
                 result = asyncio.run(run_once(url, settings, as_of, profile, data_dir))
+                if args.statements:
+                    result["statements"] = asyncio.run(top_statements(dsn, args.statements))
                 asyncio.run(clear_outbox(dsn))
                 print(json.dumps({"run": k + 1, **result}), flush=True)
+                if args.statements:
+                    for row in result["statements"]:
+                        print(
+                            f"  {row['seconds']:8.2f}s {row['calls']:4}x {row['rows']:>9} rows "
+                            f"{row['wal_records']:>9} WAL records  {row['query']}",
+                            flush=True,
+                        )
                 runs.append(result)
         finally:
             postgres.stop()

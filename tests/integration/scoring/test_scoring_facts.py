@@ -143,6 +143,8 @@ async def _awkward_ledgers(session: AsyncSession) -> list[uuid.UUID]:
         (a, T0 - 10 * day, "300.00", "EUR", ["foreign"]),
         (b, T0 - 30 * day, "12.3456", "USD", []),
         (c, T0 + day, "5.00", "USD", ["future"]),
+        # More categories than the purchase query has slots for, one of them twice.
+        (b, T0 - 20 * day, "3.00", "USD", ["kitchen", "toys", "sports", "apparel", "kitchen"]),
     ]
     purchase_ids = []
     for customer, at, amount, currency, categories in purchases:

@@ -161,12 +161,17 @@ async def test_recompute_is_safe_while_events_keep_arriving(scoring: Scoring) ->
 async def test_values_changed_or_created_after_the_facts_were_read_are_caught_up(
     scoring: Scoring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    changed, created = scoring.population[7], uuid.uuid4()
+    changed, created, erased = scoring.population[7], uuid.uuid4(), uuid.uuid4()
+    async with scoring.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO customer_values (customer_id, facts_version) VALUES (:c, 1)"),
+            {"c": erased},
+        )
     read_facts = recompute.load_facts
 
     async def facts_then_a_handler_commits(session: Any, **arguments: Any) -> Any:
         facts = await read_facts(session, **arguments)
-        # What a handler batch does meanwhile: one ledger change, one new customer.
+        # What handler batches do meanwhile: a ledger change, a new customer, an erasure.
         async with scoring.engine.begin() as conn:
             await conn.execute(
                 text(
@@ -179,16 +184,20 @@ async def test_values_changed_or_created_after_the_facts_were_read_are_caught_up
                 text("INSERT INTO customer_values (customer_id, facts_version) VALUES (:c, 1)"),
                 {"c": created},
             )
+            await conn.execute(
+                text("DELETE FROM customer_values WHERE customer_id = :c"), {"c": erased}
+            )
         return facts
 
     monkeypatch.setattr(recompute, "load_facts", facts_then_a_handler_commits)
     run = await scoring.recompute(as_of=T0)
 
     # Neither could be written with the facts read before them; the catch-up re-scored both.
+    # The erased customer's value is not brought back.
     rows = await scoring.sql(
         "SELECT customer_id, model_version, as_of FROM customer_values "
         "WHERE customer_id = ANY(:ids)",
-        ids=[changed, created],
+        ids=[changed, created, erased],
     )
     assert {(c, v) for c, v, _ in rows} == {
         (changed, run["model_version"]),
