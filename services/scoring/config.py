@@ -28,3 +28,5 @@ class ScoringSettings(ServiceSettings):
     recompute_chunk_size: int = Field(
         20_000, ge=100, le=200_000, validation_alias="SCORING_RECOMPUTE_CHUNK_SIZE"
     )
+    # Chunks a recompute writes at once, each on its own connection (they never share rows).
+    recompute_writers: int = Field(2, ge=1, le=8, validation_alias="SCORING_RECOMPUTE_WRITERS")

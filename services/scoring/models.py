@@ -107,7 +107,9 @@ class CustomerValue(Base):
     """The current value of a customer, the aggregates it came from, and what was published.
 
     `facts_version` grows with every ledger change of the customer; a recompute only overwrites
-    a value computed from facts at least as old as the ones it read.
+    a value computed from facts at least as old as the ones it read. The table has fillfactor
+    45 (migration 0003): a recompute rewrites every row of a page in one transaction, and the
+    new versions stay on the page (heap-only updates) when tier and net revenue do not move.
     """
 
     __tablename__ = "customer_values"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 
-from services.scoring import service
+from services.scoring import recompute as batch
 from services.scoring.config import ScoringSettings
 from services.scoring.handlers import HANDLERS, make_process
 from shared.db import transaction
@@ -23,10 +23,10 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
 
     async def recompute() -> int:
         async with transaction(runtime.sessions) as session:
-            await service.schedule_nightly_recompute(
+            await batch.schedule_nightly_recompute(
                 session, settings=settings, now=runtime.clock.now()
             )
-        return await service.run_pending_recomputes(
+        return await batch.run_pending_recomputes(
             runtime.sessions, settings=settings, clock=runtime.clock
         )
 

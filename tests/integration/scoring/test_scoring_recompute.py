@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
 from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_event
 from sqlalchemy import text
 from support import eventually
+
+from services.scoring import recompute
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +156,69 @@ async def test_recompute_is_safe_while_events_keep_arriving(scoring: Scoring) ->
         ).scalar_one()
     assert unit == "week"
     await scoring.recompute(as_of=T0)
+
+
+async def test_values_changed_or_created_after_the_facts_were_read_are_caught_up(
+    scoring: Scoring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    changed, created, erased = scoring.population[7], uuid.uuid4(), uuid.uuid4()
+    async with scoring.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO customer_values (customer_id, facts_version) VALUES (:c, 1)"),
+            {"c": erased},
+        )
+    read_facts = recompute.load_facts
+
+    async def facts_then_a_handler_commits(session: Any, **arguments: Any) -> Any:
+        facts = await read_facts(session, **arguments)
+        # What handler batches do meanwhile: a ledger change, a new customer, an erasure.
+        async with scoring.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE customer_values SET facts_version = facts_version + 1 "
+                    "WHERE customer_id = :c"
+                ),
+                {"c": changed},
+            )
+            await conn.execute(
+                text("INSERT INTO customer_values (customer_id, facts_version) VALUES (:c, 1)"),
+                {"c": created},
+            )
+            await conn.execute(
+                text("DELETE FROM customer_values WHERE customer_id = :c"), {"c": erased}
+            )
+        return facts
+
+    monkeypatch.setattr(recompute, "load_facts", facts_then_a_handler_commits)
+    run = await scoring.recompute(as_of=T0)
+
+    # Neither could be written with the facts read before them; the catch-up re-scored both.
+    # The erased customer's value is not brought back.
+    rows = await scoring.sql(
+        "SELECT customer_id, model_version, as_of FROM customer_values "
+        "WHERE customer_id = ANY(:ids)",
+        ids=[changed, created, erased],
+    )
+    assert {(c, v) for c, v, _ in rows} == {
+        (changed, run["model_version"]),
+        (created, run["model_version"]),
+    }
+    total = await scoring.sql("SELECT count(*) FROM customer_values")
+    assert run["customers_scored"] == total[0][0]
+
+
+async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring) -> None:
+    first = await scoring.recompute(as_of=T0)
+    again = await scoring.recompute(as_of=T0)
+
+    # Same ledgers, same as_of: the same fit and scores, so no event; every value rewritten.
+    assert again["events_published"] == 0
+    assert again["customers_scored"] == first["customers_scored"] >= len(scoring.population)
+    rows = await scoring.sql(
+        "SELECT cv.model_version, c ->> 'run_id' FROM customer_values cv "
+        "CROSS JOIN LATERAL jsonb_array_elements(cv.pending_causes) AS c "
+        "WHERE c ->> 'type' = 'recompute'"
+    )
+    # The explanation keeps the latest recompute among the causes, not one per run.
+    assert len(rows) == first["customers_scored"]
+    assert {(version, run) for version, run in rows} == {(again["model_version"], again["id"])}
