@@ -45,6 +45,10 @@ LEFT_AT_DEFAULT: dict[str, tuple[frozenset[str], str]] = {
     ),
     "LIFECYCLE_SWEEP_CHUNK_SIZE": (EVERYWHERE, TRANSACTION_SIZE),
     "SCORING_RECOMPUTE_CHUNK_SIZE": (EVERYWHERE, TRANSACTION_SIZE),
+    "SCORING_RECOMPUTE_WRITERS": (
+        EVERYWHERE,
+        "recompute write parallelism (connections per run); the default suits the pool size",
+    ),
     "SCORING_RECOMPUTE_POLL_SECONDS": (
         EVERYWHERE,
         "how soon a requested recompute starts: an internal latency, not an operating choice",
