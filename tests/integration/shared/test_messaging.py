@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from integration.shared.messaging_db import messaging_database
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import eventually
 
-from shared.db import asyncpg_dsn, create_engine, make_metadata, session_factory
+from shared.db import asyncpg_dsn, make_metadata, session_factory
 from shared.devstack import Broker, PostgresServer
 from shared.events import CloudEvent, new_event, topics
 from shared.events import payloads as p
@@ -26,7 +27,7 @@ from shared.events import registry as ev
 from shared.messaging.consumer import ConsumerRunner, HandlerContext, per_event
 from shared.messaging.kafka import make_consumer, partitions_of, start_producer
 from shared.messaging.outbox import OutboxRelay, add_events, advisory_key
-from shared.messaging.tables import NOTIFY_FUNCTION_SQL, NOTIFY_TRIGGER_SQL, messaging_tables
+from shared.messaging.tables import messaging_tables
 from shared.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
@@ -65,15 +66,8 @@ HANDLERS = {ev.PURCHASE_RECORDED: count_purchases}
 
 @pytest.fixture(scope="module")
 async def engine(postgres_server: PostgresServer) -> AsyncIterator[AsyncEngine]:
-    name = f"crm_messaging_{uuid.uuid4().hex[:6]}"
-    postgres_server.create_database(name)
-    engine = create_engine(postgres_server.url(name))
-    async with engine.begin() as conn:
-        await conn.run_sync(METADATA.create_all)
-        await conn.execute(text(NOTIFY_FUNCTION_SQL))
-        await conn.execute(text(NOTIFY_TRIGGER_SQL))
-    yield engine
-    await engine.dispose()
+    async with messaging_database(postgres_server, METADATA, prefix="messaging") as engine:
+        yield engine
 
 
 @pytest.fixture

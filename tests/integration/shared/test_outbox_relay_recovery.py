@@ -21,16 +21,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from integration.shared.messaging_db import messaging_database
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 from support import eventually
 
-from shared.db import asyncpg_dsn, create_engine, make_metadata
+from shared.db import asyncpg_dsn, make_metadata
 from shared.devstack import Broker, PostgresServer, create_topics_blocking
 from shared.messaging.kafka import start_producer
 from shared.messaging.outbox import OutboxRelay
-from shared.messaging.tables import NOTIFY_FUNCTION_SQL, NOTIFY_TRIGGER_SQL, messaging_tables
+from shared.messaging.tables import messaging_tables
 from shared.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
@@ -42,15 +43,8 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="module")
 async def engine(postgres_server: PostgresServer) -> AsyncIterator[AsyncEngine]:
-    name = f"crm_relay_{uuid.uuid4().hex[:6]}"
-    postgres_server.create_database(name)
-    engine = create_engine(postgres_server.url(name))
-    async with engine.begin() as conn:
-        await conn.run_sync(METADATA.create_all)
-        await conn.execute(text(NOTIFY_FUNCTION_SQL))
-        await conn.execute(text(NOTIFY_TRIGGER_SQL))
-    yield engine
-    await engine.dispose()
+    async with messaging_database(postgres_server, METADATA, prefix="relay") as engine:
+        yield engine
 
 
 @pytest.fixture
