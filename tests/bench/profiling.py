@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 from bench.common import REPO
 
@@ -208,15 +209,75 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
+def _tree_cpu(labels: dict[int, str]) -> dict[str, float]:
+    """CPU seconds so far of this process and everything it started, summed by component."""
+    by_label: collections.Counter[str] = collections.Counter()
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            name = process.name()
+            label = labels.get(process.pid) or (
+                "harness"
+                if process.pid == me.pid
+                else "postgres"
+                if name.startswith("postgres")
+                else "kafka"
+                if name == "java"
+                else name
+            )
+            by_label[label] += times.user + times.system
+    return dict(by_label)
+
+
+class MachineCpu:
+    """Where the machine's CPU went over a measurement: per component of the bench (services,
+    PostgreSQL, Kafka, py-spy, the harness itself) and outside it (other jobs on the machine),
+    so a saturation is told apart from a noisy neighbour and the costliest component is named."""
+
+    def __init__(self, labels: dict[int, str]) -> None:
+        self.labels = labels
+        self.at_start = _tree_cpu(labels)
+        self.machine_at_start = psutil.cpu_times()
+        self.wall_at_start = time.monotonic()
+
+    def stop(self, events: int) -> dict[str, Any]:
+        used = _tree_cpu(self.labels)
+        machine = psutil.cpu_times()
+        wall = time.monotonic() - self.wall_at_start
+        spent = {k: v - self.at_start.get(k, 0.0) for k, v in used.items()}
+        busy = sum(
+            getattr(machine, f) - getattr(self.machine_at_start, f)
+            for f in ("user", "system", "nice", "irq", "softirq", "steal")
+            if hasattr(machine, f)
+        )
+        ours = sum(spent.values())
+        return {
+            "wall_s": round(wall, 2),
+            "cores": psutil.cpu_count(),
+            "busy_pct": round(100 * busy / (wall * (psutil.cpu_count() or 1)), 1),
+            "bench_cpu_s": round(ours, 2),
+            "outside_bench_cpu_s": round(max(0.0, busy - ours), 2),
+            "ms_per_event": {
+                k: round(1000 * v / max(1, events), 3)
+                for k, v in sorted(spent.items(), key=lambda kv: -kv[1])
+                if v > 0.005
+            },
+        }
+
+
 @dataclass
 class Observation:
     stats: Any
     profiles: dict[str, Any]
+    machine: MachineCpu | None = None
 
     async def finish(self, events: int) -> dict[str, Any]:
         from shared.platform import DATABASES
 
         out: dict[str, Any] = {}
+        if self.machine is not None:
+            out["machine"] = self.machine.stop(events)
         for service, profile in self.profiles.items():
             out[service] = {"cpu": profile.stop()}
         if self.stats is not None:
@@ -228,7 +289,17 @@ class Observation:
 def diagnosis(observed: dict[str, Any]) -> str:
     """One line per service: statements per event and the hottest function of our code."""
     lines = []
+    machine = observed.get("machine")
+    if machine:
+        spent = ", ".join(f"{k} {v:.2f}" for k, v in machine["ms_per_event"].items())
+        lines.append(
+            f"      machine: {machine['busy_pct']}% busy over {machine['cores']} cores "
+            f"({machine['outside_bench_cpu_s']} CPU-s outside the bench); "
+            f"CPU ms/event: {spent}"
+        )
     for service, found in observed.items():
+        if service == "machine":
+            continue
         db = found.get("db") or {}
         cpu = found.get("cpu") or {}
         hot = ", ".join(f"{n} {p}%" for n, p in (cpu.get("our_code_pct") or [])[:3])

@@ -3,7 +3,8 @@
 Starts PostgreSQL, Apache Kafka (Tansu without Java) and the four services on free loopback
 ports, measures, prints a table and writes bench/results.json and bench/results.png.
 Every loop is bounded in count and time; Ctrl-C or SIGTERM stops everything started.
-The last run's service logs and py-spy samples stay in .cache/bench-run/{logs,profiles}/.
+The last run's service logs and py-spy samples stay in .cache/bench-run/{logs,profiles}/
+(or --work-dir); one run per work directory at a time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import json
 import os
 import platform as host_platform
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -62,6 +64,7 @@ class Sizes:
     fit_sizes: tuple[int, ...]
     rescore_customers: int
     budget_s: float
+    warmup_seconds: float
 
 
 QUICK = Sizes(
@@ -79,6 +82,7 @@ QUICK = Sizes(
     fit_sizes=(20_000,),
     rescore_customers=20_000,
     budget_s=420,
+    warmup_seconds=4,
 )
 FULL = Sizes(
     customers=60_000,
@@ -95,6 +99,7 @@ FULL = Sizes(
     fit_sizes=(100_000, 1_000_000),
     rescore_customers=1_000_000,
     budget_s=2400,
+    warmup_seconds=20,
 )
 
 
@@ -179,7 +184,7 @@ class Bench:
 
     async def observed(self, services: tuple[str, ...], label: str) -> Observation:
         """Start CPU sampling and statement statistics for these services (stop with .finish)."""
-        from bench.profiling import CpuProfile, StatementStats
+        from bench.profiling import CpuProfile, MachineCpu, StatementStats
 
         stats = StatementStats(self.stack.pg_url("postgres"), HARNESS_ROLE)
         available = await stats.available()
@@ -193,7 +198,12 @@ class Bench:
                 profiles[service] = CpuProfile(
                     pid, self.stack.work_dir / "profiles" / f"{label}-{service}.txt"
                 )
-        return Observation(stats if available else None, profiles)
+        labels = {
+            process.pid: name
+            for name, process in self.stack.platform.processes.items()
+            if process.pid
+        }
+        return Observation(stats if available else None, profiles, MachineCpu(labels))
 
     async def section(self, name: str, body: Callable[[], Awaitable[Any]]) -> None:
         echo(f"\n== {name} ==")
@@ -303,11 +313,32 @@ class Bench:
                 echo(diagnosis(result.diagnostics))
                 return result
 
+            await self.warm_up(projections, producer)
             steps = await e2e.sweep(step, self.sizes.ingest_rates, deadline=self.deadline)
         finally:
             await producer.stop()
             await projections.close()
         return {"steps": [e2e.step_dict(s) for s in steps], "saturation_rps": e2e.saturation(steps)}
+
+    async def warm_up(self, projections: e2e.Projections, producer: Any) -> None:
+        """Orders at the lowest rate, unmeasured, before the first step: a freshly started
+        broker spends most of its CPU on JIT compilation for its first minute (its compiler
+        threads used more than half of the broker's CPU in the first step), which a
+        long-running deployment does not pay; caches and connection pools fill too."""
+        rate = min(self.sizes.ingest_rates)
+        documents = self.next_orders(int(rate * self.sizes.warmup_seconds))
+        messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
+        echo(f"  warm-up: {len(messages)} orders at {rate:.0f}/s (not measured) ...")
+        await e2e.ingest_step(
+            self.stack,
+            projections,
+            producer,
+            messages,
+            rate,
+            drain_timeout=max(30.0, 3 * self.sizes.warmup_seconds),
+            echo=lambda _: None,
+        )
+        await self.settle()
 
     async def customer_ids(self, limit: int) -> list[str]:
         """Random registered customers; registers some over HTTP when a section runs alone."""
@@ -487,6 +518,19 @@ class Bench:
             await self.section(name, body)
 
 
+def _lock_work_dir(work_dir: Path) -> IO[bytes]:
+    """Hold ``<work-dir>.lock`` for the run: a second bench would wipe this one's data."""
+    work_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = (work_dir.parent / f"{work_dir.name}.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"another bench is running in {work_dir}; wait for it or pass --work-dir DIR"
+        ) from None
+    return lock
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes")
@@ -495,6 +539,12 @@ def main() -> int:
         "--only", nargs="*", choices=SECTIONS, default=[], help="run only these sections"
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=REPO / ".cache" / "bench-run",
+        help="data, logs and py-spy profiles of this run (wiped at start; one run per directory)",
+    )
     parser.add_argument("--import-rows", type=int, help="CSV rows of the import (default by mode)")
     parser.add_argument(
         "--ingest-rates",
@@ -526,7 +576,8 @@ def main() -> int:
         },
         "command": " ".join([".venv/bin/python", "tests/bench/run.py", *sys.argv[1:]]),
     }
-    stack = BenchStack(REPO / ".cache" / "bench-run", echo=echo)
+    work_lock = _lock_work_dir(args.work_dir)
+    stack = BenchStack(args.work_dir, echo=echo)
     code = 0
     try:
         echo(
@@ -558,6 +609,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         echo("stopping the services and the infrastructure ...")
         stack.stop()
+        work_lock.close()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     results["duration_s"] = round(time.perf_counter() - started, 1)
