@@ -169,7 +169,11 @@ _ENVELOPES: Final[dict[str, type[CloudEvent[Any]]]] = {
 
 def parse(raw: bytes) -> CloudEvent[Any]:
     """Bytes from Kafka -> a typed CloudEvent. Raises EnvelopeError (DLQ material) when unreadable."""
-    doc = peek(raw)
+    return parse_document(peek(raw))
+
+
+def parse_document(doc: dict[str, Any]) -> CloudEvent[Any]:
+    """A decoded JSON object (see `peek`) -> a typed CloudEvent, as `parse`."""
     event_type = doc.get("type")
     model = _ENVELOPES.get(event_type) if isinstance(event_type, str) else None
     if model is None:

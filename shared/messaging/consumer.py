@@ -33,8 +33,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import SessionFactory, driver_connection
-from shared.events import CloudEvent, EnvelopeError, parse
+from shared.events import EVENTS, CloudEvent, EnvelopeError
 from shared.events import topics as topic_names
+from shared.events.envelope import peek
+from shared.events.registry import parse_document
 from shared.messaging.kafka import producer_is_broken, stop_producer
 from shared.messaging.outbox import add_events, lock_customers
 from shared.messaging.tables import MessagingTables
@@ -106,6 +108,7 @@ class Message:
     error: str | None = None
     error_type: str | None = None
     attempts: int = 0
+    ignored_type: str | None = None  # a known event type this consumer has no handler for
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -218,8 +221,18 @@ class ConsumerRunner:
         try:
             if record.value is None:
                 raise EnvelopeError("empty message (tombstone)")
-            decoder = self.decoders.get(record.topic, _parse_record)
-            message.event = decoder(record)
+            decoder = self.decoders.get(record.topic)
+            if decoder is not None:
+                message.event = decoder(record)
+                return message
+            doc = peek(record.value)
+            event_type = doc.get("type")
+            if event_type in EVENTS and event_type not in self.handlers:
+                # Read past it without validating the payload: a topic carries types this
+                # consumer does not handle (scored events to a tier-only consumer).
+                message.ignored_type = event_type
+                return message
+            message.event = parse_document(doc)
         except EnvelopeError as exc:
             message.error, message.error_type = str(exc), "unreadable"
         except Exception as exc:
@@ -253,6 +266,9 @@ class ConsumerRunner:
         seen: set[uuid.UUID] = set()
         wanted = []
         for m in messages:
+            if m.ignored_type is not None:
+                metrics.EVENTS_CONSUMED.labels(self.service, m.ignored_type, "ignored").inc()
+                continue
             if m.event is None:
                 continue
             if m.event.type not in self.handlers:
@@ -431,8 +447,3 @@ class ConsumerRunner:
                 metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
                     max(0, high - position)
                 )
-
-
-def _parse_record(record: ConsumerRecord[bytes, bytes]) -> CloudEvent[Any]:
-    assert record.value is not None
-    return parse(record.value)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from integration.shared.messaging_db import messaging_database
@@ -300,6 +301,44 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
             assert h["dlq.origin.topic"] == topics.PURCHASES
             assert int(h["dlq.origin.offset"]) >= 0 and h["dlq.origin.partition"].isdigit()
         assert {r.key for r in letters} == {key}
+    finally:
+        await producer.stop()
+
+
+async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the_dlq(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """A known type this consumer does not handle is skipped unvalidated (even with a payload
+    its own consumers would refuse); a type no contract knows is a poison message."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    before = await dlq_ends(settings)
+    group = f"g-{uuid.uuid4().hex}"
+    unhandled = orjson.loads(purchase_event(customer, "x").to_bytes())
+    unhandled["type"], unhandled["data"] = ev.PURCHASE_REFUNDED, {"not": "a refund"}
+    unknown = {**unhandled, "type": "crm.purchase.teleported.v1", "id": str(uuid.uuid4())}
+    try:
+        for document in (unhandled, unknown):
+            await producer.send_and_wait(topics.PURCHASES, orjson.dumps(document), key=key)
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, "after").to_bytes(), key=key
+        )
+        async with Worker(settings, engine, producer, group):
+            await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None),
+                what="the purchase after both applied",
+            )
+        assert await totals(engine, customer) == (1, "after")
+        letters = [
+            {k: v.decode() for k, v in r.headers}
+            for r in await read_dlq(settings, before)
+            # The new group reads the topic from its start: earlier tests' poison is there too.
+            if dict(r.headers).get("dlq.consumer.group") == group.encode() and r.key == key
+        ]
+        assert len(letters) == 1
+        assert letters[0]["dlq.error.type"] == "unreadable"
+        assert "crm.purchase.teleported.v1" in letters[0]["dlq.error"]
     finally:
         await producer.stop()
 
