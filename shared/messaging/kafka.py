@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from aiokafka.errors import (
     ProducerClosed,
     TopicAlreadyExistsError,
 )
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from shared.events import topics
 from shared.observability.logging import get_logger
@@ -42,9 +44,25 @@ def client_options(settings: ServiceSettings) -> dict[str, Any]:
     return options
 
 
+@functools.lru_cache(maxsize=100_000)
+def _key_hash(key: bytes) -> int:
+    hashed: int = murmur2(key)
+    return hashed & 0x7FFFFFFF
+
+
+def key_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioner (murmur2 of the key, as the Java client), the hash cached
+    per key: it is pure Python in aiokafka, and a relay sends each customer's key again and again."""
+    if key is None:
+        chosen: int = DefaultPartitioner()(key, all_partitions, available)
+        return chosen
+    return all_partitions[_key_hash(key) % len(all_partitions)]
+
+
 def _producer(settings: ServiceSettings, *, idempotent: bool) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         **client_options(settings),
+        partitioner=key_partitioner,
         client_id=f"{settings.service_name}-producer",
         acks="all",
         enable_idempotence=idempotent,
