@@ -390,6 +390,7 @@ class EventWatch:
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.growth: dict[str, float] = {}
+        self.recorded: dict[str, float] = {}  # first purchase.recorded: profile's hop
         self.scored: list[tuple[str, float]] = []
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -406,7 +407,7 @@ class EventWatch:
         await self.consumer.start()
         partitions = [
             TopicPartition(topic, p)
-            for topic in (topics.LIFECYCLE, topics.VALUE)
+            for topic in (topics.PURCHASES, topics.LIFECYCLE, topics.VALUE)
             for p in range(DEFAULT_PARTITIONS[topic])
         ]
         self.consumer.assign(partitions)
@@ -430,6 +431,8 @@ class EventWatch:
                     stamp = record.timestamp / 1000
                     if kind == STAGE_CHANGED and data.get("to_stage") == "growth":
                         self.growth.setdefault(customer, stamp)
+                    elif kind == PURCHASE_RECORDED:
+                        self.recorded.setdefault(customer, stamp)
                     elif kind == VALUE_SCORED:
                         self.scored.append((customer, stamp))
 
@@ -451,6 +454,7 @@ class EventWatch:
 def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, Any]:
     """Per customer: event time minus start time, in ms; customers without an event are missing."""
     growth = [(watch.growth[c] - t) * 1000 for c, t in starts.items() if c in watch.growth]
+    recorded = [(watch.recorded[c] - t) * 1000 for c, t in starts.items() if c in watch.recorded]
     scored_by = watch.first_scored_after()
     scored = []
     for customer, started in starts.items():
@@ -462,6 +466,8 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
         "customers": len(starts),
         "stage_changed_ms": percentiles(growth),
         "value_scored_ms": percentiles(scored),
+        # The first hop alone: to profile's purchase.recorded (its consumer and relay).
+        "purchase_recorded_ms": percentiles(recorded),
         "missing_stage_changed": len(starts) - len(growth),
         "missing_value_scored": len(starts) - len(scored),
     }

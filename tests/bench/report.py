@@ -34,7 +34,11 @@ def _pct(value: Any) -> str:
 
 def latency_line(summary: dict[str, Any]) -> str:
     parts = []
-    for key, label in (("stage_changed_ms", "stage_changed"), ("value_scored_ms", "value.scored")):
+    for key, label in (
+        ("stage_changed_ms", "stage_changed"),
+        ("value_scored_ms", "value.scored"),
+        ("purchase_recorded_ms", "first hop, purchase.recorded"),
+    ):
         p = summary.get(key) or {}
         parts.append(
             f"{label} p50/p95/p99 {_num(p.get('p50'))}/{_num(p.get('p95'))}/{_num(p.get('p99'))} ms"
