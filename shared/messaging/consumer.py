@@ -141,6 +141,7 @@ class ConsumerRunner:
         max_attempts: int = 3,
         backoff: float = 0.2,
         batch_size: int = 500,
+        linger: float = 0.0,
         commit_offsets: bool = True,
         emits: bool = True,
         producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
@@ -159,6 +160,7 @@ class ConsumerRunner:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.batch_size = batch_size
+        self.linger = linger
         self.commit_offsets = commit_offsets
         self.emits = emits
         self.producer_factory = producer_factory
@@ -179,11 +181,24 @@ class ConsumerRunner:
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
             if batch:
-                async with self.batch_lock:
+                async with self.batch_lock:  # held while filling too: no revocation mid-batch
+                    if self.linger:
+                        await self._fill(batch)
                     await self.handle_batch(batch, stop)
             await self._update_lag()
             if until is not None and await self._caught_up(until):
                 return
+
+    async def _fill(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Top a partial batch up with what arrives within the linger (order per partition kept:
+        later records of a partition go after the earlier ones)."""
+        room = self.batch_size - sum(len(records) for records in batch.values())
+        if room <= 0:
+            return
+        await asyncio.sleep(self.linger)
+        more = await self.consumer.getmany(timeout_ms=0, max_records=room)
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
 
     async def _caught_up(self, until: dict[TopicPartition, int]) -> bool:
         for tp, end in until.items():

@@ -343,6 +343,70 @@ async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the
         await producer.stop()
 
 
+async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """CONSUMER_BATCH_LINGER_MS: events arriving within the linger join the batch (one
+    transaction), in their partition's order."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    group = f"g-{uuid.uuid4().hex}"
+    batches: list[list[str]] = []
+    handle = per_event(HANDLERS)
+
+    async def process(ctx: HandlerContext, events: Any) -> None:
+        mine = [e.data.order_id for e in events if e.subject == str(customer)]
+        if mine:
+            batches.append(mine)
+        await handle(ctx, events)
+
+    consumer = make_consumer(settings, group_id=group, topics_=[])
+    runner = ConsumerRunner(
+        service="msgtest",
+        consumer=consumer,
+        producer=producer,
+        sessions=session_factory(engine),
+        tables=TABLES,
+        handlers=HANDLERS,
+        process=process,
+        group_id=group,
+        linger=1.0,
+    )
+    consumer.subscribe([topics.PURCHASES], listener=runner.rebalance_listener())
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        # Catch up with what earlier tests left on the topic, then one order and, 50 ms
+        # behind it, four more.
+        await eventually(lambda: _when(_assigned(consumer), bool), what="partitions assigned")
+        await asyncio.sleep(1.5)
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, "o-0").to_bytes(), key=key
+        )
+        await asyncio.sleep(0.05)
+        for n in range(1, 5):
+            await producer.send(
+                topics.PURCHASES, purchase_event(customer, f"o-{n}").to_bytes(), key=key
+            )
+        await producer.flush()
+        await eventually(
+            lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 5),
+            what="all five applied",
+        )
+        assert batches == [["o-0", "o-1", "o-2", "o-3", "o-4"]]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _assigned(consumer: AIOKafkaConsumer) -> bool:
+    return bool(consumer.assignment())
+
+
 async def test_a_projection_consumer_takes_no_customer_locks_and_may_not_emit(
     settings: ServiceSettings, engine: AsyncEngine
 ) -> None:
