@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -39,8 +41,9 @@ class Principal:
 
 
 class TokenVerifier:
-    """Verifies bearer tokens. A verified token is remembered until it expires (bounded cache),
-    so a client sending the same token on every request pays the signature check once."""
+    """Verifies bearer tokens. A verified token is remembered until it expires (bounded LRU
+    cache, keyed by the raw token), so a client sending the same token on every request pays
+    the signature check once."""
 
     CACHE_SIZE = 4096
 
@@ -51,7 +54,7 @@ class TokenVerifier:
             if settings.jwt_jwks_url
             else None
         )
-        self._verified: dict[str, tuple[float, Principal]] = {}
+        self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
 
     @property
     def fetches_keys(self) -> bool:
@@ -65,15 +68,17 @@ class TokenVerifier:
         if time.time() >= expires:
             self._verified.pop(token, None)
             return None
+        with contextlib.suppress(KeyError):  # evicted meanwhile by a JWKS verification thread
+            self._verified.move_to_end(token)
         return principal
 
     def verify(self, token: str) -> Principal:
         principal = self.cached(token)
         if principal is None:
             principal, expires = self._verify(token)
-            if len(self._verified) >= self.CACHE_SIZE:
-                self._verified.clear()
             self._verified[token] = (expires, principal)
+            if len(self._verified) > self.CACHE_SIZE:
+                self._verified.popitem(last=False)  # the least recently used
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:
@@ -129,8 +134,11 @@ async def authenticated(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Missing bearer token: send `Authorization: Bearer <jwt>`")
-    verifier: TokenVerifier = request.app.state.token_verifier
-    token = credentials.credentials
+    return await verify_token(request.app.state.token_verifier, credentials.credentials)
+
+
+async def verify_token(verifier: TokenVerifier, token: str) -> Principal:
+    """The token's principal; raises Unauthorized. Known tokens are answered from the cache."""
     known = verifier.cached(token)
     if known is not None:
         return known
