@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from integration.profile.profile_helpers import READER, WRITER, Profile, produce
 from pydantic import BaseModel
-from support import event, eventually
+from support import auth, event, eventually
 
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -233,6 +233,51 @@ async def test_stage_value_and_complaints_are_projected(profile: Profile) -> Non
     document = await eventually(settled, timeout=15, what="tier change and closed complaint")
     assert document["lifecycle"]["stage"] == "growth"
     assert document["complaints"]["sla_breached"] is False
+
+
+async def test_the_360_answers_every_request_as_documented(profile: Profile) -> None:
+    customer = await profile.register(
+        consents={
+            "profiling": "granted",
+            "marketing_sms": "withdrawn",
+            "marketing_email": "granted",
+        }
+    )
+    cid = customer["id"]
+    document = await view(profile, cid)
+    purposes = [consent["purpose"] for consent in document["consents"]["items"]]
+    assert purposes == ["marketing_email", "marketing_sms", "profiling"]
+    # the same document for every spelling of the id that the documented UUID parameter takes
+    for spelling in (cid.upper(), uuid.UUID(cid).hex):
+        other = await profile.client.get(f"/v1/customers/{spelling}/360", headers=READER)
+        assert other.status_code == 200 and other.json() == document
+    url = f"/v1/customers/{cid}/360"
+    responses = {
+        "not a uuid": await profile.client.get("/v1/customers/c-1/360", headers=READER),
+        "no token": await profile.client.get(url),
+        "no scope": await profile.client.get(url, headers=auth("complaints:read")),
+        "unknown": await profile.client.get(f"/v1/customers/{uuid.uuid4()}/360", headers=READER),
+        "post": await profile.client.post(url, headers=READER),
+    }
+    statuses = {what: response.status_code for what, response in responses.items()}
+    assert statuses == {
+        "not a uuid": 422,
+        "no token": 401,
+        "no scope": 403,
+        "unknown": 404,
+        "post": 405,
+    }
+    for response in responses.values():
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert responses["not a uuid"].json()["errors"][0]["field"] == "path.customer_id"
+    assert responses["no token"].headers["www-authenticate"] == "Bearer"
+    assert responses["post"].headers["allow"] == "GET"
+    # every answer is counted under the route's template
+    metrics = (await profile.client.get("/metrics")).text
+    for method, status in (("GET", 200), ("GET", 401), ("GET", 403), ("GET", 404), ("POST", 405)):
+        series = f'method="{method}",route="/v1/customers/{{customer_id}}/360"'
+        assert f'{series},service="profile",status="{status}"' in metrics, (method, status)
 
 
 async def test_stage_and_tier_filters_use_the_projections(profile: Profile) -> None:
