@@ -378,10 +378,15 @@ async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        # Catch up with what earlier tests left on the topic, then one order and, 50 ms
-        # behind it, four more.
+        # Catch up with what earlier tests left on the topic (a full batch of it would not
+        # linger), then one order and, 50 ms behind it, four more.
         await eventually(lambda: _when(_assigned(consumer), bool), what="partitions assigned")
-        await asyncio.sleep(1.5)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        await eventually(
+            lambda: _when(_committed_up_to(consumer, ends), bool),
+            timeout=60,
+            what="the earlier messages processed",
+        )
         await producer.send_and_wait(
             topics.PURCHASES, purchase_event(customer, "o-0").to_bytes(), key=key
         )
@@ -405,6 +410,13 @@ async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
 
 async def _assigned(consumer: AIOKafkaConsumer) -> bool:
     return bool(consumer.assignment())
+
+
+async def _committed_up_to(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if end and (await consumer.committed(tp) or 0) < end:
+            return False
+    return True
 
 
 async def test_a_projection_consumer_takes_no_customer_locks_and_may_not_emit(
