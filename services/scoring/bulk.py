@@ -6,6 +6,11 @@ sentinels back into NULL in SQL. The wire layout (PostgreSQL docs, COPY "Binary 
 and per field an int32 length and the big-endian value; an int16 -1 ends the stream. A row of
 fixed-width fields is then a NumPy structured record, so a million rows parse in milliseconds.
 
+COPY takes no bind parameters (asyncpg inlines them with two extra round trips), so a query
+bound to arrays returns its rows *packed* instead: one bytea of each row's values in their
+binary form (`packed`, the `…send` functions COPY uses), back to back, without field counts or
+lengths; `unpack` reads it the same way.
+
 Not scoring-specific: it could move to `shared/db` if another service needs bulk numerics.
 """
 
@@ -81,6 +86,46 @@ def encode(columns: Columns, values: Mapping[str, NDArray[Any]]) -> bytes:
         rows[f"length{k}"] = dtype.fields[f"value{k}"][0].itemsize  # type: ignore[index]
         rows[f"value{k}"] = column - PG_EPOCH_MICROS if pg_type == "timestamptz" else column
     return _HEADER + rows.tobytes() + _TRAILER
+
+
+# PostgreSQL type -> its binary output function (what COPY BINARY sends for a value).
+_SEND: dict[str, str] = {
+    "bool": "boolsend",
+    "int2": "int2send",
+    "int4": "int4send",
+    "int8": "int8send",
+    "float8": "float8send",
+    "timestamptz": "timestamptz_send",
+    "uuid": "uuid_send",
+}
+
+
+def packed(columns: Columns, expressions: Sequence[str], *, order_by: str = "") -> str:
+    """SQL aggregate of rows into one bytea (`unpack` reads it): each row's `expressions`, of
+    these column types, in binary form. NOT NULL expressions only: a NULL would drop its row,
+    which `unpack` detects by the row count it is given."""
+    row = " || ".join(
+        f"{_SEND[pg_type]}({expression})"
+        for (_, pg_type), expression in zip(columns, expressions, strict=True)
+    )
+    order = f" ORDER BY {order_by}" if order_by else ""
+    return f"coalesce(string_agg({row}, ''::bytea{order}), ''::bytea)"
+
+
+def unpack(payload: bytes, columns: Columns, rows: int | None = None) -> dict[str, NDArray[Any]]:
+    """Columns (native dtypes; timestamptz as Unix microseconds) of rows aggregated by `packed`;
+    `rows`: how many there should be."""
+    dtype = np.dtype([(f"value{k}", _TYPES[pg_type][0]) for k, (_, pg_type) in enumerate(columns)])
+    if len(payload) % dtype.itemsize or (
+        rows is not None and len(payload) != rows * dtype.itemsize
+    ):
+        raise ValueError(f"packed rows are not {rows} rows of {dtype.itemsize} bytes: a NULL?")
+    values = np.frombuffer(payload, dtype=dtype)
+    result: dict[str, NDArray[Any]] = {}
+    for k, (name, pg_type) in enumerate(columns):
+        column = values[f"value{k}"].astype(_TYPES[pg_type][1])
+        result[name] = column + PG_EPOCH_MICROS if pg_type == "timestamptz" else column
+    return result
 
 
 async def read(

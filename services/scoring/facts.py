@@ -8,14 +8,17 @@ customer by id; NumPy places them (`positions_of`) among the targets, sorted by 
 
 Everyone (a recompute) is read at one `as_of` with one scan of each ledger: joining five
 million purchases with a million targets cost PostgreSQL more than the scan itself. Some
-customers (a handler batch), each at their own `as_of`, go to a temporary table first, which
-the ledgers are joined with.
+customers (a handler batch), each at their own `as_of`, are read by one statement bound to
+their arrays: each ledger through its customer index, one LATERAL lookup per customer (a join
+was planned as a scan of the whole ledger whenever its statistics lagged behind its growth),
+every ledger's rows packed into one bytea (`bulk.packed`).
 """
 
 from __future__ import annotations
 
+import operator
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +26,6 @@ from typing import Any
 import asyncpg
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring import bulk
@@ -39,99 +41,116 @@ from services.scoring.domain.ledger import (
     RefundRows,
     ledger_facts,
 )
+from shared.db import driver_connection
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_TARGETS_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS fact_targets (customer_id uuid NOT NULL, "
-    "as_of timestamptz NOT NULL) ON COMMIT DELETE ROWS"
-)
 # The heap page of the value row (from its ctid): a recompute writes the rows page by page.
 _PAGE = "(cv.ctid::text::point)[0]::int8"
 _EVERYONE = (
     f"SELECT customer_id, facts_version, {_PAGE} FROM customer_values cv ORDER BY customer_id"
 )
-_SOME = (
-    f"SELECT t.customer_id, cv.facts_version, {_PAGE}, t.as_of FROM fact_targets t "
-    "JOIN customer_values cv ON cv.customer_id = t.customer_id ORDER BY t.customer_id"
-)
 _EVERYONE_COLUMNS = (("customer_id", "uuid"), ("facts_version", "int8"), ("page", "int8"))
 _SOME_COLUMNS = (*_EVERYONE_COLUMNS, ("as_of", "timestamptz"))
+CATEGORY_SLOTS = 3
 
 
 @dataclass(frozen=True)
-class _Ledgers:
-    """The ledger queries, for everyone at `as_of` ($2) or for the targets at their own."""
+class _Ledger:
+    """One ledger's rows: `select` from `source` where `condition` (`{as_of}` is the business
+    time: $2 for everyone, each target's own for some), then `tail` (GROUP BY)."""
 
-    everyone: bool
+    select: tuple[str, ...]
+    source: str
+    key: str  # the customer column `source` is looked up by, for some customers
+    condition: str
+    tail: str = ""
 
-    def source(self, table: str, key: str) -> str:
-        """`table` (with its alias), restricted to the targets unless everyone is read."""
-        if self.everyone:
-            return table
-        return f"fact_targets t JOIN {table} ON {key} = t.customer_id"
+    def everyone(self) -> str:
+        where = f" WHERE {self.condition.format(as_of='$2')}" if self.condition else ""
+        return f"SELECT {', '.join(self.select)} FROM {self.source}{where}{self.tail}"
 
-    @property
-    def as_of(self) -> str:
-        return "$2" if self.everyone else "t.as_of"
-
-    @property
-    def purchases(self) -> str:
-        """Purchases made by as_of in the currency ($1), with the (hashed) names of their first
-        categories; the categories beyond those come from `more_categories`. Fixed slots cost
-        less than one row per category (a set-returning function over five million rows)."""
-        slots = ", ".join(
-            f"coalesce(hashtext(p.categories[{k}]), 0)" for k in range(1, CATEGORY_SLOTS + 1)
+    def some(self, columns: bulk.Columns, *extra: str) -> str:
+        """The rows of the targets (`t`), packed, and their count, then each of the `extra`
+        bytea expressions aggregated alike. OFFSET 0 keeps the LATERAL subquery a per-customer
+        index lookup (flattened into a join, it may be planned as a scan of the ledger)."""
+        named = ", ".join(f"{e} AS c{k}" for k, e in enumerate((*self.select, *extra)))
+        condition = f"{self.key} = t.customer_id"
+        if self.condition:
+            condition += f" AND {self.condition.format(as_of='t.as_of')}"
+        rows = bulk.packed(columns, [f"x.c{k}" for k in range(len(self.select))])
+        more = "".join(
+            f", coalesce(string_agg(x.c{k}, ''::bytea), ''::bytea)"
+            for k in range(len(self.select), len(self.select) + len(extra))
         )
         return (
-            f"SELECT p.customer_id, p.purchased_at, (p.amount * 10000)::int8, {slots}, "
-            f"coalesce(cardinality(p.categories), 0) > {CATEGORY_SLOTS} "
-            f"FROM {self.source('purchases p', 'p.customer_id')} "
-            f"WHERE p.currency = $1 AND p.purchased_at <= {self.as_of}"
-        )
-
-    @property
-    def more_categories(self) -> str:
-        return (
-            "SELECT p.customer_id, p.purchased_at, hashtext(c.category) "
-            f"FROM {self.source('purchases p', 'p.customer_id')} "
-            f"CROSS JOIN LATERAL unnest(p.categories[{CATEGORY_SLOTS + 1}:]) AS c(category) "
-            f"WHERE p.currency = $1 AND p.purchased_at <= {self.as_of} "
-            f"AND cardinality(p.categories) > {CATEGORY_SLOTS} AND c.category IS NOT NULL"
-        )
-
-    @property
-    def refunds(self) -> str:
-        """What was refunded of each purchase by as_of (at most its amount), at the purchase's
-        time. Purchases are joined by id only: with the customer too, the planner prefers the
-        customer index and reads every purchase of each refunding customer."""
-        return (
-            "SELECT r.customer_id, p.purchased_at, "
-            "(least(sum(r.amount), p.amount) * 10000)::int8, "
-            "(count(*) FILTER (WHERE r.chargeback))::int4 "
-            f"FROM {self.source('refunds r', 'r.customer_id')} "
-            "JOIN purchases p ON p.purchase_id = r.purchase_id "
-            f"WHERE r.currency = $1 AND p.currency = $1 AND r.refunded_at <= {self.as_of} "
-            f"AND p.purchased_at <= {self.as_of} GROUP BY r.customer_id, p.purchase_id"
-        )
-
-    @property
-    def complaints(self) -> str:
-        return (
-            "SELECT c.customer_id, c.opened_at, c.closed_at IS NOT NULL, "
-            "coalesce(c.closed_at, c.opened_at), coalesce(c.satisfaction, 0)::int2 "
-            f"FROM {self.source('complaints c', 'c.customer_id')}"
-        )
-
-    @property
-    def referrals(self) -> str:
-        return (
-            "SELECT r.referrer_id, r.registered_at "
-            f"FROM {self.source('referrals r', 'r.referrer_id')}"
+            f"SELECT {rows}, count(*){more} FROM t CROSS JOIN LATERAL "
+            f"(SELECT {named} FROM {self.source} WHERE {condition}{self.tail} OFFSET 0) AS x"
         )
 
 
-CATEGORY_SLOTS = 3
+# Purchases made by as_of in the currency ($1), with the (hashed) names of their first
+# categories; the categories beyond those come from `_MORE_CATEGORIES`. Fixed slots cost less
+# than one row per category (a set-returning function over five million rows).
+_PURCHASES = _Ledger(
+    select=(
+        "p.customer_id",
+        "p.purchased_at",
+        "(p.amount * 10000)::int8",
+        *(f"coalesce(hashtext(p.categories[{k}]), 0)" for k in range(1, CATEGORY_SLOTS + 1)),
+        f"coalesce(cardinality(p.categories), 0) > {CATEGORY_SLOTS}",
+    ),
+    source="purchases p",
+    key="p.customer_id",
+    condition="p.currency = $1 AND p.purchased_at <= {as_of}",
+)
+_MORE_CATEGORIES = _Ledger(
+    select=("p.customer_id", "p.purchased_at", "hashtext(c.category)"),
+    source=(
+        f"purchases p CROSS JOIN LATERAL unnest(p.categories[{CATEGORY_SLOTS + 1}:]) AS c(category)"
+    ),
+    key="p.customer_id",
+    condition=(
+        "p.currency = $1 AND p.purchased_at <= {as_of} "
+        f"AND cardinality(p.categories) > {CATEGORY_SLOTS} AND c.category IS NOT NULL"
+    ),
+)
+# What was refunded of each purchase by as_of (at most its amount), at the purchase's time.
+# Purchases are joined by id only: with the customer too, the planner prefers the customer
+# index and reads every purchase of each refunding customer.
+_REFUNDS = _Ledger(
+    select=(
+        "r.customer_id",
+        "p.purchased_at",
+        "(least(sum(r.amount), p.amount) * 10000)::int8",
+        "(count(*) FILTER (WHERE r.chargeback))::int4",
+    ),
+    source="refunds r JOIN purchases p ON p.purchase_id = r.purchase_id",
+    key="r.customer_id",
+    condition=(
+        "r.currency = $1 AND p.currency = $1 AND r.refunded_at <= {as_of} "
+        "AND p.purchased_at <= {as_of}"
+    ),
+    tail=" GROUP BY r.customer_id, p.purchase_id",
+)
+_COMPLAINTS = _Ledger(
+    select=(
+        "c.customer_id",
+        "c.opened_at",
+        "c.closed_at IS NOT NULL",
+        "coalesce(c.closed_at, c.opened_at)",
+        "coalesce(c.satisfaction, 0)::int2",
+    ),
+    source="complaints c",
+    key="c.customer_id",
+    condition="",
+)
+_REFERRALS = _Ledger(
+    select=("r.referrer_id", "r.registered_at"),
+    source="referrals r",
+    key="r.referrer_id",
+    condition="",
+)
 _PURCHASE_COLUMNS = (
     ("customer", "uuid"),
     ("purchased_at", "timestamptz"),
@@ -155,6 +174,41 @@ _COMPLAINT_COLUMNS = (
     ("satisfaction", "int2"),
 )
 _REFERRAL_COLUMNS = (("customer", "uuid"), ("registered_at", "timestamptz"))
+# Some customers ($2) at their own as_of ($3), with their value rows and every ledger's rows,
+# in one statement; a customer without a value row is left out. One row: (packed rows, count)
+# per part, in `_SOME_PARTS` order.
+_SOME_TARGETS = (
+    "SELECT "
+    + bulk.packed(
+        _SOME_COLUMNS,
+        ["t.customer_id", "cv.facts_version", "cv.page", "t.as_of"],
+        order_by="t.customer_id",
+    )
+    + f", count(*) FROM t CROSS JOIN LATERAL (SELECT cv.facts_version, {_PAGE} AS page "
+    "FROM customer_values cv WHERE cv.customer_id = t.customer_id OFFSET 0) AS cv"
+)
+# The categories beyond the slots come with their purchase (no second pass over purchases):
+# packed `_MORE_CATEGORIES` rows, NULL for a purchase without any.
+_MORE_OF_PURCHASE = (
+    f"CASE WHEN cardinality(p.categories) > {CATEGORY_SLOTS} THEN (SELECT "
+    + bulk.packed(_CATEGORY_COLUMNS, _MORE_CATEGORIES.select)
+    + f" FROM unnest(p.categories[{CATEGORY_SLOTS + 1}:]) AS c(category) "
+    "WHERE c.category IS NOT NULL) END"
+)
+_SOME = (
+    "WITH t AS MATERIALIZED (SELECT * FROM unnest($2::uuid[], $3::timestamptz[]) "
+    "AS t(customer_id, as_of)) SELECT * FROM "
+    + ", ".join(
+        (
+            f"({_SOME_TARGETS}) AS targets(targets, targets_count)",
+            f"({_PURCHASES.some(_PURCHASE_COLUMNS, _MORE_OF_PURCHASE)}) "
+            "AS bought(bought, bought_count, more)",
+            f"({_REFUNDS.some(_REFUND_COLUMNS)}) AS refunded(refunded, refunded_count)",
+            f"({_COMPLAINTS.some(_COMPLAINT_COLUMNS)}) AS complaints(complaints, complaints_count)",
+            f"({_REFERRALS.some(_REFERRAL_COLUMNS)}) AS referrals(referrals, referrals_count)",
+        )
+    )
+)
 
 
 def micros(moment: datetime) -> int:
@@ -164,6 +218,14 @@ def micros(moment: datetime) -> int:
 
 def moment(micros_since_epoch: int) -> datetime:
     return _UNIX_EPOCH + timedelta(microseconds=micros_since_epoch)
+
+
+def sorted_ids(ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """Ids in PostgreSQL's uuid order (compared as integers: `UUID.__lt__` is Python code)."""
+    return sorted(ids, key=_AS_INT)
+
+
+_AS_INT = operator.attrgetter("int")
 
 
 def as_uuids(ids: NDArray[Any]) -> list[uuid.UUID]:
@@ -208,14 +270,7 @@ class Facts:
 
 async def raw_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection of the session's transaction (for COPY and bulk statements)."""
-    connection = await session.connection()
-    # SQLAlchemy begins the driver-level transaction lazily, on its first statement: make sure
-    # it has, or raw statements would run outside it (locks released, temp rows gone).
-    await connection.execute(text("SELECT 1"))
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert isinstance(driver, asyncpg.Connection)
-    return driver
+    return await driver_connection(session)
 
 
 def _halves(ids: NDArray[Any]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
@@ -269,39 +324,40 @@ async def load_facts(
     Customers without a value row are left out (every ledger change creates one).
     """
     conn = await raw_connection(session)
-    arguments: list[Any] = [currency]
     if customers is not None:
-        await conn.execute(_TARGETS_TABLE)
-        await conn.execute("DELETE FROM fact_targets")
-        chosen = sorted(customers)
-        await conn.execute(
-            "INSERT INTO fact_targets SELECT * FROM unnest($1::uuid[], $2::timestamptz[])",
-            chosen,
-            [customers[c] for c in chosen],
-        )
-        targets = await bulk.read(conn, _SOME, columns=_SOME_COLUMNS)
-        ledgers = _Ledgers(everyone=False)
+        chosen = sorted_ids(customers)
+        row = await conn.fetchrow(_SOME, currency, chosen, [customers[c] for c in chosen])
+        assert row is not None
+        targets = bulk.unpack(row["targets"], _SOME_COLUMNS, row["targets_count"])
+        ids = targets["customer_id"]
+
+        def part(name: str, columns: bulk.Columns) -> dict[str, NDArray[Any]]:
+            return _placed(bulk.unpack(row[name], columns, row[f"{name}_count"]), ids)
+
+        bought = part("bought", _PURCHASE_COLUMNS)
+        more = _placed(bulk.unpack(row["more"], _CATEGORY_COLUMNS), ids)
+        refunded = part("refunded", _REFUND_COLUMNS)
+        complaints = part("complaints", _COMPLAINT_COLUMNS)
+        referrals = part("referrals", _REFERRAL_COLUMNS)
     else:
         assert as_of is not None
         # Sorting a million targets and grouping the refunds fit in memory.
         await conn.execute("SET LOCAL work_mem = '128MB'")
         targets = await bulk.read(conn, _EVERYONE, columns=_EVERYONE_COLUMNS)
         targets["as_of"] = np.full(len(targets["customer_id"]), micros(as_of), dtype=np.int64)
-        ledgers = _Ledgers(everyone=True)
-        arguments.append(as_of)
-    ids = targets["customer_id"]
+        ids = targets["customer_id"]
 
-    async def read(query: str, columns: bulk.Columns, *args: Any) -> dict[str, NDArray[Any]]:
-        return _placed(await bulk.read(conn, query, *args, columns=columns), ids)
+        async def read(query: str, columns: bulk.Columns, *args: Any) -> dict[str, NDArray[Any]]:
+            return _placed(await bulk.read(conn, query, *args, columns=columns), ids)
 
-    bought = await read(ledgers.purchases, _PURCHASE_COLUMNS, *arguments)
-    if bought["more_categories"].any():
-        more = await read(ledgers.more_categories, _CATEGORY_COLUMNS, *arguments)
-    else:  # the common case: no second scan of the purchases for nothing
-        more = {name: np.zeros(0, dtype=np.int64) for name, _ in _CATEGORY_COLUMNS}
-    refunded = await read(ledgers.refunds, _REFUND_COLUMNS, *arguments)
-    complaints = await read(ledgers.complaints, _COMPLAINT_COLUMNS)
-    referrals = await read(ledgers.referrals, _REFERRAL_COLUMNS)
+        bought = await read(_PURCHASES.everyone(), _PURCHASE_COLUMNS, currency, as_of)
+        if bought["more_categories"].any():
+            more = await read(_MORE_CATEGORIES.everyone(), _CATEGORY_COLUMNS, currency, as_of)
+        else:  # the common case: no second scan of the purchases for nothing
+            more = {name: np.zeros(0, dtype=np.int64) for name, _ in _CATEGORY_COLUMNS}
+        refunded = await read(_REFUNDS.everyone(), _REFUND_COLUMNS, currency, as_of)
+        complaints = await read(_COMPLAINTS.everyone(), _COMPLAINT_COLUMNS)
+        referrals = await read(_REFERRALS.everyone(), _REFERRAL_COLUMNS)
 
     slots = [bought[f"category{k}"] != 0 for k in range(1, CATEGORY_SLOTS + 1)]
     ledger = ledger_facts(

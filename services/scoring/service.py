@@ -15,6 +15,7 @@ transaction, so one customer's events leave in order.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,8 +26,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from sqlalchemy import delete, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scoring.config import ScoringSettings
@@ -42,17 +42,12 @@ from services.scoring.domain import (
     value_customers,
 )
 from services.scoring.domain._arrays import FloatArray
-from services.scoring.facts import Facts, load_facts, raw_connection
+from services.scoring.facts import Facts, load_facts, raw_connection, sorted_ids
 from services.scoring.models import (
-    Complaint,
     CustomerValue,
-    ErasedCustomer,
     ModelPolicy,
     ModelVersion,
-    Purchase,
     RecomputeRun,
-    Referral,
-    Refund,
 )
 from services.scoring.schemas import (
     AggregatesRead,
@@ -72,7 +67,7 @@ from services.scoring.schemas import (
     ValueModelRead,
     ValueModelUpdated,
 )
-from services.scoring.values import Scored, Written, store_values
+from services.scoring.values import OutboxEvent, Scored, Written, store_values
 from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
@@ -111,6 +106,12 @@ def _empty_reference() -> PopulationReference:
 
 # Parsed current model per database (a cache: every replica reloads it when the version moves).
 _model_cache: dict[int, CurrentModel] = {}
+# Before the first recompute: the model of each policy version (a new policy bumps it).
+_policy_model_cache: dict[int, CurrentModel] = {}
+_CURRENT = (
+    "SELECT (SELECT id FROM model_versions WHERE is_current), "
+    "(SELECT version FROM model_policy WHERE id = 1)"
+)
 
 
 async def current_policy(session: AsyncSession) -> tuple[ValueModelPolicy, int]:
@@ -121,12 +122,24 @@ async def current_policy(session: AsyncSession) -> tuple[ValueModelPolicy, int]:
 
 
 async def current_model(session: AsyncSession) -> CurrentModel:
-    model_id = (
-        await session.execute(select(ModelVersion.id).where(ModelVersion.is_current))
-    ).scalar_one_or_none()
+    """The current model version, or the policy before the first recompute: one small read,
+    each parsed once per process (a new version or policy is read on the next call)."""
+    current = await (await raw_connection(session)).fetchrow(_CURRENT)
+    assert current is not None
+    model_id, policy_version = current[0], current[1] or 0
     if model_id is None:
-        policy, _ = await current_policy(session)
-        return CurrentModel(None, policy, policy.clv.time_unit, None, None, _empty_reference())
+        cached = _policy_model_cache.get(policy_version)
+        if cached is None:
+            policy, version = await current_policy(session)
+            cached = CurrentModel(
+                None, policy, policy.clv.time_unit, None, None, _empty_reference()
+            )
+            if version != policy_version:  # changed since it was read: not cached
+                return cached
+            if len(_policy_model_cache) > 8:
+                _policy_model_cache.clear()
+            _policy_model_cache[policy_version] = cached
+        return cached
     cached = _model_cache.get(model_id)
     if cached is not None:
         return cached
@@ -250,7 +263,7 @@ async def lock_values(
 ) -> dict[uuid.UUID, asyncpg.Record]:
     """Lock the customers' value rows in id order (the order a recompute locks them in too)."""
     conn = await raw_connection(session)
-    rows = await conn.fetch(_LOCK_SQL, sorted(set(ids)))
+    rows = await conn.fetch(_LOCK_SQL, sorted_ids(set(ids)))
     return {row["customer_id"]: row for row in rows}
 
 
@@ -258,7 +271,8 @@ async def lock_values(
 
 
 def cause_of(event: CloudEvent[Any]) -> dict[str, Any]:
-    return {"event_id": str(event.id), "type": event.type, "time": event.time.isoformat()}
+    # orjson writes the id and the (UTC) time as str() and isoformat() do, for less.
+    return {"event_id": event.id, "type": event.type, "time": event.time}
 
 
 async def rescore(
@@ -281,31 +295,30 @@ async def rescore(
     """
     if not targets:
         return Written(0, [])
-    ids = sorted(targets)
+    ids = sorted_ids(targets)
+    connection = await raw_connection(session)
     if facts_changed:
-        await session.execute(
-            pg_insert(CustomerValue)
-            .values([{"customer_id": c} for c in ids])
-            .on_conflict_do_nothing()
-        )
+        await connection.execute(_NEW_VALUE_ROWS, ids)
     locked = await lock_values(session, ids)
+    if not locked:
+        return Written(0, [])
     as_of: dict[uuid.UUID, datetime] = {}
-    for customer_id in ids:
-        if customer_id not in locked:
-            continue
-        times = [
-            t for t in (targets[customer_id], locked[customer_id]["as_of"], default_as_of) if t
-        ]
+    for customer_id, row in locked.items():
+        times = [t for t in (targets[customer_id], row["as_of"], default_as_of) if t]
         if times:
             as_of[customer_id] = max(times)
+    # Read once the rows are locked: a model published while this waited is the one used.
     model = await current_model(session)
     facts = await load_facts(session, currency=settings.currency, customers=as_of)
     scored = score_against_model(facts, model)
+    # Facts are of the customers of `as_of` (id order, as locked) that have a value row: all
+    # of them when the counts agree, which saves making their ids again.
+    scored_ids = list(as_of) if len(facts) == len(as_of) else facts.ids()
     return await store_values(
-        await raw_connection(session),
+        connection,
         facts,
         scored,
-        causes=[causes.get(customer_id, []) for customer_id in facts.ids()],
+        causes=[causes.get(customer_id, []) for customer_id in scored_ids],
         cause_of=np.arange(len(facts)),
         model_version=model.version,
         policy=model.policy,
@@ -363,49 +376,102 @@ class _ComplaintState:
                 self.closed_at, self.satisfaction = None, None
 
 
+_NEW_VALUE_ROWS = (
+    "INSERT INTO customer_values (customer_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING"
+)
+_ERASE = (
+    "DELETE FROM purchases WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM refunds WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM complaints WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM referrals WHERE customer_id = ANY($1::uuid[]) OR referrer_id = ANY($1::uuid[])",
+    "DELETE FROM customer_values WHERE customer_id = ANY($1::uuid[])",
+)
+_TOMBSTONES = "SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])"
+_ADD_TOMBSTONES = (
+    "INSERT INTO erased_customers (customer_id, erased_at) "
+    "SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+# Each ledger written by one statement bound to arrays, whatever the batch size (prepared once);
+# an event seen before (the same purchase, refund or registration) changes nothing.
+_ADD_PURCHASES = (
+    "INSERT INTO purchases (purchase_id, customer_id, order_id, purchased_at, purchase_day, "
+    "amount, currency, categories) "
+    "SELECT p.purchase_id, p.customer_id, p.order_id, p.purchased_at, p.purchase_day, p.amount, "
+    "p.currency, CAST(p.categories AS varchar(100)[]) "
+    "FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::date[], "
+    "$6::numeric[], $7::text[], $8::text[]) AS p(purchase_id, customer_id, order_id, "
+    "purchased_at, purchase_day, amount, currency, categories) "
+    "ON CONFLICT DO NOTHING"
+)
+_ADD_REFUNDS = (
+    "INSERT INTO refunds (refund_id, purchase_id, customer_id, refunded_at, amount, currency, "
+    "chargeback) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[], "
+    "$5::numeric[], $6::text[], $7::bool[]) ON CONFLICT DO NOTHING"
+)
+_ADD_REFERRALS = (
+    "INSERT INTO referrals (customer_id, referrer_id, registered_at) "
+    "SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+_LOCK_COMPLAINTS = (
+    "SELECT complaint_id, customer_id, opened_at, closed_at, satisfaction, status, status_at "
+    "FROM complaints WHERE complaint_id = ANY($1::uuid[]) ORDER BY complaint_id FOR UPDATE"
+)
+_COMPLAINT_STATE = ("opened_at", "closed_at", "satisfaction", "status", "status_at")
+_SAVE_COMPLAINTS = (
+    "INSERT INTO complaints (complaint_id, customer_id, opened_at, closed_at, satisfaction, "
+    "status, status_at) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], "
+    "$4::timestamptz[], $5::int2[], $6::text[], $7::timestamptz[]) "
+    "ON CONFLICT (complaint_id) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in _COMPLAINT_STATE)
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _categories(names: frozenset[str]) -> str:
+    """A purchase's categories, sorted, as a PostgreSQL array literal (a ragged list of lists
+    cannot be bound as an array); cached: purchases share a few sets of categories."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in sorted(names))
+    return "{" + ",".join(quoted) + "}"
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as the columns an unnest(...) statement is bound to."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 async def erase_customers(
     session: AsyncSession, customer_ids: set[uuid.UUID], *, at: dict[uuid.UUID, datetime]
 ) -> None:
     """Right to be forgotten: every row about the customers goes; an id-only tombstone stays."""
     ids = list(customer_ids)
-    for table in (Purchase, Refund, Complaint):
-        await session.execute(delete(table).where(table.customer_id.in_(ids)))
-    await session.execute(
-        delete(Referral).where(Referral.customer_id.in_(ids) | Referral.referrer_id.in_(ids))
-    )
-    await session.execute(delete(CustomerValue).where(CustomerValue.customer_id.in_(ids)))
-    await session.execute(
-        pg_insert(ErasedCustomer)
-        .values([{"customer_id": c, "erased_at": at[c]} for c in ids])
-        .on_conflict_do_nothing()
-    )
+    connection = await raw_connection(session)
+    for statement in _ERASE:
+        await connection.execute(statement, ids)
+    await connection.execute(_ADD_TOMBSTONES, ids, [at[c] for c in ids])
 
 
 async def apply_events(
     session: AsyncSession, events: Sequence[CloudEvent[Any]], *, settings: ScoringSettings
-) -> list[CloudEvent[Any]]:
+) -> list[OutboxEvent]:
     """Apply a batch of events to the ledgers (set-based) and re-score each touched customer once.
 
-    Returns the value events to publish (the caller writes them to the outbox).
+    A fixed number of statements whatever the batch size, each bound to arrays on the driver
+    connection (no per-row statements, no SQLAlchemy compilation). Returns the value events to
+    publish (the caller writes them to the outbox).
     """
-    customer_of = {e.id: uuid.UUID(str(e.data.customer_id)) for e in events}
-    tombstones = set(
-        (
-            await session.execute(
-                select(ErasedCustomer.customer_id).where(
-                    ErasedCustomer.customer_id.in_(set(customer_of.values()))
-                )
-            )
-        ).scalars()
-    )
-    erased_now = {customer_of[e.id]: e.time for e in events if e.type == ev.CUSTOMER_ERASED}
+    connection = await raw_connection(session)
+    tombstones = {
+        row[0]
+        for row in await connection.fetch(_TOMBSTONES, list({e.data.customer_id for e in events}))
+    }
+    erased_now = {e.data.customer_id: e.time for e in events if e.type == ev.CUSTOMER_ERASED}
     if erased_now:
         await erase_customers(session, set(erased_now), at=erased_now)
     gone = tombstones | set(erased_now)
 
-    purchases: list[dict[str, Any]] = []
-    refunds: list[dict[str, Any]] = []
-    referrals: list[dict[str, Any]] = []
+    purchases: list[tuple[Any, ...]] = []
+    refunds: list[tuple[Any, ...]] = []
+    referrals: list[tuple[Any, ...]] = []
     complaint_events: list[CloudEvent[Any]] = []
     targets: dict[uuid.UUID, datetime] = {}
     causes: dict[uuid.UUID, list[dict[str, Any]]] = {}
@@ -417,83 +483,73 @@ async def apply_events(
         causes.setdefault(customer_id, []).append(cause_of(event))
 
     for event in events:
-        customer_id = customer_of[event.id]
+        data = event.data
+        customer_id = data.customer_id
         if customer_id in gone:
             continue
-        data = event.data
         if event.type == ev.PURCHASE_RECORDED:
-            categories = sorted({item.category for item in data.items if item.category})
             purchases.append(
-                {
-                    "purchase_id": data.purchase_id,
-                    "customer_id": customer_id,
-                    "order_id": data.order_id,
-                    "purchased_at": event.time,
-                    "purchase_day": event.time.astimezone(UTC).date(),
-                    "amount": data.amount,
-                    "currency": data.currency,
-                    "categories": categories,
-                }
+                (
+                    data.purchase_id,
+                    customer_id,
+                    data.order_id,
+                    event.time,
+                    event.time.astimezone(UTC).date(),
+                    data.amount,
+                    data.currency,
+                    _categories(frozenset(item.category for item in data.items if item.category)),
+                )
             )
         elif event.type == ev.PURCHASE_REFUNDED:
             refunds.append(
-                {
-                    "refund_id": data.refund_id,
-                    "purchase_id": data.purchase_id,
-                    "customer_id": customer_id,
-                    "refunded_at": event.time,
-                    "amount": data.amount,
-                    "currency": data.currency,
-                    "chargeback": data.chargeback,
-                }
+                (
+                    data.refund_id,
+                    data.purchase_id,
+                    customer_id,
+                    event.time,
+                    data.amount,
+                    data.currency,
+                    data.chargeback,
+                )
             )
         elif event.type == ev.CUSTOMER_REGISTERED and data.referred_by is not None:
-            referrals.append(
-                {
-                    "customer_id": customer_id,
-                    "referrer_id": data.referred_by,
-                    "registered_at": event.time,
-                }
-            )
-            touch(uuid.UUID(str(data.referred_by)), event)
+            referrals.append((customer_id, data.referred_by, event.time))
+            touch(data.referred_by, event)
         elif event.type.startswith("crm.complaint."):
             complaint_events.append(event)
         touch(customer_id, event)
 
-    if purchases:
-        await session.execute(pg_insert(Purchase).values(purchases).on_conflict_do_nothing())
-    if refunds:
-        await session.execute(pg_insert(Refund).values(refunds).on_conflict_do_nothing())
-    if referrals:
-        await session.execute(pg_insert(Referral).values(referrals).on_conflict_do_nothing())
+    for statement, rows in (
+        (_ADD_PURCHASES, purchases),
+        (_ADD_REFUNDS, refunds),
+        (_ADD_REFERRALS, referrals),
+    ):
+        if rows:
+            await connection.execute(statement, *_columns(rows))
     if complaint_events:
-        await _apply_complaints(session, complaint_events)
+        await _apply_complaints(connection, complaint_events)
     result = await rescore(session, targets, causes=causes, settings=settings, facts_changed=True)
-    return result.cloud_events()
+    return result.events
 
 
-async def _apply_complaints(session: AsyncSession, events: list[CloudEvent[Any]]) -> None:
-    ids = {e.data.complaint_id for e in events}
+async def _apply_complaints(connection: asyncpg.Connection, events: list[CloudEvent[Any]]) -> None:
+    ids = list({e.data.complaint_id for e in events})
     states = {
-        row.complaint_id: _ComplaintState(
-            row.customer_id,
-            row.opened_at,
-            row.closed_at,
-            row.satisfaction,
-            row.status,
-            row.status_at,
+        row["complaint_id"]: _ComplaintState(
+            row["customer_id"],
+            row["opened_at"],
+            row["closed_at"],
+            row["satisfaction"],
+            row["status"],
+            row["status_at"],
         )
-        for row in (
-            await session.execute(
-                select(Complaint).where(Complaint.complaint_id.in_(ids)).with_for_update()
-            )
-        ).scalars()
+        for row in await connection.fetch(_LOCK_COMPLAINTS, ids)
     }
     for event in events:
         state = states.get(event.data.complaint_id)
         if state is None:
             state = states[event.data.complaint_id] = _ComplaintState(
-                uuid.UUID(str(event.data.customer_id)),
+                event.data.customer_id,
                 event.time,
                 None,
                 None,
@@ -501,16 +557,14 @@ async def _apply_complaints(session: AsyncSession, events: list[CloudEvent[Any]]
                 event.time,
             )
         state.apply(event)
-    rows = [{"complaint_id": cid, **vars(state)} for cid, state in states.items()]
-    statement = pg_insert(Complaint).values(rows)
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Complaint.complaint_id],
-            set_={
-                name: statement.excluded[name]
-                for name in ("opened_at", "closed_at", "satisfaction", "status", "status_at")
-            },
-        )
+    await connection.execute(
+        _SAVE_COMPLAINTS,
+        *_columns(
+            [
+                (complaint_id, state.customer_id, *(getattr(state, c) for c in _COMPLAINT_STATE))
+                for complaint_id, state in states.items()
+            ]
+        ),
     )
 
 

@@ -46,6 +46,7 @@ from services.scoring.facts import Facts, moment
 from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.messaging.outbox import COPY_THRESHOLD
 
 SOURCE = "/crm/scoring"
 # Causes kept per customer between two published scores (the latest ones).
@@ -410,10 +411,15 @@ async def store_values(
     at = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     cause = np.ones(n, dtype=np.int64) if cause_of is None else np.asarray(cause_of) + 1
     staged = _staged_rows(facts, scored, at, cause=cause, facts_changed=facts_changed)
-    await connection.execute(_STAGE_TABLE)
     # A cached generic plan cannot see the chunk's page range nor how many rows were staged,
     # and may loop over the page range once per staged row: plan every execution.
-    await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    setup = [_STAGE_TABLE, "SET LOCAL plan_cache_mode = force_custom_plan"]
+    if pages is None:
+        # Some customers (a handler batch, the catch-up): their rows through the primary key.
+        # While the table's statistics lag behind its growth (a new database), the planner
+        # hashed the whole table for every batch instead.
+        setup += ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off"]
+    await connection.execute("; ".join(setup))  # one round trip
     await bulk.write(connection, "staged_scores", _STAGED, staged)
     lap("write_stage")
     state = await bulk.read(
@@ -640,16 +646,21 @@ def value_events(
 
 
 _OUTBOX_COLUMNS = ["event_id", "event_type", "topic", "key", "payload"]
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, event_type, topic, key, payload) "
+    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
+)
 
 
 async def add_to_outbox(connection: asyncpg.Connection, events: Sequence[OutboxEvent]) -> None:
-    """Write events to the outbox (COPY, in the connection's transaction): the rows
-    `shared.messaging.outbox.add_events` writes for CloudEvent models."""
+    """Write events to the outbox (in the connection's transaction): the rows, and the way,
+    of `shared.messaging.outbox.add_events` for CloudEvent models: COPY for many (a recompute
+    chunk), one array-bound INSERT for a handler batch (one round trip where COPY takes two)."""
     if not events:
         return
     topics = {t: ev.topic_for(t) for t in _EVENT_MODELS}
-    await connection.copy_records_to_table(
-        "outbox",
-        records=[(e.event_id, e.type, topics[e.type], e.subject, e.payload) for e in events],
-        columns=_OUTBOX_COLUMNS,
-    )
+    records = [(e.event_id, e.type, topics[e.type], e.subject, e.payload) for e in events]
+    if len(records) >= COPY_THRESHOLD:
+        await connection.copy_records_to_table("outbox", records=records, columns=_OUTBOX_COLUMNS)
+        return
+    await connection.execute(_OUTBOX_INSERT, *(list(c) for c in zip(*records, strict=True)))

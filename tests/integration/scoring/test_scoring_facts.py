@@ -314,4 +314,18 @@ async def test_binary_copy_round_trips_through_postgresql(scoring: Scoring) -> N
             np.testing.assert_array_equal(back[name], column, err_msg=name)
         nan_rows = await connection.fetchval("SELECT count(*) FROM bulk_check WHERE ratio = 'NaN'")
         assert nan_rows == int(np.isnan(values["ratio"]).sum())
+
+        # The same rows packed by a query (what statements bound to arrays return).
+        packed = (
+            f"SELECT {bulk.packed(columns, [n for n, _ in columns], order_by='k')}, count(*) "
+            "FROM bulk_check"
+        )
+        payload, rows = await connection.fetchrow(packed)
+        for name, column in bulk.unpack(payload, columns, rows).items():
+            np.testing.assert_array_equal(column, values[name], err_msg=name)
+        # A NULL drops its row from the aggregate: the count tells.
+        await connection.execute("UPDATE bulk_check SET big = NULL WHERE k = 2")
+        payload, rows = await connection.fetchrow(packed)
+        with pytest.raises(ValueError, match="a NULL"):
+            bulk.unpack(payload, columns, rows)
         await session.rollback()

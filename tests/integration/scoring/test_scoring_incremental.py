@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 from integration.scoring.conftest import T0, Scoring, purchase_event
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from support import eventually
 
+from services.scoring import service
 from shared.events import new_event, parse
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -208,3 +211,154 @@ async def test_erasure_removes_the_customer_and_late_events_do_not_bring_them_ba
         assert rows[0][0] == 0, table
     response = await scoring.client.get(f"/v1/customers/{customer}/value", headers={})
     assert response.status_code == 401
+
+
+def _mixed_events(ids: dict[str, uuid.UUID]) -> tuple[list[Any], list[Any]]:
+    """A customer's history, then a batch touching several customers the awkward ways: the same
+    purchase twice (two event ids), a refund before its purchase, a purchase in another
+    currency, a referral, complaint steps out of order, more categories than the fact slots."""
+    a, b, c, d = ids["a"], ids["b"], ids["c"], ids["d"]
+    day = timedelta(days=1)
+    history = [purchase_event(a, T0 - 40 * day, "80.00", categories=("books",))]
+    first = purchase_event(
+        a, T0 - 3 * day, "120.00", categories=("books", "music", "garden", "toys", "sports")
+    )
+    again = purchase_event(a, T0 - 3 * day, "120.00", purchase_id=first.data.purchase_id)
+    refunded = purchase_event(b, T0 - 2 * day, "300.00")
+    refund = new_event(
+        type=ev.PURCHASE_REFUNDED,
+        source="/crm/profile",
+        subject=b,
+        time=T0 - day,
+        data=p.PurchaseRefunded(
+            customer_id=b,
+            purchase_id=refunded.data.purchase_id,
+            order_id=refunded.data.order_id,
+            refund_id=uuid.uuid4(),
+            amount=Decimal("100.00"),
+            refunded_total=Decimal("100.00"),
+            order_amount=Decimal("300.00"),
+            currency="USD",
+            chargeback=True,
+        ),
+    )
+    common = {"complaint_id": uuid.uuid4(), "customer_id": d, "severity": p.Severity.low}
+
+    def complaint(type_: str, data: p.ComplaintPayload, hours: int) -> Any:
+        return new_event(
+            type=type_, source="/crm/complaints", subject=d, time=T0 + hours * HOUR, data=data
+        )
+
+    batch = [
+        first,
+        refund,  # before the purchase it refunds
+        new_event(
+            type=ev.CUSTOMER_REGISTERED,
+            source="/crm/profile",
+            subject=c,
+            time=T0 - day,
+            data=p.CustomerRegistered(customer_id=c, kind=p.CustomerKind.person, referred_by=a),
+        ),
+        refunded,
+        complaint(
+            ev.COMPLAINT_OPENED,
+            p.ComplaintOpened(
+                **common,
+                channel=p.ComplaintChannel.web,
+                category=p.ComplaintCategory.billing,
+                first_response_due=T0 + 5 * HOUR,
+                resolution_due=T0 + 50 * HOUR,
+            ),
+            1,
+        ),
+        purchase_event(d, T0 - 5 * day, "45.00", categories=("toys",)),
+        again,
+        complaint(ev.COMPLAINT_CLOSED, p.ComplaintClosed(**common, satisfaction=2), 9),
+        # An older step arriving after the closing does not reopen it.
+        complaint(
+            ev.COMPLAINT_ACKNOWLEDGED, p.ComplaintAcknowledged(**common, first_response_met=True), 2
+        ),
+        purchase_event(b, T0 - day, "70.00", currency="EUR"),
+        purchase_event(a, T0 - day, "15.00", categories=("kitchen",)),
+    ]
+    return history, batch
+
+
+HOUR = timedelta(hours=1)
+# What a value is made of (not how often it was published nor its facts version).
+_VALUE = (
+    "as_of, model_version, orders, purchase_days, first_purchase_at, last_purchase_at, "
+    "gross_revenue, refunded_revenue, net_revenue, net_revenue_365d, revenue_last_180d, "
+    "revenue_prior_180d, chargebacks, categories, referrals, open_complaints, "
+    "closed_complaints_with_csat, mean_csat, score, tier, dim_current, dim_future, dim_credit, "
+    "dim_loyalty, dim_growth, rfm_recency, rfm_frequency, rfm_monetary, rfm_segment, "
+    "behavioural_loyalty, attitudinal_loyalty, satisfaction, loyalty_index, dick_basu, "
+    "jones_sasser, p_alive, expected_purchases, expected_spend, clv"
+)
+
+
+async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scoring) -> None:
+    """The batch path (set-based, each customer re-scored once) against one transaction per
+    event: the same ledgers and values; the batch bumps each facts version once and publishes
+    each scored customer once."""
+    sessions = async_sessionmaker(scoring.engine, expire_on_commit=False)
+    names = ("a", "b", "c", "d")
+    batched = {name: uuid.uuid4() for name in names}
+    singly = {name: uuid.uuid4() for name in names}
+
+    async def apply(events: list[Any]) -> list[Any]:
+        async with sessions() as session, session.begin():
+            return await service.apply_events(session, events, settings=scoring.settings)
+
+    history, batch = _mixed_events(batched)
+    for event in history:
+        await apply([event])
+    published = await apply(batch)
+    history, batch = _mixed_events(singly)
+    for event in [*history, *batch]:
+        await apply([event])
+
+    async def state(ids: dict[str, uuid.UUID]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, customer in ids.items():
+            (value,) = await scoring.sql(
+                f"SELECT {_VALUE}, facts_version FROM customer_values WHERE customer_id = :c",
+                c=customer,
+            )
+            ledgers = await scoring.sql(
+                "SELECT (SELECT array_agg((purchased_at, amount, currency, categories)::text "
+                "ORDER BY purchased_at, currency) FROM purchases WHERE customer_id = :c), "
+                "(SELECT array_agg((refunded_at, amount, chargeback)::text) FROM refunds "
+                "WHERE customer_id = :c), "
+                "(SELECT array_agg((opened_at, closed_at, satisfaction, status, status_at)::text) "
+                "FROM complaints WHERE customer_id = :c), "
+                "(SELECT count(*) FROM referrals WHERE referrer_id = :c)",
+                c=customer,
+            )
+            found[name] = {"value": dict(value._mapping), "ledgers": tuple(ledgers[0])}
+        return found
+
+    in_batch, one_by_one = await state(batched), await state(singly)
+    # Once per batch: one facts version more for each customer (a's history had its own).
+    assert {name: in_batch[name]["value"].pop("facts_version") for name in names} == {
+        "a": 2,
+        "b": 1,
+        "c": 1,
+        "d": 1,
+    }
+    # One at a time: one per event that touched the customer.
+    assert {name: one_by_one[name]["value"].pop("facts_version") for name in names} == {
+        "a": 5,
+        "b": 3,
+        "c": 1,
+        "d": 4,
+    }
+    for name in names:
+        assert in_batch[name]["value"] == one_by_one[name]["value"], name
+        assert in_batch[name]["ledgers"] == one_by_one[name]["ledgers"], name
+    a, b, d = in_batch["a"]["value"], in_batch["b"]["value"], in_batch["d"]["value"]
+    assert a["orders"] == 3 and a["referrals"] == 1  # the purchase seen twice counts once
+    assert b["refunded_revenue"] == Decimal("100.0000") and b["chargebacks"] == 1
+    assert d["closed_complaints_with_csat"] == 1 and d["open_complaints"] == 0
+    scored = [e.subject for e in published if e.type == ev.VALUE_SCORED]
+    assert sorted(scored) == sorted(str(batched[name]) for name in ("a", "b", "d"))
