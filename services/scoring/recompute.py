@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -510,14 +510,16 @@ async def run_pending_recomputes(
 async def schedule_nightly_recompute(
     session: AsyncSession, *, settings: ScoringSettings, now: datetime
 ) -> RecomputeRun | None:
-    """Request today's nightly recompute once its hour has come (as_of = that hour)."""
+    """Request the latest nightly recompute that is due (as_of = its hour: today's once the
+    hour has come, else yesterday's) unless it was requested already. A fresh install, or one
+    down at that hour, catches up at once: until a first recompute no score is published."""
     if not settings.nightly_recompute:
         return None
     due = now.astimezone(UTC).replace(
         hour=settings.nightly_recompute_hour_utc, minute=0, second=0, microsecond=0
     )
     if now < due:
-        return None
+        due -= timedelta(days=1)
     already = (
         await session.execute(
             select(RecomputeRun.id)

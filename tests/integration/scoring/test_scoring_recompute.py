@@ -222,3 +222,33 @@ async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring)
     # The explanation keeps the latest recompute among the causes, not one per run.
     assert len(rows) == first["customers_scored"]
     assert {(version, run) for version, run in rows} == {(again["model_version"], again["id"])}
+
+
+async def test_the_latest_due_nightly_run_is_requested_once_even_before_its_hour(
+    scoring: Scoring,
+) -> None:
+    """Before today's hour the due run is yesterday's: a fresh install (or one down at that
+    hour) catches up at once instead of publishing no score until the next night."""
+    from services.scoring.recompute import schedule_nightly_recompute
+    from shared.db import session_factory
+
+    settings = scoring.settings.model_copy(
+        update={"nightly_recompute": True, "nightly_recompute_hour_utc": 2}
+    )
+    # A day no other test's runs are as of.
+    day = (T0 - timedelta(days=900)).replace(hour=0, minute=30, second=0, microsecond=0)
+    sessions = session_factory(scoring.engine)
+    requested = []
+    for now in (day, day + timedelta(minutes=5), day + timedelta(hours=2)):
+        async with sessions() as session, session.begin():
+            run = await schedule_nightly_recompute(session, settings=settings, now=now)
+            requested.append(None if run is None else run.as_of)
+    today = day.replace(hour=2, minute=0)
+    yesterday = today - timedelta(days=1)
+    assert requested == [yesterday, None, today]
+    # Not left for the worker to run: a model fitted as of 900 days ago for the next tests.
+    async with scoring.engine.begin() as conn:
+        await conn.execute(
+            text("DELETE FROM recompute_runs WHERE trigger = 'nightly' AND as_of < :t"),
+            {"t": T0 - timedelta(days=800)},
+        )
