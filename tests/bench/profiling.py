@@ -209,6 +209,25 @@ def summarise(path: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
+def jvm_compiler_cpu_s() -> float:
+    """CPU seconds so far of the JIT compiler threads ("C1/C2 CompilerThread<n>") of every JVM
+    this process started (the Kafka broker): how much of the broker's work is still warming up."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, OSError):
+            if process.name() != "java":
+                continue
+            tasks = Path(f"/proc/{process.pid}/task")
+            for task in tasks.iterdir():
+                with contextlib.suppress(OSError):
+                    if not (task / "comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
+                        continue
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _tree_cpu(labels: dict[int, str]) -> dict[str, float]:
     """CPU seconds so far of this process and everything it started, summed by component."""
     by_label: collections.Counter[str] = collections.Counter()
