@@ -47,6 +47,10 @@ def _check_service(service: str) -> str:
     return service
 
 
+# Allocations between collections of the youngest generation (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
 @app.command()
 def serve(
     service: Annotated[str, typer.Argument(help="profile | lifecycle | complaints | scoring")],
@@ -68,6 +72,10 @@ def serve(
     # Everything imported so far lives as long as the process: keep it out of the cyclic GC's
     # scans (they cost a consumer about a fifth of its CPU per event).
     gc.freeze()
+    # A batch of events allocates tens of thousands of short-lived containers, nearly all freed
+    # by reference counting; collecting the youngest generation every 700 of them (the default)
+    # cost the lifecycle consumer a further fifth of its CPU (0.129 -> 0.104 ms per event).
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     uvicorn.run(
         application,
         host=host,

@@ -68,7 +68,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -312,6 +312,8 @@ class CustomerLifecycle:
         return frozenset(cid for cid, c in self.complaints.items() if c.is_open)
 
 
+_FIELDS = tuple(f.name for f in fields(CustomerLifecycle))
+
 #: Cached facts derived from ``orders`` alone (``_relationship`` also from the policy).
 _ORDER_FACTS = (
     "purchase_days",
@@ -325,13 +327,21 @@ _ORDER_FACTS = (
 
 def _evolve(state: CustomerLifecycle, **changes: Any) -> CustomerLifecycle:
     """``replace`` for changes that leave ``orders`` alone: the new state keeps the facts
-    already derived from them (each decision makes several copies; recomputing is O(orders))."""
-    evolved = replace(state, **changes)
-    derived = state.__dict__
-    for name in _ORDER_FACTS:
-        if name in derived:
-            evolved.__dict__[name] = derived[name]
+    already derived from them (each decision makes several copies; recomputing is O(orders)).
+
+    A copy of the instance dictionary: its fields and the cached facts (all in _ORDER_FACTS).
+    """
+    evolved = object.__new__(CustomerLifecycle)
+    evolved.__dict__.update(state.__dict__, **changes)
     return evolved
+
+
+def _with_fields(state: CustomerLifecycle, **changes: Any) -> CustomerLifecycle:
+    """``replace``, without the derived facts: only the fields copied, then ``changes``."""
+    known = state.__dict__
+    copy = object.__new__(CustomerLifecycle)
+    copy.__dict__.update({name: known[name] for name in _FIELDS}, **changes)
+    return copy
 
 
 def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> CustomerLifecycle:
@@ -340,10 +350,11 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
     Equal to deriving them anew: the order comes last in ``orders``, and ``min``/``max`` keep
     the first of equal values, as they do over all the orders.
     """
-    added = replace(
+    pending = state.pending_refunds
+    added = _with_fields(
         state,
         orders={**state.orders, order_id: order},
-        pending_refunds={k: v for k, v in state.pending_refunds.items() if k != order_id},
+        pending_refunds={k: v for k, v in pending.items() if k != order_id} if pending else {},
     )
     known, derived = state.__dict__, added.__dict__
     at = order.placed_at
@@ -357,8 +368,9 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
         return added
     if "purchase_days" in known:
         days = known["purchase_days"]
-        derived["purchase_days"] = days if order.day in days else tuple(sorted((*days, order.day)))
-        if order.day in days and "median_gap" in known:
+        day = order.day
+        derived["purchase_days"] = days if day in days else tuple(sorted((*days, day)))
+        if day in days and "median_gap" in known:
             derived["median_gap"] = known["median_gap"]
     if "first_purchase_at" in known:
         first = known["first_purchase_at"]
@@ -451,11 +463,11 @@ def is_established(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
     start = relationship_start(state, policy)
     if start is None:
         return False
-    first_day = start.astimezone(UTC).date()
-    days = [day for day in state.purchase_days if day >= first_day]
+    days = state.purchase_days  # sorted: those of the relationship are a suffix
+    first = bisect.bisect_left(days, start.astimezone(UTC).date())
     return (
-        len(days) >= policy.mature_min_purchase_days
-        and (days[-1] - days[0]).days >= policy.mature_min_tenure_days
+        len(days) - first >= policy.mature_min_purchase_days
+        and (days[-1] - days[first]).days >= policy.mature_min_tenure_days
     )
 
 
