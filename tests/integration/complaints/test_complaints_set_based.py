@@ -261,24 +261,13 @@ def _customer_event(kind: str, customer: uuid.UUID, at: datetime, tier: p.Tier |
             time=at,
             data=p.CustomerErased(customer_id=customer),
         )
-    if kind == "tier_changed":
-        return new_event(
-            type=ev.TIER_CHANGED,
-            source="/crm/scoring",
-            subject=customer,
-            time=at,
-            data=p.TierChanged(
-                customer_id=customer, from_tier=p.Tier.small, to_tier=tier, score=50.0
-            ),
-        )
-    assert tier is not None
+    assert kind == "tier_changed"
     return new_event(
-        type=ev.VALUE_SCORED,
+        type=ev.TIER_CHANGED,
         source="/crm/scoring",
         subject=customer,
         time=at,
-        # unvalidated, with only what the complaints service reads of a score
-        data=p.ValueScored.model_construct(customer_id=customer, tier=tier),  # type: ignore[call-arg]
+        data=p.TierChanged(customer_id=customer, from_tier=p.Tier.small, to_tier=tier, score=50.0),
     )
 
 
@@ -303,7 +292,7 @@ async def test_a_batch_leaves_the_projection_as_its_events_one_by_one(
     engine: AsyncEngine,
 ) -> None:
     rng = random.Random(7)
-    kinds = ["registered", "registered", "tier_changed", "value_scored", "erased"]
+    kinds = ["registered", "tier_changed", "erased"]
     tiers = list(p.Tier)
     n = 40
     batch, single = [uuid.uuid4() for _ in range(n)], [uuid.uuid4() for _ in range(n)]
@@ -318,7 +307,7 @@ async def test_a_batch_leaves_the_projection_as_its_events_one_by_one(
     events = [
         (
             rng.randrange(n),
-            rng.choices(kinds, weights=[3, 1, 4, 4, 1])[0],
+            rng.choices(kinds, weights=[4, 8, 1])[0],
             T0 + timedelta(hours=rng.randrange(48)),
             rng.choice(tiers),
         )
@@ -341,28 +330,28 @@ async def test_the_rules_of_the_projection(engine: AsyncEngine) -> None:
         [
             _customer_event("registered", late, T0, None),
             _customer_event("tier_changed", late, T0 + timedelta(hours=2), p.Tier.key),
-            # an older score arriving later never downgrades the newer tier
-            _customer_event("value_scored", late, T0 + timedelta(hours=1), p.Tier.small),
+            # an older tier arriving later never replaces the newer one
+            _customer_event("tier_changed", late, T0 + timedelta(hours=1), p.Tier.small),
             _customer_event("registered", erased, T0, None),
             _customer_event("tier_changed", erased, T0, p.Tier.key),
             _customer_event("erased", erased, T0 + timedelta(hours=1), None),
             # erasure is final: a registration or tier replayed after it changes nothing
             _customer_event("registered", erased, T0 + timedelta(hours=2), None),
-            _customer_event("value_scored", erased, T0 + timedelta(hours=3), p.Tier.major),
+            _customer_event("tier_changed", erased, T0 + timedelta(hours=3), p.Tier.major),
             # a tier before the registration is remembered, but is no customer yet
-            _customer_event("value_scored", early_tier, T0, p.Tier.major),
-            _customer_event("value_scored", rescored, T0, p.Tier.small),
-            _customer_event("value_scored", tie, T0, p.Tier.small),
+            _customer_event("tier_changed", early_tier, T0, p.Tier.major),
+            _customer_event("tier_changed", rescored, T0, p.Tier.small),
+            _customer_event("tier_changed", tie, T0, p.Tier.small),
         ],
     )
     await _process(
         engine,
         [
-            _customer_event("value_scored", rescored, T0 + timedelta(hours=1), p.Tier.major),
+            _customer_event("tier_changed", rescored, T0 + timedelta(hours=1), p.Tier.major),
             _customer_event("registered", rescored, T0 + timedelta(hours=1), None),
             # the same business time: the event consumed later wins, as within a batch
-            _customer_event("value_scored", tie, T0, p.Tier.major),
-            _customer_event("value_scored", late, T0 + timedelta(hours=2), p.Tier.major),
+            _customer_event("tier_changed", tie, T0, p.Tier.major),
+            _customer_event("tier_changed", late, T0 + timedelta(hours=2), p.Tier.major),
         ],
     )
     assert await _projection(engine, [late, erased, early_tier, rescored, tie]) == [

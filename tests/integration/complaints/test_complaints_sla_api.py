@@ -51,13 +51,16 @@ async def test_key_tier_customer_gets_halved_targets(complaints: Any) -> None:
     assert "description" not in opened["data"] and "subject" not in opened["data"]
 
 
-async def test_tier_from_value_scores_and_the_newest_wins(complaints: Any) -> None:
+async def test_tier_from_tier_changes_and_the_newest_wins(complaints: Any) -> None:
     now = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
     complaints.clock.set(now)
     customer = await complaints.customer(tier=p.Tier.key, at=now)
-    # an older score arrives late: it must not downgrade the newer tier
-    await complaints.publish(_scored(customer, tier=p.Tier.small, at=now - 10 * H))
-    await complaints.publish(_scored(customer, tier=p.Tier.major, at=now + H))
+    # an older tier change arrives late: it must not replace the newer tier
+    await complaints.publish(_tier_changed(customer, tier=p.Tier.small, at=now - 10 * H))
+    # a score is read past: had its tier (newer than the next change) been taken, the customer
+    # would stay `small`
+    await complaints.publish(_scored(customer, tier=p.Tier.small, at=now + 2 * H))
+    await complaints.publish(_tier_changed(customer, tier=p.Tier.major, at=now + H))
     await _until_tier(complaints, customer, "major")
     complaints.clock.set(now + 2 * H)
     complaint = await complaints.open(customer, severity="critical")
@@ -258,6 +261,16 @@ def _scored(customer: Any, *, tier: p.Tier, at: datetime) -> Any:
                 index=70, behavioural=70, attitudinal=70, dick_basu="true", jones_sasser="apostle"
             ),
         ),
+    )
+
+
+def _tier_changed(customer: Any, *, tier: p.Tier, at: datetime) -> Any:
+    return new_event(
+        type=ev.TIER_CHANGED,
+        source="/crm/scoring",
+        subject=customer,
+        time=at,
+        data=p.TierChanged(customer_id=customer, from_tier=p.Tier.small, to_tier=tier, score=80.0),
     )
 
 
