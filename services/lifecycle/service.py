@@ -397,8 +397,8 @@ async def apply_events(
         state: CustomerLifecycle | None = states.get(customer_id)
         for event in stream:
             decision = DECIDERS[event.type](state, policy, event)
-            if decision is None:
-                continue
+            if decision is None or (decision.state is state and not decision.changes):
+                continue  # nothing moved (a score of a customer not in decline, a redelivery)
             state = decision.state
             changed[customer_id] = state
             recorded += [

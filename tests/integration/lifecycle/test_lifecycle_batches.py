@@ -301,3 +301,45 @@ async def test_a_batch_equals_its_events_one_by_one_and_the_pure_rules(
 def test_text_arrays_quote_every_element() -> None:
     assert service._text_array([]) == "{}"
     assert service._text_array(["a", 'b"c', "d\\e", "x,y"]) == '{"a","b\\"c","d\\\\e","x,y"}'
+
+
+async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
+    sessions: SessionFactory,
+) -> None:
+    """A score of a growing customer (the usual one: each purchase is scored) moves nothing, and
+    the row keeps its version; a score that churns a declined customer is written."""
+    growing, declined = uuid.uuid4(), uuid.uuid4()
+    await apply(
+        sessions,
+        events_of([("purchase", 1, {"order": "a"})], growing)
+        + events_of(
+            [("purchase", 1, {"order": "a"}), ("opened", 2, {"complaint": 1, "severity": "high"})],
+            declined,
+        ),
+    )
+
+    async def versions() -> dict[uuid.UUID, tuple[str, str]]:
+        async with transaction(sessions) as session:
+            rows = await session.execute(
+                text(
+                    "SELECT customer_id, xmin::text AS version, stage FROM customer_lifecycles "
+                    "WHERE customer_id = ANY(:ids)"
+                ),
+                {"ids": [growing, declined]},
+            )
+            return {r.customer_id: (r.version, r.stage) for r in rows}
+
+    before = await versions()
+    assert {c: stage for c, (_, stage) in before.items()} == {
+        growing: "growth",
+        declined: "decline",
+    }
+    changed = await apply(
+        sessions,
+        events_of([("scored", 3, {"p_alive": 0.05})], growing)
+        + events_of([("scored", 3, {"p_alive": 0.05})], declined),
+    )
+    after = await versions()
+    assert after[growing] == before[growing]  # not rewritten
+    assert after[declined][1] == "churned" and after[declined][0] != before[declined][0]
+    assert [e.data.to_stage for e in changed] == ["churned"]
