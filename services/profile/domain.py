@@ -507,6 +507,14 @@ def minor_units(currency: str) -> int:
     return _MINOR_UNITS_OTHER_THAN_TWO.get(currency, 2)
 
 
+#: The smallest amount per number of decimal places (`0.01` for 2), made once, not per amount.
+_QUANTA: Final = {places: Decimal(1).scaleb(-places) for places in range(5)}
+
+
+def _quantum(places: int) -> Decimal:
+    return _QUANTA.get(places) or Decimal(1).scaleb(-places)
+
+
 def normalise_currency(raw: str, *, loc: Loc = ("currency",)) -> str:
     """An ISO 4217 alphabetic code; case is forgiven (`usd` -> `USD`)."""
     code = raw.strip().upper()
@@ -517,7 +525,7 @@ def normalise_currency(raw: str, *, loc: Loc = ("currency",)) -> str:
 
 def quantize_money(amount: Decimal, currency: str) -> Decimal:
     """Exactly the currency's minor units (`12.5` USD -> `12.50`), never `-0`."""
-    quantized = amount.quantize(Decimal(1).scaleb(-minor_units(currency)))
+    quantized = amount.quantize(_quantum(minor_units(currency)))
     return abs(quantized) if quantized.is_zero() else quantized
 
 
@@ -548,7 +556,7 @@ def money_problems(
     if amount >= MAX_AMOUNT:
         return [FieldProblem(loc, f"must be less than {MAX_AMOUNT}")]
     places = minor_units(currency)
-    if amount != amount.quantize(Decimal(1).scaleb(-places)):
+    if amount != amount.quantize(_quantum(places)):
         unit = (
             f"{currency} has no minor unit, so amounts are whole"
             if places == 0
@@ -1028,6 +1036,10 @@ def _parse_csv_row(
     if sku or category or quantity_text:
         if not sku:
             problems.append(FieldProblem(("sku",), "must not be empty on an item line"))
+        else:
+            problems += _text_problems(sku, ("sku",), max_length=MAX_SKU_LENGTH)
+        if category:
+            problems += _text_problems(category, ("category",), max_length=MAX_CATEGORY_LENGTH)
         quantity = 1
         if quantity_text:
             if _WHOLE_NUMBER.match(quantity_text) and 0 < int(quantity_text) <= MAX_QUANTITY:

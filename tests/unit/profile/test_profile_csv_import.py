@@ -215,3 +215,19 @@ def test_hundred_thousand_rows_parse_in_a_few_seconds() -> None:
     assert result.rows_read == 100_000 and result.rejections == ()
     assert len(result.orders) == 50_000
     assert elapsed < 15, f"parsing 100,000 rows took {elapsed:.1f} s"
+
+
+def test_item_sku_and_category_are_held_to_the_contracts_bounds() -> None:
+    """purchase.recorded carries them: a longer one would be an event its consumers refuse."""
+    long_sku, long_category = "S" * 101, "c" * 101
+    result = parse(
+        f"{ITEM_HEADER}\n"
+        f"shop-1,A-1,2024-05-01T10:00:00Z,10.00,USD,{long_sku},apparel,1\n"
+        f"shop-1,A-2,2024-05-01T10:00:00Z,10.00,USD,TEE-1,{long_category},1\n"
+        f"shop-1,A-3,2024-05-01T10:00:00Z,10.00,USD,{'S' * 100},{'c' * 100},1\n"
+    )
+    assert reasons(result) == {
+        2: "sku: must be at most 100 characters",
+        3: "category: must be at most 100 characters",
+    }
+    assert [o.purchase.order_id for o in result.orders] == ["A-3"]

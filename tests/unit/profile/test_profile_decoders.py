@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import orjson
 import pytest
@@ -103,3 +104,33 @@ def test_a_required_field_missing_is_still_unreadable() -> None:
     }
     with pytest.raises(EnvelopeError, match="to_stage"):
         tolerant_decoder(record(orjson.dumps(broken), topic=topics.LIFECYCLE))
+
+
+def test_a_complete_event_reads_as_the_registry_parses_it() -> None:
+    stage = new_event(
+        type=ev.STAGE_CHANGED,
+        source="/crm/lifecycle",
+        subject="c-1",
+        time=NOW,
+        data=p.StageChanged(
+            customer_id=UUID("7b0e1c1e-0000-4000-8000-000000000001"),
+            from_stage=p.Stage.prospect,
+            to_stage=p.Stage.growth,
+            reason="first purchase",
+        ),
+    )
+    raw = stage.to_bytes()
+    assert tolerant_decoder(record(raw, topic=topics.LIFECYCLE)) == ev.parse(raw) == stage
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"[]", "a CloudEvent must be a JSON object"),
+        (b'{"type": "crm.nope.v1", "data": {}}', "unknown event type"),
+        (b'{"type": ["x"], "data": {}}', "unknown event type"),
+    ],
+)
+def test_unreadable_projection_events_say_why(value: bytes, reason: str) -> None:
+    with pytest.raises(EnvelopeError, match=reason):
+        tolerant_decoder(record(value, topic=topics.VALUE))
