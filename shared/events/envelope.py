@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -36,10 +37,13 @@ class CloudEvent(BaseModel, Generic[P]):
 
     def to_bytes(self) -> bytes:
         # Only the optional extension is dropped when unset; `data` keeps its nulls (a null
-        # `from_tier` is meaningful and required).
-        return self.model_dump_json(
-            exclude={"traceparent"} if self.traceparent is None else None
-        ).encode()
+        # `from_tier` is meaningful and required). The serializer gives bytes (no str, no encode).
+        return self.__pydantic_serializer__.to_json(
+            self, exclude=_NO_TRACEPARENT if self.traceparent is None else None
+        )
+
+
+_NO_TRACEPARENT: Final = {"traceparent"}
 
 
 def new_event(
@@ -52,19 +56,54 @@ def new_event(
     id: uuid.UUID | None = None,
     traceparent: str | None = None,
 ) -> CloudEvent[P]:
-    model: Any = _envelope_for(data.__class__)
-    return cast(
-        CloudEvent[P],
-        model(
-            id=id or uuid.uuid4(),
-            source=source,
-            type=type,
-            subject=str(subject),
-            time=utc(time),
-            data=data,
-            traceparent=traceparent,
-        ),
+    # The model's validator called directly, as `__init__` calls it, minus ~0.4 µs of Python.
+    event: CloudEvent[P] = _envelope_for(data.__class__).__pydantic_validator__.validate_python(
+        {
+            "id": id or new_id(),
+            "source": source,
+            "type": type,
+            "subject": str(subject),
+            "time": utc(time),
+            "data": data,
+            "traceparent": traceparent,
+        }
     )
+    return event
+
+
+def new_id() -> uuid.UUID:
+    """A random (version 4) UUID, as `uuid.uuid4()`, from OS randomness read for `_IDS_PER_READ`
+    ids at once: one system call per event was a few percent of a producer's CPU. (uuid-utils
+    would do it in Rust, but a new dependency for ~0.4 µs per event did not seem worth it.)"""
+    try:
+        value = _random_ids.pop()  # atomic: no two threads get the same value
+    except IndexError:
+        _refill()
+        return new_id()
+    return uuid.UUID(int=value)
+
+
+_IDS_PER_READ: Final = 256
+_VERSION_MASK: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_4: Final = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_random_ids: list[int] = []
+
+
+def _refill() -> None:
+    global _random_ids
+    read = os.urandom(16 * _IDS_PER_READ)
+    _random_ids = [
+        (int.from_bytes(read[at : at + 16]) & _VERSION_MASK) | _VERSION_4
+        for at in range(0, len(read), 16)
+    ]
+
+
+def _forget_random_ids() -> None:
+    """A forked child must not hand out its parent's ids."""
+    _random_ids.clear()
+
+
+os.register_at_fork(after_in_child=_forget_random_ids)
 
 
 @functools.cache

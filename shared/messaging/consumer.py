@@ -19,6 +19,7 @@ import contextlib
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from shared.db import SessionFactory, driver_connection
 from shared.events import EVENTS, CloudEvent, EnvelopeError
 from shared.events import topics as topic_names
 from shared.events.envelope import peek
-from shared.events.registry import parse_document
+from shared.events.registry import parse_document, parse_fast
 from shared.messaging.kafka import producer_is_broken, stop_producer
 from shared.messaging.outbox import add_events, lock_customers
 from shared.messaging.tables import MessagingTables
@@ -101,7 +102,7 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     record: ConsumerRecord[bytes, bytes]
     event: CloudEvent[Any] | None = None
@@ -240,6 +241,10 @@ class ConsumerRunner:
             if decoder is not None:
                 message.event = decoder(record)
                 return message
+            event = parse_fast(record.value, self.handlers)
+            if event is not None:
+                message.event = event
+                return message
             doc = peek(record.value)
             event_type = doc.get("type")
             if event_type in EVENTS and event_type not in self.handlers:
@@ -280,20 +285,24 @@ class ConsumerRunner:
     def _wanted(self, messages: list[Message]) -> list[Message]:
         seen: set[uuid.UUID] = set()
         wanted = []
+        ignored: Counter[str] = Counter()
+        duplicates: Counter[str] = Counter()
         for m in messages:
             if m.ignored_type is not None:
-                metrics.EVENTS_CONSUMED.labels(self.service, m.ignored_type, "ignored").inc()
+                ignored[m.ignored_type] += 1
                 continue
             if m.event is None:
                 continue
             if m.event.type not in self.handlers:
-                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, "ignored").inc()
+                ignored[m.event.type] += 1
                 continue
             if m.event.id in seen:
-                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, "duplicate").inc()
+                duplicates[m.event.type] += 1
                 continue
             seen.add(m.event.id)
             wanted.append(m)
+        self._count_types(ignored, "ignored")
+        self._count_types(duplicates, "duplicate")
         return wanted
 
     async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:
@@ -312,9 +321,8 @@ class ConsumerRunner:
             )
         }
         new_events = [e for e in events if e.id in fresh]
-        for e in events:
-            if e.id not in fresh:
-                metrics.EVENTS_CONSUMED.labels(self.service, e.type, "duplicate").inc()
+        if len(new_events) < len(events):
+            self._count_types(Counter(e.type for e in events if e.id not in fresh), "duplicate")
         ctx = HandlerContext(session, self.tables, self.service)
         if new_events:
             await self.process(ctx, new_events)
@@ -370,9 +378,12 @@ class ConsumerRunner:
         await add_events(ctx.session, self.tables, ctx.emitted)
 
     def _count(self, messages: list[Message], outcome: str) -> None:
-        for m in messages:
-            if m.event is not None:
-                metrics.EVENTS_CONSUMED.labels(self.service, m.event.type, outcome).inc()
+        self._count_types(Counter(m.event.type for m in messages if m.event is not None), outcome)
+
+    def _count_types(self, counts: Counter[str], outcome: str) -> None:
+        # One increment per event type, not per event: finding the labelled child costs ~1 µs.
+        for event_type, n in counts.items():
+            metrics.EVENTS_CONSUMED.labels(self.service, event_type, outcome).inc(n)
 
     async def _dead_letter(self, failed: list[Message], stop: asyncio.Event) -> None:
         backoff = self.backoff

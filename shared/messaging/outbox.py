@@ -13,10 +13,11 @@ import contextlib
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +33,7 @@ from shared.observability.logging import get_logger
 log = get_logger(__name__)
 
 COPY_THRESHOLD = 500
+_HEADERS: Final = [("content-type", CONTENT_TYPE.encode())]
 
 
 def advisory_key(name: str) -> int:
@@ -228,18 +230,40 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]) -> None:
-        """Send every row in id order and wait for all acknowledgements."""
+        """Send every row in id order and wait for all acknowledgements.
+
+        The rows go into one batch per partition, filled in id order and handed over whole
+        (a full one before the next of its partition is started), so each partition receives
+        them in id order, as with one `send` per row, for a fraction of the CPU: `send` picks
+        the partition and makes a future per message.
+        """
         futures: list[asyncio.Future[Any]] = []
         try:
+            open_batches: dict[tuple[str, int], BatchBuilder] = {}
+            partitions: dict[str, tuple[list[int], list[int]]] = {}
             for r in rows:
-                futures.append(
-                    await producer.send(
-                        r["topic"],
-                        value=bytes(r["payload"]),
-                        key=r["key"].encode(),
-                        headers=[("content-type", CONTENT_TYPE.encode())],
+                topic: str = r["topic"]
+                key = r["key"].encode()
+                value = bytes(r["payload"])
+                known = partitions.get(topic)
+                if known is None:
+                    await producer.partitions_for(topic)  # waits for the topic's metadata
+                    cluster = producer.client.cluster
+                    known = partitions[topic] = (
+                        list(cluster.partitions_for_topic(topic)),
+                        list(cluster.available_partitions_for_topic(topic)),
                     )
-                )
+                # The producer's own choice, as `send` makes it.
+                partition: int = producer._partitioner(key, *known)
+                batch = open_batches.get((topic, partition))
+                if batch is None:
+                    batch = open_batches[topic, partition] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=_HEADERS) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = open_batches[topic, partition] = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None, headers=_HEADERS)
+            for (topic, partition), batch in open_batches.items():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.gather(*futures)
         except Exception:
             # What this attempt queued must settle (delivered or failed) before anything is sent
