@@ -381,7 +381,16 @@ async def apply_events(
     db = await driver_connection(session)
     policy = _policy_of(await db.fetchval(_POLICY_SQL))
     erased = {r["customer_id"] for r in await db.fetch(_ERASED_SQL, ids)}
-    states = {r["customer_id"]: _to_state(r) for r in await db.fetch(_LOCK_ROWS_SQL, ids)}
+    # A customer with only scores in the batch is read without facts when no score can move
+    # them (see _LOCK_ROWS_SQL): one score per purchase, nearly all of them for customers
+    # neither in decline nor due to lapse; they would cost a parse of every order to do nothing.
+    scores_only = {
+        customer_id: max(e.time for e in stream)
+        for customer_id, stream in by_customer.items()
+        if all(e.type == ev.VALUE_SCORED for e in stream)
+    }
+    rows = await db.fetch(_LOCK_ROWS_SQL, ids, list(scores_only), list(scores_only.values()))
+    states = {r["customer_id"]: _to_state(r) for r in rows if r["facts"] is not None}
 
     to_erase: dict[uuid.UUID, datetime] = {}
     changed: dict[uuid.UUID, CustomerLifecycle] = {}
@@ -424,11 +433,23 @@ async def apply_events(
 _SHARED_POLICY_LOCK = text(_POLICY_LOCK.format(mode="_shared"))
 _POLICY_SQL = "SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 1"
 _ERASED_SQL = "SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])"
-_LOCK_ROWS_SQL = (
-    "SELECT customer_id, stage, since, reason, registered_at, stage_before_decline, "
-    "decline_causes, facts::text AS facts FROM customer_lifecycles "
-    "WHERE customer_id = ANY($1::uuid[]) ORDER BY customer_id FOR UPDATE"
-)
+# The rows, locked; `facts` left out (NULL) for a customer whose events in the batch are all
+# scores ($2, with the latest score's time $3) when none of them can move the stage: a score
+# moves only a customer in decline (model churn) or, through the time rules it runs first, one
+# whose lapse or churn fell due before it. Without its state such a customer's scores are
+# skipped, as a score of an unknown customer is.
+_LOCK_ROWS_SQL = """
+SELECT c.customer_id, c.stage, c.since, c.reason, c.registered_at, c.stage_before_decline,
+    c.decline_causes,
+    CASE WHEN s.at IS NULL OR c.stage = 'decline' OR c.decline_due_at < s.at
+        OR c.churn_due_at < s.at THEN c.facts::text END AS facts
+FROM customer_lifecycles AS c
+LEFT JOIN unnest($2::uuid[], $3::timestamptz[]) AS s(customer_id, at)
+    ON s.customer_id = c.customer_id
+WHERE c.customer_id = ANY($1::uuid[])
+ORDER BY c.customer_id
+FOR UPDATE OF c
+"""
 # The columns _to_row gives, in the order of the upsert's arrays.
 _ROW_COLUMNS = (
     "customer_id",

@@ -307,11 +307,13 @@ async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
     sessions: SessionFactory,
 ) -> None:
     """A score of a growing customer (the usual one: each purchase is scored) moves nothing, and
-    the row keeps its version; a score that churns a declined customer is written."""
-    growing, declined = uuid.uuid4(), uuid.uuid4()
+    the row keeps its version; a score that churns a declined customer is written, and so is
+    one that comes after a growing customer's lapse fell due (the time rules run first)."""
+    growing, declined, lapsed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await apply(
         sessions,
         events_of([("purchase", 1, {"order": "a"})], growing)
+        + events_of([("purchase", 1, {"order": "a"})], lapsed)
         + events_of(
             [("purchase", 1, {"order": "a"}), ("opened", 2, {"complaint": 1, "severity": "high"})],
             declined,
@@ -325,7 +327,7 @@ async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
                     "SELECT customer_id, xmin::text AS version, stage FROM customer_lifecycles "
                     "WHERE customer_id = ANY(:ids)"
                 ),
-                {"ids": [growing, declined]},
+                {"ids": [growing, declined, lapsed]},
             )
             return {r.customer_id: (r.version, r.stage) for r in rows}
 
@@ -333,13 +335,24 @@ async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
     assert {c: stage for c, (_, stage) in before.items()} == {
         growing: "growth",
         declined: "decline",
+        lapsed: "growth",
     }
     changed = await apply(
         sessions,
         events_of([("scored", 3, {"p_alive": 0.05})], growing)
-        + events_of([("scored", 3, {"p_alive": 0.05})], declined),
+        + events_of([("scored", 3, {"p_alive": 0.05})], declined)
+        # a customer with one purchase day lapses after max(60, 2 * 60) idle days: on day 121
+        + events_of([("scored", 200, {"p_alive": 0.05})], lapsed),
     )
     after = await versions()
     assert after[growing] == before[growing]  # not rewritten
     assert after[declined][1] == "churned" and after[declined][0] != before[declined][0]
-    assert [e.data.to_stage for e in changed] == ["churned"]
+    assert after[lapsed][1] == "churned"
+    moves = sorted((str(e.data.customer_id), e.data.to_stage, e.data.reason) for e in changed)
+    assert moves == sorted(
+        [
+            (str(declined), "churned", "model_churn"),
+            (str(lapsed), "decline", "lapsing"),
+            (str(lapsed), "churned", "model_churn"),
+        ]
+    )
