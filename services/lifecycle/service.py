@@ -389,8 +389,8 @@ async def apply_events(
         for customer_id, stream in by_customer.items()
         if all(e.type == ev.VALUE_SCORED for e in stream)
     }
-    rows = await db.fetch(_LOCK_ROWS_SQL, ids, list(scores_only), list(scores_only.values()))
-    states = {r["customer_id"]: _to_state(r) for r in rows if r["facts"] is not None}
+    locked = await db.fetch(_LOCK_ROWS_SQL, ids, list(scores_only), list(scores_only.values()))
+    states = {r["customer_id"]: _to_state(r) for r in locked if r["facts"] is not None}
 
     to_erase: dict[uuid.UUID, datetime] = {}
     changed: dict[uuid.UUID, CustomerLifecycle] = {}
