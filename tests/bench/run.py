@@ -151,12 +151,16 @@ class Bench:
         self.deadline = time.monotonic() + sizes.budget_s
 
     def next_orders(self, count: int) -> list[dict[str, Any]]:
+        """The population's next `count` orders; past its last order it starts again from the
+        first, with new order ids (the same customers buy again), so no section runs short."""
         assert self.population is not None
-        end = min(len(self.population.orders), self.order_cursor + count)
-        documents = [
-            self.population.order_document(i, self.run_id) for i in range(self.order_cursor, end)
-        ]
-        self.order_cursor = end
+        total = len(self.population.orders)
+        documents = []
+        for position in range(self.order_cursor, self.order_cursor + count):
+            lap, index = divmod(position, total)
+            run = self.run_id if lap == 0 else f"{self.run_id}-lap{lap}"
+            documents.append(self.population.order_document(index, run))
+        self.order_cursor += count
         return documents
 
     async def settle(self, timeout: float = 120.0) -> float:
@@ -303,9 +307,6 @@ class Bench:
             async def step(rate: float) -> e2e.Step | None:
                 count = int(rate * self.sizes.step_seconds)
                 documents = self.next_orders(count)
-                if len(documents) < count // 2:
-                    echo("  population exhausted")
-                    return None
                 messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
                 observation = await self.observed(("profile", "lifecycle", "scoring"), "ingest")
                 result = await e2e.ingest_step(
@@ -341,8 +342,6 @@ class Bench:
         rate = rates[1] if len(rates) > 1 else rates[0]
         for round_ in range(1, self.sizes.warmup_rounds + 1):
             documents = self.next_orders(int(rate * self.sizes.warmup_seconds))
-            if not documents:
-                break  # the population's orders are spent: measure with what is warm
             messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
             compiled_before, started = jvm_compiler_cpu_s(), time.monotonic()
             await e2e.ingest_step(
