@@ -59,6 +59,7 @@ from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.events.envelope import new_id
 from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
@@ -550,7 +551,7 @@ async def _record(db: asyncpg.Connection, recorded: Sequence[_Recorded]) -> list
     """Store each change in the history (one statement) and return its ``stage_changed`` event."""
     if not recorded:
         return []
-    event_ids = [uuid.uuid4() for _ in recorded]
+    event_ids = [new_id() for _ in recorded]
     await db.execute(
         _HISTORY_SQL,
         [r.customer_id for r in recorded],

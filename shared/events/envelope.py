@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Final, Generic, Literal, TypeVar
@@ -72,30 +73,34 @@ def new_event(
 
 
 def new_id() -> uuid.UUID:
-    """A random (version 4) UUID, as `uuid.uuid4()`, from OS randomness read for `_IDS_PER_READ`
-    ids at once: one system call per event was a few percent of a producer's CPU. (uuid-utils
-    would do it in Rust, but a new dependency for ~0.4 µs per event did not seem worth it.)"""
+    """A time-ordered random UUID (version 7, RFC 9562): the Unix time in milliseconds, then 74
+    random bits, from OS randomness read for `_IDS_PER_READ` ids at once (one system call per
+    event was a few percent of a producer's CPU).
+
+    Time-ordered because every id lands in B-tree indexes (each consumer's inbox, the outboxes,
+    purchases): new ids go to the right-hand pages, which stay in memory, where random ones
+    touch a random page of an index that outgrows the buffer cache.
+    """
     try:
         value = _random_ids.pop()  # atomic: no two threads get the same value
     except IndexError:
         _refill()
         return new_id()
-    return uuid.UUID(int=value)
+    return uuid.UUID(int=(time.time_ns() // 1_000_000) << 80 | (value & _RANDOM_BITS) | _VERSION_7)
 
 
 _IDS_PER_READ: Final = 256
-_VERSION_MASK: Final = ~((0xF000 << 64) | (0xC000 << 48))
-_VERSION_4: Final = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+# Below the 48-bit timestamp: the version nibble (bits 76-79) and the variant (bits 62-63) set,
+# the other 74 bits random.
+_RANDOM_BITS: Final = ((1 << 80) - 1) & ~((0xF << 76) | (0x3 << 62))
+_VERSION_7: Final = (0x7 << 76) | (0x2 << 62)  # version 7, RFC 9562 variant
 _random_ids: list[int] = []
 
 
 def _refill() -> None:
     global _random_ids
-    read = os.urandom(16 * _IDS_PER_READ)
-    _random_ids = [
-        (int.from_bytes(read[at : at + 16]) & _VERSION_MASK) | _VERSION_4
-        for at in range(0, len(read), 16)
-    ]
+    read = os.urandom(10 * _IDS_PER_READ)
+    _random_ids = [int.from_bytes(read[at : at + 10]) for at in range(0, len(read), 10)]
 
 
 def _forget_random_ids() -> None:

@@ -22,10 +22,10 @@ def purchase(*items: LineItem, amount: str = "59.80") -> Purchase:
     return Purchase("A-1", Decimal(amount), "USD", AT, items, "web")
 
 
-def test_new_ids_are_distinct_random_version_4_uuids() -> None:
+def test_new_ids_are_distinct_time_ordered_version_7_uuids() -> None:
     ids = new_ids(500)
     assert len(ids) == 500 == len(set(ids))
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     assert new_ids(0) == []
 
 
@@ -55,7 +55,7 @@ def test_purchase_recorded_gets_a_fresh_id_when_none_is_given() -> None:
         purchase_recorded_event(purchase_id=PURCHASE, customer_id=CUSTOMER, purchase=purchase())
         for _ in range(2)
     )
-    assert first.id != second.id and first.id.version == 4
+    assert first.id != second.id and first.id.version == 7
 
 
 def test_a_purchase_outside_the_contract_is_never_published() -> None:

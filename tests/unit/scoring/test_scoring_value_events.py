@@ -179,7 +179,7 @@ def test_value_events_are_the_contract_events_the_models_make(has_clv: bool) -> 
             model.subject,
             made.event_id,
         )
-        assert uuid.UUID(made.event_id).version == 4
+        assert uuid.UUID(made.event_id).version == 7
         assert _without_id(contract) == _without_id(model)
     clv_present = [
         e for e in events if e.type == ev.VALUE_SCORED and b'"clv":null' not in e.payload

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -417,11 +418,15 @@ def test_the_bytes_are_those_of_model_dump_json(traceparent: str | None) -> None
     assert event.to_bytes() == expected.encode()
 
 
-def test_new_ids_are_random_version_4_uuids() -> None:
+def test_new_ids_are_time_ordered_random_version_7_uuids() -> None:
     ids = [new_id() for _ in range(2000)]  # more than one read of OS randomness
     assert len(set(ids)) == len(ids)
-    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
-    assert tier_changed().id.version == 4
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert tier_changed().id.version == 7
+    # the first 48 bits are the Unix time in milliseconds: ids sort by when they were made
+    now_ms = time.time_ns() // 1_000_000
+    stamps = [i.int >> 80 for i in ids]
+    assert stamps == sorted(stamps) and now_ms - 60_000 < stamps[0] <= stamps[-1] <= now_ms
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
