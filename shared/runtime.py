@@ -164,6 +164,7 @@ class ServiceRuntime:
             max_attempts=self.settings.consumer_max_attempts,
             batch_size=self.settings.consumer_batch_size,
             linger=self.settings.consumer_batch_linger_ms / 1000,
+            commit_interval=self.settings.consumer_commit_interval_ms / 1000,
             emits=emits,
             producer_factory=lambda: start_producer(self.settings),
         )

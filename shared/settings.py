@@ -55,6 +55,12 @@ class ServiceSettings(BaseSettings):
     consumer_batch_linger_ms: int = Field(
         10, ge=0, le=1000, validation_alias="CONSUMER_BATCH_LINGER_MS"
     )
+    # Offsets are committed at most this often (and at once past a dead letter, on revocation
+    # and on stop): each commit is a broker round trip on the hop's path, and what a crash makes
+    # a consumer redo is dropped by its inbox.
+    consumer_commit_interval_ms: int = Field(
+        1000, ge=0, le=60_000, validation_alias="CONSUMER_COMMIT_INTERVAL_MS"
+    )
     consumer_max_attempts: int = Field(3, ge=1, le=20, validation_alias="CONSUMER_MAX_ATTEMPTS")
 
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")

@@ -113,14 +113,15 @@ class Message:
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions are only given up between batches: revocation waits for the batch lock."""
+    """Partitions are only given up between batches: revocation waits for the batch lock, then
+    commits what was applied of them (the next owner starts there)."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock = lock
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.lock:
-            pass
+        async with self.runner.batch_lock:
+            await self.runner.flush_offsets()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
@@ -144,6 +145,7 @@ class ConsumerRunner:
         batch_size: int = 500,
         linger: float = 0.0,
         commit_offsets: bool = True,
+        commit_interval: float = 0.0,
         emits: bool = True,
         producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
@@ -163,15 +165,18 @@ class ConsumerRunner:
         self.batch_size = batch_size
         self.linger = linger
         self.commit_offsets = commit_offsets
+        self.commit_interval = commit_interval
         self.emits = emits
         self.producer_factory = producer_factory
         self._own_producer = False
         self.batch_lock = asyncio.Lock()
         self.processed = 0
         self._lag_checked = 0.0
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = time.monotonic()
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
-        return _Revocation(self.batch_lock)
+        return _Revocation(self)
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -179,16 +184,35 @@ class ConsumerRunner:
         self, stop: asyncio.Event, *, until: dict[TopicPartition, int] | None = None
     ) -> None:
         """Consume until `stop` is set (or, for replays, until every partition reaches `until`)."""
-        while not stop.is_set():
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
-            if batch:
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_size)
                 async with self.batch_lock:  # held while filling too: no revocation mid-batch
-                    if self.linger:
-                        await self._fill(batch)
-                    await self.handle_batch(batch, stop)
-            await self._update_lag()
-            if until is not None and await self._caught_up(until):
-                return
+                    if batch:
+                        if self.linger:
+                            await self._fill(batch)
+                        await self.handle_batch(batch, stop)
+                    if time.monotonic() - self._committed_at >= self.commit_interval:
+                        await self.flush_offsets()
+                await self._update_lag()
+                if until is not None and await self._caught_up(until):
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                async with self.batch_lock:
+                    await self.flush_offsets()
+
+    async def flush_offsets(self) -> None:
+        """Commit the offsets of what was applied and not committed yet (of the partitions still
+        assigned: a revoked one's next owner redoes the rest, which its inbox drops)."""
+        self._committed_at = time.monotonic()
+        if not self._uncommitted:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: at for tp, at in self._uncommitted.items() if tp in assigned}
+        self._uncommitted = {}
+        if offsets:
+            await self._commit(offsets)
 
     async def _fill(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Top a partial batch up with what arrives within the linger (order per partition kept:
@@ -227,8 +251,12 @@ class ConsumerRunner:
                     return  # offsets not committed: the batch is redelivered after restart
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-        await self._dead_letter([m for m in messages if m.error is not None], stop)
-        await self._commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        failed = [m for m in messages if m.error is not None]
+        await self._dead_letter(failed, stop)
+        self._uncommitted.update({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        if failed:
+            # Past dead letters at once: redone after a crash, they would be sent again.
+            await self.flush_offsets()
         self.processed += len(messages)
         metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
 
