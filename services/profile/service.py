@@ -923,6 +923,11 @@ _INGEST_CUSTOMERS_SQL = """
 """
 
 
+async def _ids_by(db: asyncpg.Connection, sql: str, keys: Sequence[Any]) -> dict[Any, uuid.UUID]:
+    """Customer ids by the key `sql` selects first (with the id second); no statement for none."""
+    return {row[0]: row[1] for row in await db.fetch(sql, keys)} if keys else {}
+
+
 async def ingest_orders(
     session: AsyncSession, *, orders: Sequence[tuple[domain.IngestOrder, domain.Purchase]]
 ) -> list[CloudEvent[Any]]:
@@ -938,35 +943,16 @@ async def ingest_orders(
     refs = [o.external_ref for o, _ in orders if o.external_ref is not None]
     emails = [o.email for o, _ in orders if o.email is not None]
     # A lookup by an identifier no order of the batch carries is skipped (feeds send one kind).
-    by_id = (
-        {
-            row["id"]
-            for row in await db.fetch(
-                "SELECT id FROM customers WHERE id = ANY($1::uuid[]) AND erased_at IS NULL", ids
-            )
-        }
-        if ids
-        else set()
+    by_id = set(
+        await _ids_by(
+            db, "SELECT id, id FROM customers WHERE id = ANY($1::uuid[]) AND erased_at IS NULL", ids
+        )
     )
-    by_ref: dict[str, uuid.UUID] = (
-        {
-            row["external_ref"]: row["id"]
-            for row in await db.fetch(
-                "SELECT external_ref, id FROM customers WHERE external_ref = ANY($1::text[])", refs
-            )
-        }
-        if refs
-        else {}
+    by_ref = await _ids_by(
+        db, "SELECT external_ref, id FROM customers WHERE external_ref = ANY($1::text[])", refs
     )
-    by_email: dict[str, uuid.UUID] = (
-        {
-            row["email"]: row["id"]
-            for row in await db.fetch(
-                "SELECT email, id FROM customers WHERE email = ANY($1::text[])", emails
-            )
-        }
-        if emails
-        else {}
+    by_email = await _ids_by(
+        db, "SELECT email, id FROM customers WHERE email = ANY($1::text[])", emails
     )
     owners: list[uuid.UUID] = []
     created: list[tuple[uuid.UUID, str | None, str | None, datetime, str | None]] = []

@@ -103,7 +103,12 @@ class Worker:
     """A consumer runner of our test handler, in a background task."""
 
     def __init__(
-        self, settings: ServiceSettings, engine: AsyncEngine, producer: AIOKafkaProducer, group: str
+        self,
+        settings: ServiceSettings,
+        engine: AsyncEngine,
+        producer: AIOKafkaProducer,
+        group: str,
+        **options: Any,
     ):
         self.stop = asyncio.Event()
         self.consumer = make_consumer(settings, group_id=group, topics_=[])
@@ -115,8 +120,7 @@ class Worker:
             tables=TABLES,
             handlers=HANDLERS,
             group_id=group,
-            max_attempts=2,
-            backoff=0.01,
+            **{"max_attempts": 2, "backoff": 0.01, **options},
         )
         self.consumer.subscribe([topics.PURCHASES], listener=self.runner.rebalance_listener())
         self.task: asyncio.Task[None] | None = None
@@ -654,63 +658,49 @@ async def test_offsets_are_committed_on_the_interval_at_once_past_a_dead_letter_
     customer = uuid.uuid4()
     key = str(customer).encode()
     group = f"g-{uuid.uuid4().hex}"
-    consumer = make_consumer(settings, group_id=group, topics_=[])
-    runner = ConsumerRunner(
-        service="msgtest",
-        consumer=consumer,
-        producer=producer,
-        sessions=session_factory(engine),
-        tables=TABLES,
-        handlers=HANDLERS,
-        group_id=group,
-        max_attempts=1,
-        commit_interval=3600.0,
-    )
-    consumer.subscribe([topics.PURCHASES], listener=runner.rebalance_listener())
-    await consumer.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(stop))
     try:
-        await eventually(lambda: _when(_assigned(consumer), bool), what="partitions assigned")
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        await eventually(
-            lambda: _when(_positions_reach(consumer, ends), bool),
-            timeout=60,
-            what="what earlier tests left on the topic read",
-        )
-        first = await producer.send_and_wait(
-            topics.PURCHASES, purchase_event(customer, "c-1").to_bytes(), key=key
-        )
-        tp = TopicPartition(topics.PURCHASES, first.partition)  # the key's: all go there
+        async with Worker(
+            settings, engine, producer, group, max_attempts=1, commit_interval=3600.0
+        ) as worker:
+            consumer = worker.consumer
+            await eventually(lambda: _when(_assigned(consumer), bool), what="partitions assigned")
+            ends = await consumer.end_offsets(list(consumer.assignment()))
+            await eventually(
+                lambda: _when(_positions_reach(consumer, ends), bool),
+                timeout=60,
+                what="what earlier tests left on the topic read",
+            )
+            first = await producer.send_and_wait(
+                topics.PURCHASES, purchase_event(customer, "c-1").to_bytes(), key=key
+            )
+            tp = TopicPartition(topics.PURCHASES, first.partition)  # the key's: all go there
 
-        async def committed() -> int:
-            return await consumer.committed(tp) or 0
+            async def committed() -> int:
+                return await consumer.committed(tp) or 0
 
-        await eventually(
-            lambda: _when(totals(engine, customer), lambda r: r is not None),
-            what="the purchase applied",
-        )
-        assert await committed() <= first.offset  # applied; its offset waits for the interval
-        poison = await producer.send_and_wait(topics.PURCHASES, b"{poison", key=key)
-        await eventually(
-            lambda: _when(committed(), lambda n: n == poison.offset + 1),
-            what="committed at once past the dead letter",
-        )
-        last = await producer.send_and_wait(
-            topics.PURCHASES, purchase_event(customer, "c-2").to_bytes(), key=key
-        )
-        await eventually(
-            lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 2),
-            what="the second purchase applied",
-        )
-        assert await committed() == poison.offset + 1
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        assert await committed() == last.offset + 1  # on stop
+            await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None),
+                what="the purchase applied",
+            )
+            assert await committed() <= first.offset  # applied; its offset waits for the interval
+            poison = await producer.send_and_wait(topics.PURCHASES, b"{poison", key=key)
+            await eventually(
+                lambda: _when(committed(), lambda n: n == poison.offset + 1),
+                what="committed at once past the dead letter",
+            )
+            last = await producer.send_and_wait(
+                topics.PURCHASES, purchase_event(customer, "c-2").to_bytes(), key=key
+            )
+            await eventually(
+                lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 2),
+                what="the second purchase applied",
+            )
+            assert await committed() == poison.offset + 1
+            worker.stop.set()
+            assert worker.task is not None
+            await asyncio.wait_for(worker.task, 30)
+            assert await committed() == last.offset + 1  # on stop
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-        await consumer.stop()
         await producer.stop()
 
 
