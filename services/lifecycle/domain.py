@@ -189,18 +189,37 @@ TRANSITIONS: tuple[TransitionRule, ...] = (
 _ALLOWED = frozenset(TRANSITIONS)
 
 
+MAX_POLICY_DAYS = 36_500
+MAX_GAP_MULTIPLIER = 1_000
+# Idle times are capped here (about 10,000 years), and a due time past the calendar's end is
+# the calendar's end: a rule that far out never fires.
+_MAX_IDLE_DAYS = 3_660_000
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def _plus(at: datetime, idle: timedelta) -> datetime:
+    try:
+        return at + idle
+    except OverflowError:
+        return _END_OF_TIME
+
+
 class LifecyclePolicy(BaseModel):
     """Thresholds of the stage rules (DOMAIN.md §1 defaults); immutable and validated."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    default_gap_days: float = Field(60, gt=0, description="g with fewer than two purchase days")
-    lapse_min_days: float = Field(60, gt=0)
-    lapse_gap_multiplier: float = Field(2, gt=0)
-    churn_min_days: float = Field(180, gt=0)
-    churn_gap_multiplier: float = Field(4, gt=0)
-    mature_min_purchase_days: int = Field(3, ge=1)
-    mature_min_tenure_days: int = Field(90, ge=0)
+    # Days up to a century and multipliers up to a thousand: beyond, a rule would never fire
+    # within the calendar (and a due time could not be written as a date).
+    default_gap_days: float = Field(
+        60, gt=0, le=MAX_POLICY_DAYS, description="g with fewer than two purchase days"
+    )
+    lapse_min_days: float = Field(60, gt=0, le=MAX_POLICY_DAYS)
+    lapse_gap_multiplier: float = Field(2, gt=0, le=MAX_GAP_MULTIPLIER)
+    churn_min_days: float = Field(180, gt=0, le=MAX_POLICY_DAYS)
+    churn_gap_multiplier: float = Field(4, gt=0, le=MAX_GAP_MULTIPLIER)
+    mature_min_purchase_days: int = Field(3, ge=1, le=MAX_POLICY_DAYS)
+    mature_min_tenure_days: int = Field(90, ge=0, le=MAX_POLICY_DAYS)
     complaint_severities: frozenset[Severity] = frozenset({Severity.HIGH, Severity.CRITICAL})
     recovery_min_satisfaction: int = Field(4, ge=1, le=5)
     model_churn_p_alive: float = Field(0.1, gt=0, lt=1)
@@ -222,11 +241,13 @@ class LifecyclePolicy(BaseModel):
 
     def lapse_after(self, gap_days: float) -> timedelta:
         """Idle time after which a growth/mature customer is lapsing: max(min, mult·g)."""
-        return timedelta(days=max(self.lapse_min_days, self.lapse_gap_multiplier * gap_days))
+        days = max(self.lapse_min_days, self.lapse_gap_multiplier * gap_days)
+        return timedelta(days=min(days, _MAX_IDLE_DAYS))
 
     def churn_after(self, gap_days: float) -> timedelta:
         """Idle time after which a declining customer is inactive: max(min, mult·g)."""
-        return timedelta(days=max(self.churn_min_days, self.churn_gap_multiplier * gap_days))
+        days = max(self.churn_min_days, self.churn_gap_multiplier * gap_days)
+        return timedelta(days=min(days, _MAX_IDLE_DAYS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,11 +493,11 @@ def is_established(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
 
 
 def _lapse_threshold_at(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime:
-    return idle_since(state) + policy.lapse_after(median_gap_days(state, policy))
+    return _plus(idle_since(state), policy.lapse_after(median_gap_days(state, policy)))
 
 
 def _churn_threshold_at(state: CustomerLifecycle, policy: LifecyclePolicy) -> datetime:
-    return idle_since(state) + policy.churn_after(median_gap_days(state, policy))
+    return _plus(idle_since(state), policy.churn_after(median_gap_days(state, policy)))
 
 
 def idle_since(state: CustomerLifecycle) -> datetime:
@@ -513,10 +534,10 @@ def due_times_for(
 ) -> tuple[datetime | None, datetime | None]:
     """:func:`due_times` from the few facts it needs (recomputing stored columns in bulk)."""
     if stage in (Stage.GROWTH, Stage.MATURE):
-        decline_due = max(since, idle_from + policy.lapse_after(gap_days))
-        return decline_due, max(decline_due, idle_from + policy.churn_after(gap_days))
+        decline_due = max(since, _plus(idle_from, policy.lapse_after(gap_days)))
+        return decline_due, max(decline_due, _plus(idle_from, policy.churn_after(gap_days)))
     if stage is Stage.DECLINE:
-        return None, max(since, idle_from + policy.churn_after(gap_days))
+        return None, max(since, _plus(idle_from, policy.churn_after(gap_days)))
     return None, None
 
 

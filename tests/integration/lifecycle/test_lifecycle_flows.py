@@ -277,6 +277,15 @@ async def test_policy_is_validated_versioned_and_replans_the_due_times(
     assert bad.status_code == 422
     assert bad.headers["content-type"].startswith("application/problem+json")
     assert "must exceed lapse_min_days" in bad.text
+    # what the API fuzzer sent (it had been a 500: the re-planned due times overflowed)
+    huge = await lifecycle.client.put(
+        "/v1/lifecycle/policy",
+        json={**policy, "churn_min_days": 9.247052665259949e307, "lapse_min_days": 1.6e240},
+        headers=ADMIN,
+    )
+    assert huge.status_code == 422, huge.text
+    assert huge.headers["content-type"].startswith("application/problem+json")
+    assert "less than or equal to 36500" in huge.text and "churn_min_days" in huge.text
     unchanged = await lifecycle.client.get("/v1/lifecycle/policy", headers=READER)
     assert unchanged.headers["ETag"] == etag
 

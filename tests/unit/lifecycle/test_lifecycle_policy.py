@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from services.lifecycle.domain import LifecyclePolicy, Severity
+from services.lifecycle.domain import LifecyclePolicy, Severity, Stage, due_times_for
 
 
 def test_defaults_are_domain_md() -> None:
@@ -55,6 +55,11 @@ def test_thresholds_are_max_of_minimum_and_multiple_of_g(gap, lapse, churn) -> N
         ({"mature_min_tenure_days": -1}, "greater than or equal to 0"),
         ({"complaint_severities": ["urgent"]}, "'low', 'medium', 'high' or 'critical'"),
         ({"lapse_days": 30}, "Extra inputs are not permitted"),
+        # found by the API fuzzer: a 500 from a timedelta overflow before these bounds
+        ({"churn_min_days": 9.2e307}, "less than or equal to 36500"),
+        ({"lapse_min_days": 1.6e240, "churn_min_days": 2e240}, "less than or equal to 36500"),
+        ({"churn_gap_multiplier": 7e16}, "less than or equal to 1000"),
+        ({"mature_min_tenure_days": 10**9}, "less than or equal to 36500"),
     ],
 )
 def test_invalid_policies_are_rejected_with_a_clear_message(changes, message) -> None:
@@ -76,3 +81,28 @@ def test_a_policy_round_trips_through_json() -> None:
 
 def test_severities_may_be_empty_so_complaints_never_decline() -> None:
     assert LifecyclePolicy(complaint_severities=[]).complaint_severities == frozenset()
+
+
+def test_rules_as_far_out_as_the_policy_allows_are_never_due_within_the_calendar() -> None:
+    """The widest policy over the widest gap: idle times are capped and a due time past the
+    calendar's end is its end (a rule never fires), not an overflow."""
+    policy = LifecyclePolicy(
+        default_gap_days=36_500,
+        lapse_min_days=36_499,
+        churn_min_days=36_500,
+        lapse_gap_multiplier=999,
+        churn_gap_multiplier=1_000,
+    )
+    at = datetime(9000, 1, 1, tzinfo=UTC)
+    decline_due, churn_due = due_times_for(
+        stage=Stage.GROWTH, since=at, idle_from=at, gap_days=36_500, policy=policy
+    )
+    end = datetime.max.replace(tzinfo=UTC)
+    assert decline_due == churn_due == end
+    assert due_times_for(
+        stage=Stage.DECLINE, since=at, idle_from=at, gap_days=36_500, policy=policy
+    ) == (None, end)
+    # an ordinary customer's rules still fall due when they should
+    assert due_times_for(
+        stage=Stage.GROWTH, since=at, idle_from=at, gap_days=10, policy=LifecyclePolicy()
+    ) == (at + timedelta(days=60), at + timedelta(days=180))
