@@ -72,19 +72,23 @@ def test_bad_orders_are_unreadable_with_the_reason(value: bytes, reason: str) ->
     assert reason in str(caught.value)
 
 
-def test_a_nullable_field_left_out_reads_as_null() -> None:
-    stage = new_event(
+def _stage_changed(from_stage: p.Stage | None, to_stage: p.Stage, reason: str) -> Any:
+    return new_event(
         type=ev.STAGE_CHANGED,
         source="/crm/lifecycle",
         subject="c-1",
         time=NOW,
         data=p.StageChanged(
-            customer_id="7b0e1c1e-0000-4000-8000-000000000001",  # type: ignore[arg-type]
-            from_stage=None,
-            to_stage=p.Stage.prospect,
-            reason="registered",
+            customer_id=UUID("7b0e1c1e-0000-4000-8000-000000000001"),
+            from_stage=from_stage,
+            to_stage=to_stage,
+            reason=reason,
         ),
     )
+
+
+def test_a_nullable_field_left_out_reads_as_null() -> None:
+    stage = _stage_changed(None, p.Stage.prospect, "registered")
     document = orjson.loads(stage.to_bytes())
     del document["data"]["from_stage"]  # what a producer that drops nulls sends
     raw = orjson.dumps(document)
@@ -107,18 +111,7 @@ def test_a_required_field_missing_is_still_unreadable() -> None:
 
 
 def test_a_complete_event_reads_as_the_registry_parses_it() -> None:
-    stage = new_event(
-        type=ev.STAGE_CHANGED,
-        source="/crm/lifecycle",
-        subject="c-1",
-        time=NOW,
-        data=p.StageChanged(
-            customer_id=UUID("7b0e1c1e-0000-4000-8000-000000000001"),
-            from_stage=p.Stage.prospect,
-            to_stage=p.Stage.growth,
-            reason="first purchase",
-        ),
-    )
+    stage = _stage_changed(p.Stage.prospect, p.Stage.growth, "first purchase")
     raw = stage.to_bytes()
     assert tolerant_decoder(record(raw, topic=topics.LIFECYCLE)) == ev.parse(raw) == stage
 
