@@ -60,14 +60,21 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under the session's transaction, for array-bound bulk SQL and COPY.
 
     SQLAlchemy begins the driver-level transaction on the session's first statement; when none
-    ran yet, one does here (raw statements would otherwise run outside it, committed at once).
+    ran yet, it is begun here (raw statements would otherwise run outside it, committed at once)
+    the way that first statement would begin it, without a statement of its own.
     """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert isinstance(driver, asyncpg.Connection)
     if not driver.is_in_transaction():
-        await connection.execute(text("SELECT 1"))
+        adapter = raw.dbapi_connection
+        if getattr(adapter, "_started", True) is False:
+            # SQLAlchemy's asyncpg adapter: BEGIN as its cursor does before a first statement,
+            # so that its commit and rollback end this transaction.
+            await adapter._start_transaction()  # type: ignore[union-attr]
+        else:
+            await connection.execute(text("SELECT 1"))
     return driver
 
 

@@ -50,7 +50,7 @@ from services.profile.schemas import (
     RefundCreate,
 )
 from shared.clock import utc
-from shared.db import SessionFactory, transaction
+from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
@@ -938,7 +938,7 @@ async def ingest_orders(
     created concurrently) raises: the consumer then redoes the batch message by message through
     `ingest_order`, which dead-letters only the culprit.
     """
-    db = await _driver_connection(session)
+    db = await driver_connection(session)
     ids = [o.customer_id for o, _ in orders if o.customer_id is not None]
     refs = [o.external_ref for o, _ in orders if o.external_ref is not None]
     emails = [o.email for o, _ in orders if o.email is not None]
@@ -1207,14 +1207,6 @@ _IMPORT_ITEMS_SQL = """
 """
 
 
-async def _driver_connection(session: AsyncSession) -> asyncpg.Connection:
-    """The session's own asyncpg connection (same transaction) for array-bound bulk SQL."""
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-    return driver
-
-
 async def _import_chunk(
     session: AsyncSession,
     orders: Sequence[domain.ImportedOrder],
@@ -1224,7 +1216,7 @@ async def _import_chunk(
 
     Rows go in as arrays (`unnest`): one statement per table instead of one per row, and no
     ORM compilation of thousands of parameters."""
-    db = await _driver_connection(session)
+    db = await driver_connection(session)
     refs = sorted({order.external_ref for order in orders})
     known: dict[str, uuid.UUID] = {
         row["external_ref"]: row["id"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import traceback
 import uuid
@@ -39,7 +40,7 @@ from shared.events import topics as topic_names
 from shared.events.envelope import peek
 from shared.events.registry import parse_document, parse_fast
 from shared.messaging.kafka import producer_is_broken, stop_producer
-from shared.messaging.outbox import add_events, lock_customers
+from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers
 from shared.messaging.tables import MessagingTables
 from shared.observability import metrics
 from shared.observability.logging import get_logger
@@ -174,6 +175,26 @@ class ConsumerRunner:
         self._lag_checked = 0.0
         self._uncommitted: dict[TopicPartition, int] = {}
         self._committed_at = time.monotonic()
+
+    @functools.cached_property
+    def _inbox_sql(self) -> str:
+        return (
+            f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
+            "SELECT * FROM unnest($1::uuid[], $2::text[]) "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+
+    @functools.cached_property
+    def _inbox_locking_sql(self) -> str:
+        # The uncorrelated subquery is an init plan: it runs once, before the first row is
+        # inserted, and takes the locks in key order (see LOCK_CUSTOMERS_SQL).
+        return (
+            f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
+            "SELECT * FROM unnest($1::uuid[], $2::text[]) "
+            "WHERE (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) "
+            "FROM unnest($3::bigint[]) AS k ORDER BY k) AS locked) >= 0 "
+            "ON CONFLICT DO NOTHING RETURNING event_id"
+        )
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         return _Revocation(self)
@@ -335,19 +356,17 @@ class ConsumerRunner:
 
     async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:
         events = [m.event for m in wanted if m.event is not None]
-        await self._lock(session, [e.subject for e in events])
-        # One array-bound statement, prepared once whatever the batch size.
         db = await driver_connection(session)
-        fresh = {
-            row[0]
-            for row in await db.fetch(
-                f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
-                "SELECT * FROM unnest($1::uuid[], $2::text[]) "
-                "ON CONFLICT DO NOTHING RETURNING event_id",
-                [e.id for e in events],
-                [e.type for e in events],
+        ids, types = [e.id for e in events], [e.type for e in events]
+        # One array-bound statement, prepared once whatever the batch size; an emitting consumer
+        # takes its customers' locks in the same round trip, before the first inbox row.
+        if self.emits:
+            rows = await db.fetch(
+                self._inbox_locking_sql, ids, types, customer_lock_keys(e.subject for e in events)
             )
-        }
+        else:
+            rows = await db.fetch(self._inbox_sql, ids, types)
+        fresh = {row[0] for row in rows}
         new_events = [e for e in events if e.id in fresh]
         if len(new_events) < len(events):
             self._count_types(Counter(e.type for e in events if e.id not in fresh), "duplicate")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -19,7 +20,6 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from pydantic import BaseModel
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import driver_connection
@@ -42,18 +42,35 @@ def advisory_key(name: str) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+def customer_lock_keys(customer_ids: Iterable[object]) -> list[int]:
+    """The advisory-lock keys of these customers, sorted: every writer takes them in one order,
+    so batches never deadlock on each other."""
+    return sorted({advisory_key(f"customer:{c}") for c in customer_ids})
+
+
+# A volatile function in the select list runs after the sort: the locks are taken in key order.
+LOCK_CUSTOMERS_SQL: Final = (
+    "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k ORDER BY k"
+)
+
+
 async def lock_customers(session: AsyncSession, customer_ids: Iterable[object]) -> None:
     """Serialise writers per customer for this transaction (sorted: no deadlocks between batches)."""
-    keys = sorted({advisory_key(f"customer:{c}") for c in customer_ids})
+    keys = customer_lock_keys(customer_ids)
     if not keys:
         return
-    await session.execute(
-        text(
-            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
-        ),
-        {"keys": keys},
-    )
+    db = await driver_connection(session)
+    await db.execute(LOCK_CUSTOMERS_SQL, keys)
 
+
+# Deletes the batch just published ($1) and reads the next one in the same round trip; the read
+# sees the rows as they were before the delete, so it leaves the deleted ones out itself.
+_DRAIN_SQL: Final = """
+    WITH published AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id)
+    SELECT id, event_type, topic, key, payload, created_at FROM outbox
+     WHERE id NOT IN (SELECT id FROM published)
+     ORDER BY id LIMIT $2
+"""
 
 _OUTBOX_INSERT = (
     "INSERT INTO {table} (event_id, event_type, topic, key, payload) "
@@ -167,10 +184,9 @@ class OutboxRelay:
             await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
             while not stop.is_set():
                 self._wake.clear()
-                published = await self._drain_once(conn, stop)
-                if published < self.batch_size:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wait(stop), timeout=self.poll_interval)
+                await self._drain(conn, stop)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wait(stop), timeout=self.poll_interval)
         finally:
             metrics.RELAY_ACTIVE.labels(self.service).set(0)
             with contextlib.suppress(Exception):
@@ -187,26 +203,57 @@ class OutboxRelay:
             for w in waiters:
                 w.cancel()
 
-    async def _drain_once(self, conn: asyncpg.Connection, stop: asyncio.Event) -> int:
-        rows = await conn.fetch(
-            "SELECT id, event_type, topic, key, payload, created_at FROM outbox ORDER BY id LIMIT $1",
-            self.batch_size,
-        )
-        if not rows:
-            metrics.OUTBOX_BACKLOG.labels(self.service).set(0)
-            metrics.OUTBOX_AGE.labels(self.service).set(0)
-            return 0
+    async def _drain(self, conn: asyncpg.Connection, stop: asyncio.Event) -> int:
+        """Publish until the outbox is empty; returns how many rows were published.
+
+        The rows of one batch are deleted by the statement that reads the next: one round trip
+        per batch. What arrived while a batch was being published goes out at once, and the
+        relay only waits for a NOTIFY once the outbox is empty and nothing published is left in it.
+        """
+        published = 0
+        done: list[int] = []
+        try:
+            while True:
+                rows = await conn.fetch(_DRAIN_SQL, done, self.batch_size)
+                done = []
+                if not rows:
+                    metrics.OUTBOX_BACKLOG.labels(self.service).set(0)
+                    metrics.OUTBOX_AGE.labels(self.service).set(0)
+                    return published
+                if not await self._publish_until_acknowledged(rows, stop):
+                    return published  # stopping: rows stay in the outbox; the next relay sends them
+                done = [r["id"] for r in rows]
+                for event_type, n in Counter(r["event_type"] for r in rows).items():
+                    metrics.EVENTS_PRODUCED.labels(self.service, event_type).inc(n)
+                published += len(rows)
+                self.published += len(rows)
+                oldest = rows[0]["created_at"].timestamp()
+                metrics.OUTBOX_AGE.labels(self.service).set(max(0.0, time.time() - oldest))
+                if stop.is_set():
+                    return published
+        finally:
+            if done:  # published, not deleted yet: stopping, or the read failed
+                try:
+                    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
+                except Exception as exc:  # sent again by the next relay; the inbox drops them
+                    log.warning("outbox.delete_failed", error=repr(exc), rows=len(done))
+
+    async def _publish_until_acknowledged(
+        self, rows: Sequence[asyncpg.Record], stop: asyncio.Event
+    ) -> bool:
+        """Publish the rows, retrying (with a new producer when it broke) until the broker
+        acknowledged all; False when `stop` came first."""
         backoff = 0.2
         while True:
             producer = await self._ready_producer(stop)
             if producer is None:
-                return 0  # stopping: rows stay in the outbox; the next relay publishes them
+                return False
             try:
                 await self._publish(producer, rows)
-                break
+                return True
             except Exception as exc:
                 if stop.is_set():
-                    return 0
+                    return False
                 replace = self.producer_factory is not None and producer_is_broken(producer, exc)
                 log.warning(
                     "outbox.publish_failed",
@@ -219,15 +266,6 @@ class OutboxRelay:
                     await self._discard_producer(producer)
                 await _sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
-        await conn.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-        )
-        for r in rows:
-            metrics.EVENTS_PRODUCED.labels(self.service, r["event_type"]).inc()
-        self.published += len(rows)
-        oldest = rows[0]["created_at"].timestamp()
-        metrics.OUTBOX_AGE.labels(self.service).set(max(0.0, time.time() - oldest))
-        return len(rows)
 
     async def _publish(self, producer: AIOKafkaProducer, rows: Sequence[asyncpg.Record]) -> None:
         """Send every row in id order and wait for all acknowledgements.

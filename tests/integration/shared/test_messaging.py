@@ -484,6 +484,52 @@ async def test_a_projection_consumer_takes_no_customer_locks_and_may_not_emit(
         await producer.stop()
 
 
+async def test_an_emitting_consumer_waits_for_the_writer_holding_its_customers_lock(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """The batch takes its customers' locks (in the inbox statement) before it applies anything:
+    while a writer holds a customer's lock the batch waits on it, and it is applied once the
+    writer ends."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = advisory_key(f"customer:{customer}")
+    try:
+        async with engine.connect() as writer:
+            await writer.begin()
+            await writer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            await producer.send_and_wait(
+                topics.PURCHASES,
+                purchase_event(customer, "locked-1").to_bytes(),
+                key=str(customer).encode(),
+            )
+            async with Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"):
+
+                async def waiting_on_the_lock() -> int | None:
+                    # A bigint advisory key is stored as its high and low 32 bits.
+                    async with engine.connect() as conn:
+                        waiting = (
+                            await conn.execute(
+                                text(
+                                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                    "AND NOT granted AND classid::bigint = :high "
+                                    "AND objid::bigint = :low"
+                                ),
+                                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+                            )
+                        ).scalar_one()
+                    return int(waiting) or None
+
+                assert await eventually(waiting_on_the_lock, what="the batch waiting") == 1
+                assert await totals(engine, customer) is None  # nothing applied while it waits
+                await writer.rollback()
+                result = await eventually(
+                    lambda: totals(engine, customer), what="the batch applied after the writer"
+                )
+        assert result == (1, "locked-1")
+    finally:
+        await producer.stop()
+
+
 async def test_crash_between_db_commit_and_offset_commit_does_not_double_apply(
     settings: ServiceSettings, engine: AsyncEngine
 ) -> None:
