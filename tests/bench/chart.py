@@ -65,7 +65,11 @@ def throughput(ax: Any, results: dict[str, Any]) -> None:
 
 def latency(ax: Any, results: dict[str, Any]) -> None:
     labels, p50, p95, p99 = [], [], [], []
-    for path, start in (("ingest", "produce"), ("http", "HTTP ack")):
+    for path, start in (
+        ("ingest", "produce"),
+        ("ingest_new_customers", "produce (new\ncustomers only)"),
+        ("http", "HTTP ack"),
+    ):
         for key, event in (
             ("stage_changed_ms", "stage_changed"),
             ("value_scored_ms", "value.scored"),

@@ -492,15 +492,24 @@ async def ingest_latency(
     rate: float,
     *,
     settle: float,
+    probes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """New customers' first orders at `rate`: produce -> stage_changed(growth) / value.scored."""
+    """The documents at `rate`; timed from their produce: the orders of the customers named in
+    `probes` (each a new customer's first order), or every order (each a new customer's) without
+    it, to stage_changed(growth) and the first value.scored."""
     watch = EventWatch(stack.bootstrap)
     await watch.start()
     sent_at: list[float] = []
     try:
         messages = [(d["external_ref"].encode(), orjson.dumps(d)) for d in documents]
         await offer(producer, topics.INGEST_ORDERS, messages, rate, sent_at)
-        refs = [d["external_ref"] for d in documents]
+        timed = set(probes) if probes is not None else None
+        sent_at = [
+            t
+            for d, t in zip(documents, sent_at, strict=True)
+            if timed is None or d["external_ref"] in timed
+        ]
+        refs = [d["external_ref"] for d in documents if timed is None or d["external_ref"] in timed]
         deadline = time.monotonic() + settle
         ids: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -514,6 +523,7 @@ async def ingest_latency(
     finally:
         await watch.stop()
     summary["offered_rps"] = rate
+    summary["orders"] = len(documents)
     return summary
 
 

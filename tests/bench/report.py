@@ -78,11 +78,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         )
     )
     out.append(("e2e HTTP POST purchases -> lifecycle+scoring", _num(http, "/s"), "", "", ""))
-    for path, label in (("ingest", "produce"), ("http", "HTTP ack")):
+    for path, label in (
+        ("ingest", "produce"),
+        ("ingest_new_customers", "produce, all new customers,"),
+        ("http", "HTTP ack"),
+    ):
         for key, event in (
             ("stage_changed_ms", "stage_changed"),
             ("value_scored_ms", "value.scored"),
         ):
+            if _get(results, "latency", path) is None:
+                continue
             p99 = _get(results, "latency", path, key, "p99")
             p50 = _get(results, "latency", path, key, "p50")
             out.append(

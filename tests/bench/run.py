@@ -109,6 +109,8 @@ FULL = Sizes(
 # Warm-up rounds end once the broker's JIT compiler threads use less than this share of a core
 # (or after the size's `warmup_rounds`).
 WARMUP_SETTLED_JIT_SHARE = 0.03
+# In the half-load latency run, one order in PROBE_EVERY is a new customer's first (the timed ones).
+PROBE_EVERY = 10
 
 
 class Stop(KeyboardInterrupt):
@@ -444,19 +446,36 @@ class Bench:
         )
         rate = max(20.0, ingest_saturation / 2)
         count = int(rate * self.sizes.latency_seconds)
-        documents = []
-        for i, document in enumerate(self.next_orders(count)):
-            document["external_ref"] = f"{self.run_id}-lat-{i}"
-            document["order_id"] = f"{self.run_id}-lat-{i}"
-            documents.append(document)
         producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
         try:
+            # Half of the saturation measured with the population's order stream is half load
+            # for that same stream: it is offered again, one order in PROBE_EVERY turned into a
+            # new customer's first order, whose stage_changed (to growth) and first score are
+            # certain and are timed.
+            documents = self.next_orders(count)
+            probes = []
+            for i in range(0, count, PROBE_EVERY):
+                documents[i]["external_ref"] = f"{self.run_id}-lat-{i}"
+                probes.append(documents[i]["external_ref"])
             out["ingest"] = await e2e.ingest_latency(
+                self.stack, producer, documents, rate, settle=60, probes=probes
+            )
+            echo("  ingest produce -> " + report.latency_line(out["ingest"]))
+            out["settle_between_s"] = round(await self.settle(), 1)
+            # A heavier mix at the same rate, shown beside it: every order a new customer's first.
+            documents = []
+            for i, document in enumerate(self.next_orders(count)):
+                document["external_ref"] = f"{self.run_id}-new-{i}"
+                documents.append(document)
+            out["ingest_new_customers"] = await e2e.ingest_latency(
                 self.stack, producer, documents, rate, settle=60
+            )
+            echo(
+                "  ingest produce, every order a new customer's -> "
+                + report.latency_line(out["ingest_new_customers"])
             )
         finally:
             await producer.stop()
-        echo("  ingest produce -> " + report.latency_line(out["ingest"]))
         http_saturation = float(self.results.get("http", {}).get("saturation_rps") or 0) or 200.0
         rate = max(10.0, http_saturation / 2)
         count = int(rate * self.sizes.latency_seconds)
