@@ -258,6 +258,11 @@ class ConsumerRunner:
         stop: asyncio.Event,
     ) -> None:
         started = time.perf_counter()
+        oldest = min((records[0].timestamp for records in batch.values() if records), default=None)
+        if oldest is not None and oldest > 0:
+            metrics.CONSUMER_EVENT_AGE.labels(self.service).observe(
+                max(0.0, time.time() - oldest / 1000)
+            )
         messages = [self._decode(r) for records in batch.values() for r in records]
         backoff = self.backoff
         while True:

@@ -227,8 +227,11 @@ class OutboxRelay:
                     metrics.EVENTS_PRODUCED.labels(self.service, event_type).inc(n)
                 published += len(rows)
                 self.published += len(rows)
-                oldest = rows[0]["created_at"].timestamp()
+                oldest = min(r["created_at"] for r in rows).timestamp()
                 metrics.OUTBOX_AGE.labels(self.service).set(max(0.0, time.time() - oldest))
+                metrics.OUTBOX_PUBLISH_DELAY.labels(self.service).observe(
+                    max(0.0, time.time() - oldest)
+                )
                 if stop.is_set():
                     return published
         finally:

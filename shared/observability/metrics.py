@@ -28,6 +28,23 @@ CONSUMER_BATCH_SECONDS = Histogram(
     ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Freshness per hop: how long the oldest event of a batch waited (in the producer, the broker
+# and the consumer's queue) before its batch started, and how long an outbox event took from its
+# transaction's start to the broker's acknowledgement.
+_AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+CONSUMER_EVENT_AGE = Histogram(
+    "crm_consumer_event_age_seconds",
+    "Age of a batch's oldest event (since its producer stamped it) when the batch starts",
+    ["service"],
+    buckets=_AGE_BUCKETS,
+)
+OUTBOX_PUBLISH_DELAY = Histogram(
+    "crm_outbox_publish_delay_seconds",
+    "From the transaction that wrote it to the broker's acknowledgement, per relayed batch's "
+    "oldest event",
+    ["service"],
+    buckets=_AGE_BUCKETS,
+)
 OUTBOX_BACKLOG = Gauge("crm_outbox_backlog", "Events waiting in the outbox", ["service"])
 OUTBOX_AGE = Gauge(
     "crm_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox event", ["service"]

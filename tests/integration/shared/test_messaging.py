@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from integration.shared.messaging_db import messaging_database
+from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -183,6 +184,8 @@ async def test_outbox_to_kafka_to_consumer_to_database(
 ) -> None:
     producer = await start_producer(settings)
     customer = uuid.uuid4()
+    ages_before = _observed("crm_consumer_event_age_seconds")
+    delays_before = _observed("crm_outbox_publish_delay_seconds")
     try:
         async with (
             relay(settings, producer),
@@ -197,8 +200,21 @@ async def test_outbox_to_kafka_to_consumer_to_database(
             )
             assert result[1] == "o0,o1,o2,o3,o4"  # per-customer order preserved
             assert await outbox_size(engine) == 0
+        # Freshness per hop is measured: the batches' event ages and the relay's publish delay.
+        assert _observed("crm_consumer_event_age_seconds")[0] > ages_before[0]
+        count, total = _observed("crm_outbox_publish_delay_seconds")
+        assert count > delays_before[0] and 0 <= total - delays_before[1] < 60
     finally:
         await producer.stop()
+
+
+def _observed(histogram: str) -> tuple[float, float]:
+    """(count, sum) of one of msgtest's histograms in this process's registry."""
+    labels = {"service": "msgtest"}
+    return (
+        REGISTRY.get_sample_value(f"{histogram}_count", labels) or 0.0,
+        REGISTRY.get_sample_value(f"{histogram}_sum", labels) or 0.0,
+    )
 
 
 async def _when(awaitable: Any, ok: Any) -> Any:
