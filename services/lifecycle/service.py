@@ -11,6 +11,7 @@ Who writes a customer's row and how they stay out of each other's way:
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -20,7 +21,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-import asyncpg
 import orjson
 from sqlalchemy import delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -377,11 +377,13 @@ async def apply_events(
     for event in events:
         by_customer[event.data.customer_id].append(event)
     ids = sorted(by_customer)
-    # Through the session first: it begins the transaction the driver statements then join.
-    await session.execute(_SHARED_POLICY_LOCK)
     db = await driver_connection(session)
-    policy = _policy_of(await db.fetchval(_POLICY_SQL))
-    erased = {r["customer_id"] for r in await db.fetch(_ERASED_SQL, ids)}
+    # A statement of its own: the next one reads under the lock, with a snapshot taken after it.
+    await db.execute(_SHARED_POLICY_LOCK_SQL)
+    context = await db.fetchrow(_BATCH_CONTEXT_SQL, ids)
+    assert context is not None
+    policy = _policy_of(context["policy"])
+    erased = set(context["erased"])
     # A customer with only scores in the batch is read without facts when no score can move
     # them (see _LOCK_ROWS_SQL): one score per purchase, nearly all of them for customers
     # neither in decline nor due to lapse; they would cost a parse of every order to do nothing.
@@ -417,23 +419,32 @@ async def apply_events(
 
     if to_erase:
         await _erase(session, to_erase)
+    history, events_out = _history(recorded)
     if changed:
         rows = [_to_row(cid, state, policy) for cid, state in changed.items()]
-        await db.execute(
-            _UPSERT_SQL,
-            *(
-                [_text_array(row[c]) for row in rows]
-                if c == "decline_causes"
-                else [row[c] for row in rows]
-                for c in _ROW_COLUMNS
-            ),
-        )
-    return await _record(db, recorded)
+        upsert = [
+            [_text_array(row[c]) for row in rows]
+            if c == "decline_causes"
+            else [row[c] for row in rows]
+            for c in _ROW_COLUMNS
+        ]
+        # The rows and their history in one round trip when stages moved.
+        if history:
+            await db.execute(_UPSERT_WITH_HISTORY_SQL, *upsert, *history)
+        else:
+            await db.execute(_UPSERT_SQL, *upsert)
+    elif history:
+        await db.execute(_HISTORY_SQL, *history)
+    return events_out
 
 
-_SHARED_POLICY_LOCK = text(_POLICY_LOCK.format(mode="_shared"))
-_POLICY_SQL = "SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 1"
-_ERASED_SQL = "SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])"
+_SHARED_POLICY_LOCK_SQL = _POLICY_LOCK.format(mode="_shared")
+# The policy (read under the shared policy lock, which a policy change holds exclusively while
+# it re-plans) and which of the batch's customers are erased, in one round trip.
+_BATCH_CONTEXT_SQL = """
+SELECT (SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 1) AS policy,
+    ARRAY(SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])) AS erased
+"""
 # The rows, locked; `facts` left out (NULL) for a customer whose events in the batch are all
 # scores ($2, with the latest score's time $3) when none of them can move the stage: a score
 # moves only a customer in decline (model churn) or, through the time rules it runs first, one
@@ -499,6 +510,14 @@ ORDER BY n
 """
 
 
+_UPSERT_WITH_HISTORY_SQL = (
+    "WITH upserted AS ("
+    + _UPSERT_SQL
+    + ") "
+    + re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + len(_ROW_COLUMNS)}", _HISTORY_SQL)
+)
+
+
 def _policy_of(stored: str | None) -> LifecyclePolicy:
     return LifecyclePolicy() if stored is None else LifecyclePolicy.model_validate_json(stored)
 
@@ -547,13 +566,13 @@ def _stage_changed(r: _Recorded, event_id: uuid.UUID) -> CloudEvent[p.StageChang
     )
 
 
-async def _record(db: asyncpg.Connection, recorded: Sequence[_Recorded]) -> list[CloudEvent[Any]]:
-    """Store each change in the history (one statement) and return its ``stage_changed`` event."""
+def _history(recorded: Sequence[_Recorded]) -> tuple[list[list[Any]], list[CloudEvent[Any]]]:
+    """The arrays of _HISTORY_SQL for these changes (none without changes) and each change's
+    ``stage_changed`` event."""
     if not recorded:
-        return []
+        return [], []
     event_ids = [new_id() for _ in recorded]
-    await db.execute(
-        _HISTORY_SQL,
+    arrays: list[list[Any]] = [
         [r.customer_id for r in recorded],
         [r.change.from_stage.value if r.change.from_stage else None for r in recorded],
         [r.change.to_stage.value for r in recorded],
@@ -563,8 +582,8 @@ async def _record(db: asyncpg.Connection, recorded: Sequence[_Recorded]) -> list
         [r.causing_event_id for r in recorded],
         [r.evaluation_run_id for r in recorded],
         event_ids,
-    )
-    return [_stage_changed(r, event_id) for r, event_id in zip(recorded, event_ids, strict=True)]
+    ]
+    return arrays, [_stage_changed(r, e) for r, e in zip(recorded, event_ids, strict=True)]
 
 
 # --- the time rules, set-based ------------------------------------------------------------------

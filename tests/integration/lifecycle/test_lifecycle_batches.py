@@ -9,20 +9,23 @@ one event per transaction (as the runner's slow path does).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import pytest
 from integration.lifecycle.lifecycle_helpers import day
 from sqlalchemy import text
 
 from services.lifecycle import domain, service
 from services.lifecycle.domain import LifecyclePolicy
-from shared.db import SessionFactory, create_engine, session_factory, transaction
+from shared.db import SessionFactory, asyncpg_dsn, create_engine, session_factory, transaction
 from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -356,3 +359,43 @@ async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
             (str(lapsed), "churned", "model_churn"),
         ]
     )
+
+
+async def test_a_batch_waits_for_a_policy_change_and_plans_with_the_new_policy(
+    sessions: SessionFactory, service_databases: dict[str, str]
+) -> None:
+    """A policy change holds the policy lock while it re-plans: a batch arriving meanwhile waits
+    for it and then plans with the policy it committed (read after the lock, not before)."""
+    customer = uuid.uuid4()
+    events = events_of([("purchase", 1, {"order": "a"})], customer)
+    writer = await asyncpg.connect(asyncpg_dsn(service_databases["lifecycle"]))
+    try:
+        changing = writer.transaction()
+        await changing.start()
+        await writer.execute(service._POLICY_LOCK.format(mode=""))
+        latest = await writer.fetchval("SELECT coalesce(max(version), 0) FROM lifecycle_policies")
+        longer = LifecyclePolicy(lapse_gap_multiplier=3)  # lapse after 3 gaps: 180 days, not 120
+        await writer.execute(
+            "INSERT INTO lifecycle_policies (version, policy, changed_at, changed_by) "
+            "VALUES ($1, $2::jsonb, now(), 'test')",
+            latest + 1,
+            longer.model_dump_json(),
+        )
+        batch = asyncio.create_task(apply(sessions, events))
+        while not await writer.fetchval(
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ):
+            assert not batch.done(), "the batch must wait for the policy change"
+            await asyncio.sleep(0.02)
+        await changing.commit()
+        await batch
+        rows, _, _ = await stored(sessions, [customer])
+        assert rows[customer]["decline_due_at"] == day(1) + timedelta(days=180)
+    finally:
+        # The module's other tests run under the default policy.
+        await writer.execute(
+            "INSERT INTO lifecycle_policies (version, policy, changed_at, changed_by) "
+            "SELECT max(version) + 1, $1::jsonb, now(), 'test' FROM lifecycle_policies",
+            LifecyclePolicy().model_dump_json(),
+        )
+        await writer.close()
