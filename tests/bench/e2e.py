@@ -10,6 +10,7 @@ order and the inboxes of lifecycle and scoring hold every `crm.purchase.recorded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -473,6 +474,53 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
     }
 
 
+class AutovacuumWatch:
+    """Samples PostgreSQL's autovacuum workers while a measurement runs: the share of samples
+    with one at work and the tables they worked on (background work the figures include)."""
+
+    def __init__(self, dsn: str, interval: float = 0.25) -> None:
+        self.dsn = dsn
+        self.interval = interval
+        self.samples = 0
+        self.busy = 0
+        self.tables: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AutovacuumWatch:
+        connection = await asyncpg.connect(self.dsn)
+
+        async def sample() -> None:
+            try:
+                while True:
+                    rows = await connection.fetch(
+                        "SELECT datname, query FROM pg_stat_activity "
+                        "WHERE backend_type = 'autovacuum worker'"
+                    )
+                    self.samples += 1
+                    self.busy += bool(rows)
+                    for r in rows:
+                        what = (r["query"] or "").removeprefix("autovacuum: ")
+                        self.tables.add(f"{r['datname']}: {what}"[:120])
+                    await asyncio.sleep(self.interval)
+            finally:
+                await connection.close()
+
+        self._task = asyncio.create_task(sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "autovacuum_share": round(self.busy / self.samples, 3) if self.samples else None,
+            "autovacuum_tables": sorted(self.tables),
+        }
+
+
 async def ids_by_ref(dsn: str, refs: Sequence[str]) -> dict[str, str]:
     connection = await asyncpg.connect(dsn)
     try:
@@ -500,9 +548,11 @@ async def ingest_latency(
     watch = EventWatch(stack.bootstrap)
     await watch.start()
     sent_at: list[float] = []
+    vacuum = AutovacuumWatch(stack.postgres_superuser_dsn())
     try:
         messages = [(d["external_ref"].encode(), orjson.dumps(d)) for d in documents]
-        await offer(producer, topics.INGEST_ORDERS, messages, rate, sent_at)
+        async with vacuum:
+            await offer(producer, topics.INGEST_ORDERS, messages, rate, sent_at)
         timed = set(probes) if probes is not None else None
         sent_at = [
             t
@@ -524,6 +574,7 @@ async def ingest_latency(
         await watch.stop()
     summary["offered_rps"] = rate
     summary["orders"] = len(documents)
+    summary.update(vacuum.summary())
     return summary
 
 

@@ -45,10 +45,15 @@ def latency_line(summary: dict[str, Any]) -> str:
             f" (n={p.get('n', 0)})"
         )
     missing = (summary.get("missing_stage_changed"), summary.get("missing_value_scored"))
-    return (
+    line = (
         "; ".join(parts)
         + f" at {_num(summary.get('offered_rps'))}/s; missing {missing[0]}/{missing[1]}"
     )
+    share = summary.get("autovacuum_share")
+    if share:
+        tables = ", ".join(summary.get("autovacuum_tables") or [])
+        line += f"; autovacuum at work {share:.0%} of the time ({tables})"
+    return line
 
 
 def _verdict(ok: bool | None) -> str:

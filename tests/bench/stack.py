@@ -61,6 +61,11 @@ class BenchStack:
             "://postgres@", f"://{HARNESS_ROLE}@", 1
         )
 
+    def postgres_superuser_dsn(self) -> str:
+        """For what the harness role may not see (other sessions' activity)."""
+        assert self.postgres is not None
+        return str(self.postgres.url("postgres", driver="postgresql"))
+
     def _enable_statement_stats(self) -> None:
         """pg_stat_statements (a preload library: one restart) and the harness's own role."""
         assert self.postgres is not None
