@@ -56,7 +56,7 @@ from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
-from shared.messaging.outbox import add_events, lock_customers
+from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers
 from shared.observability.logging import get_logger
 
 SOURCE = "/crm/profile"
@@ -923,6 +923,33 @@ _INGEST_CUSTOMERS_SQL = """
 """
 
 
+# The owners' locks ($8, taken in key order by a one-time filter before any row is written),
+# the purchases (an order already recorded is left alone) and the items of those inserted
+# (their ids chosen in advance: the items of a purchase not inserted join nothing).
+_INGEST_PURCHASES_SQL = """
+    WITH inserted AS (
+        INSERT INTO purchases (id, customer_id, order_id, amount, currency, occurred_at,
+                               channel, origin)
+        SELECT id, customer_id, order_id, amount, currency, occurred_at, channel, 'ingest'
+          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
+                      $6::timestamptz[], $7::text[])
+               AS t(id, customer_id, order_id, amount, currency, occurred_at, channel)
+         WHERE (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k)
+                  FROM unnest($8::bigint[]) AS k ORDER BY k) AS locked) >= 0
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING id, order_id
+    ), items AS (
+        INSERT INTO purchase_items (purchase_id, position, sku, category, quantity, unit_price)
+        SELECT i.purchase_id, i.position, i.sku, i.category, i.quantity, i.unit_price
+          FROM unnest($9::uuid[], $10::smallint[], $11::text[], $12::text[], $13::int[],
+                      $14::numeric[])
+               AS i(purchase_id, position, sku, category, quantity, unit_price)
+          JOIN inserted ON inserted.id = i.purchase_id
+    )
+    SELECT id, order_id FROM inserted
+"""
+
+
 async def _ids_by(db: asyncpg.Connection, sql: str, keys: Sequence[Any]) -> dict[Any, uuid.UUID]:
     """Customer ids by the key `sql` selects first (with the id second); no statement for none."""
     return {row[0]: row[1] for row in await db.fetch(sql, keys)} if keys else {}
@@ -978,9 +1005,9 @@ async def ingest_orders(
                 if email is not None:
                     by_email[email] = customer_id
                 owners.append(customer_id)
-    await lock_customers(session, owners)
     events: list[CloudEvent[Any]] = []
     if created:
+        # New customers' ids are fresh: no other writer can hold them, so no lock yet.
         # A unique violation here (a concurrent registration) sends the batch to the slow path.
         await db.execute(
             _INGEST_CUSTOMERS_SQL, *(list(column) for column in zip(*created, strict=True))
@@ -997,26 +1024,26 @@ async def ingest_orders(
                 )
             )
     purchases = [purchase for _, purchase in orders]
+    purchase_ids = new_ids(len(purchases))
+    items = [
+        (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
+        for purchase_id, purchase in zip(purchase_ids, purchases, strict=True)
+        for position, item in enumerate(purchase.items)
+    ]
+    # One round trip: the owners' locks, the purchases and the items of those inserted.
     inserted: dict[str, uuid.UUID] = {
         row["order_id"]: row["id"]
         for row in await db.fetch(
-            """
-            INSERT INTO purchases (id, customer_id, order_id, amount, currency, occurred_at,
-                                   channel, origin)
-            SELECT id, customer_id, order_id, amount, currency, occurred_at, channel, 'ingest'
-              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[],
-                          $6::timestamptz[], $7::text[])
-                   AS t(id, customer_id, order_id, amount, currency, occurred_at, channel)
-            ON CONFLICT (order_id) DO NOTHING
-            RETURNING id, order_id
-            """,
-            new_ids(len(purchases)),
+            _INGEST_PURCHASES_SQL,
+            purchase_ids,
             owners,
             [purchase.order_id for purchase in purchases],
             [purchase.amount for purchase in purchases],
             [purchase.currency for purchase in purchases],
             [purchase.occurred_at for purchase in purchases],
             [purchase.channel for purchase in purchases],
+            customer_lock_keys(owners),
+            *([list(column) for column in zip(*items, strict=True)] if items else [[]] * 6),
         )
     }
     repeated = [
@@ -1035,21 +1062,6 @@ async def ingest_orders(
         for owner, purchase in repeated:
             if recorded[purchase.order_id] != (owner, purchase.amount):
                 raise Conflict(f"order_id {purchase.order_id!r} is recorded differently")
-    items = [
-        (
-            inserted[purchase.order_id],
-            position,
-            item.sku,
-            item.category,
-            item.quantity,
-            item.unit_price,
-        )
-        for purchase in purchases
-        if purchase.order_id in inserted
-        for position, item in enumerate(purchase.items)
-    ]
-    if items:
-        await db.execute(_IMPORT_ITEMS_SQL, *(list(column) for column in zip(*items, strict=True)))
     seen: set[str] = set()
     event_ids = iter(new_ids(len(inserted)))
     for owner, purchase in zip(owners, purchases, strict=True):

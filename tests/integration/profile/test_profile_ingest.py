@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -13,8 +15,11 @@ from integration.profile.profile_helpers import PII_READER, Profile, produce, re
 from sqlalchemy import text
 from support import eventually
 
+from services.profile import domain, service
+from shared.db import session_factory, transaction
 from shared.events import registry as ev
 from shared.events import topics
+from shared.messaging.outbox import advisory_key
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +184,61 @@ async def test_a_burst_of_orders_for_new_and_repeat_customers_is_all_recorded(
     assert await eventually(counts, timeout=60, what="all 400 orders recorded") == (400, 40)
     [letter] = await dead_letters(profile.bootstrap, f"{marker}-stray", want=1)
     assert "unknown customer_id" in letter["dlq.error"]
+
+
+async def test_an_ingested_batch_waits_for_a_writer_holding_its_customer(profile: Profile) -> None:
+    """A batch takes its customers' locks before it writes a purchase (so one customer's events
+    leave the outbox in commit order), customers it found by their external reference included:
+    while a writer holds the customer, the batch waits, and it records the orders, items
+    included, once the writer ends."""
+    ref = f"ERP-{uuid.uuid4().hex[:8]}"
+    customer = await profile.register(external_ref=ref)
+    key = advisory_key(f"customer:{customer['id']}")
+    now = datetime.now(UTC)
+    orders = [
+        domain.parse_ingest_order(
+            orjson.dumps(ingest_order(external_ref=ref)),
+            base_currency="USD",
+            now=now,
+            max_clock_skew=timedelta(minutes=5),
+        )
+        for _ in range(2)
+    ]
+
+    async def ingest() -> None:
+        async with transaction(session_factory(profile.engine)) as session:
+            await service.ingest_orders(session, orders=orders)
+
+    async with profile.engine.connect() as writer:
+        await writer.begin()
+        await writer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        batch = asyncio.create_task(ingest())
+
+        async def waiting() -> bool | None:
+            async with profile.engine.connect() as conn:
+                found = await conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                        "AND classid::bigint = :high AND objid::bigint = :low"
+                    ),
+                    {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+                )
+                return found.scalar_one() > 0 or None
+
+        await eventually(waiting, timeout=15, what="the batch waiting for the customer")
+        assert not batch.done()
+        assert await purchase_of(profile, orders[0][1].order_id) is None
+        await writer.rollback()
+    await batch
+    async with profile.engine.connect() as conn:
+        recorded = (
+            await conn.execute(
+                text(
+                    "SELECT p.customer_id, i.sku, i.quantity FROM purchases p "
+                    "JOIN purchase_items i ON i.purchase_id = p.id "
+                    "WHERE p.order_id = ANY(:o) ORDER BY p.order_id"
+                ),
+                {"o": [purchase.order_id for _, purchase in orders]},
+            )
+        ).all()
+    assert [(str(r[0]), r[1], r[2]) for r in recorded] == [(customer["id"], "BOOK-1", 1)] * 2
