@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.clock import Clock, SystemClock
 from shared.db import SessionFactory, asyncpg_dsn, create_engine, session_factory
 from shared.messaging.consumer import BatchProcessor, ConsumerRunner, Decoder, Handler
+from shared.messaging.housekeeping import PruneResult, prune_messaging_tables
 from shared.messaging.kafka import KafkaProbe, make_consumer, start_producer
 from shared.messaging.outbox import OutboxRelay, advisory_key
 from shared.messaging.tables import MessagingTables
@@ -27,6 +29,9 @@ from shared.observability.logging import configure_logging, get_logger
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
+
+# Run by every worker: retention of its inbox and idempotency keys (shared.messaging.housekeeping).
+HOUSEKEEPING_JOB = "messaging-housekeeping"
 
 
 class Role(StrEnum):
@@ -92,7 +97,14 @@ class ServiceRuntime:
         return self.producer
 
     def spawn_worker(self, start: Callable[[ServiceRuntime], Sequence[Awaitable[None]]]) -> None:
-        for job in start(self):
+        """The service's worker jobs, plus what every worker runs: the messaging housekeeping."""
+        jobs = [
+            *start(self),
+            self.run_periodic(
+                HOUSEKEEPING_JOB, self.settings.housekeeping_interval_seconds, self.prune_messaging
+            ),
+        ]
+        for job in jobs:
             self.tasks.append(asyncio.create_task(self._supervise(job), name="worker"))
 
     async def _supervise(self, job: Awaitable[None]) -> None:
@@ -188,6 +200,18 @@ class ServiceRuntime:
             with contextlib.suppress(Exception):
                 await runner.close()
             log.info("consumer.stopped", processed=runner.processed)
+
+    async def prune_messaging(self) -> PruneResult:
+        """Delete inbox rows and idempotency keys past their retention, as of the clock's now."""
+        s = self.settings
+        return await prune_messaging_tables(
+            engine=self.engine,
+            tables=self.tables,
+            service=self.service,
+            now=self.clock.now(),
+            inbox_retention=timedelta(hours=s.inbox_retention_hours),
+            idempotency_retention=timedelta(hours=s.idempotency_key_retention_hours),
+        )
 
     async def run_periodic(
         self, name: str, interval_seconds: float, job: Callable[[], Awaitable[Any]]

@@ -62,6 +62,18 @@ class ServiceSettings(BaseSettings):
         1000, ge=0, le=60_000, validation_alias="CONSUMER_COMMIT_INTERVAL_MS"
     )
     consumer_max_attempts: int = Field(3, ge=1, le=20, validation_alias="CONSUMER_MAX_ATTEMPTS")
+    # Redeliveries come from what a consumer had not committed (seconds) and from a relay that
+    # publishes again (minutes): a week is ample. (Offsets must not expire: see deploy/README.md.)
+    inbox_retention_hours: int = Field(
+        168, ge=1, le=87_600, validation_alias="INBOX_RETENTION_HOURS"
+    )
+    # A client's retries of one request come within minutes; a day is the common promise.
+    idempotency_key_retention_hours: int = Field(
+        24, ge=1, le=87_600, validation_alias="IDEMPOTENCY_KEY_RETENTION_HOURS"
+    )
+    housekeeping_interval_seconds: int = Field(
+        600, ge=10, le=86_400, validation_alias="HOUSEKEEPING_INTERVAL_SECONDS"
+    )
 
     jwt_secret: str = Field(DEV_JWT_SECRET, validation_alias="JWT_SECRET")
     jwt_jwks_url: str | None = Field(None, validation_alias="JWT_JWKS_URL")

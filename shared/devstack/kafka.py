@@ -325,6 +325,8 @@ class ApacheKafka:
             "log.segment.bytes": str(16 * 1024 * 1024),
             "log.index.size.max.bytes": str(1024 * 1024),
             "log.retention.hours": "168",
+            # Committed offsets outlive a paused development stack (Kafka keeps them 7 days).
+            "offsets.retention.minutes": "43200",
             "num.network.threads": "2",
             "num.io.threads": "4",
             "num.recovery.threads.per.data.dir": "1",

@@ -55,6 +55,11 @@ RELAY_ACTIVE = Gauge(
 JOB_RUNS = Counter(
     "crm_scheduled_job_runs_total", "Scheduled job runs", ["service", "job", "outcome"]
 )
+MESSAGING_ROWS_PRUNED = Counter(
+    "crm_messaging_rows_pruned_total",
+    "Inbox and idempotency-key rows deleted past their retention",
+    ["service", "table"],
+)
 SLA_BREACHES = Counter(
     "crm_sla_breaches_total", "Complaint SLA breaches detected", ["service", "clock"]
 )
