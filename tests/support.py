@@ -89,3 +89,19 @@ async def skip_history(bootstrap_servers: str, group_id: str, topics: list[str])
         await consumer.commit(dict(ends))
     finally:
         await consumer.stop()
+
+
+async def waiting_for_advisory_lock(engine: Any, key: int) -> bool | None:
+    """True when some session waits for the advisory lock `key` (None otherwise, for
+    `eventually`); a bigint key is stored in pg_locks as its high and low 32 bits."""
+    from sqlalchemy import text
+
+    async with engine.connect() as conn:
+        waiting = await conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND classid::bigint = :high AND objid::bigint = :low"
+            ),
+            {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
+        )
+        return waiting.scalar_one() > 0 or None

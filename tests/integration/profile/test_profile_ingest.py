@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from integration.profile.profile_helpers import PII_READER, Profile, produce, read_events
 from sqlalchemy import text
-from support import eventually
+from support import eventually, waiting_for_advisory_lock
 
 from services.profile import domain, service
 from shared.db import session_factory, transaction
@@ -214,18 +214,11 @@ async def test_an_ingested_batch_waits_for_a_writer_holding_its_customer(profile
         await writer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
         batch = asyncio.create_task(ingest())
 
-        async def waiting() -> bool | None:
-            async with profile.engine.connect() as conn:
-                found = await conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                        "AND classid::bigint = :high AND objid::bigint = :low"
-                    ),
-                    {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
-                )
-                return found.scalar_one() > 0 or None
-
-        await eventually(waiting, timeout=15, what="the batch waiting for the customer")
+        await eventually(
+            lambda: waiting_for_advisory_lock(profile.engine, key),
+            timeout=15,
+            what="the batch waiting for the customer",
+        )
         assert not batch.done()
         assert await purchase_of(profile, orders[0][1].order_id) is None
         await writer.rollback()

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import eventually
+from support import eventually, waiting_for_advisory_lock
 
 from shared.db import asyncpg_dsn, make_metadata, session_factory
 from shared.devstack import Broker, PostgresServer
@@ -519,23 +519,9 @@ async def test_an_emitting_consumer_waits_for_the_writer_holding_its_customers_l
                 key=str(customer).encode(),
             )
             async with Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"):
-
-                async def waiting_on_the_lock() -> int | None:
-                    # A bigint advisory key is stored as its high and low 32 bits.
-                    async with engine.connect() as conn:
-                        waiting = (
-                            await conn.execute(
-                                text(
-                                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                    "AND NOT granted AND classid::bigint = :high "
-                                    "AND objid::bigint = :low"
-                                ),
-                                {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
-                            )
-                        ).scalar_one()
-                    return int(waiting) or None
-
-                assert await eventually(waiting_on_the_lock, what="the batch waiting") == 1
+                assert await eventually(
+                    lambda: waiting_for_advisory_lock(engine, key), what="the batch waiting"
+                )
                 assert await totals(engine, customer) is None  # nothing applied while it waits
                 await writer.rollback()
                 result = await eventually(
