@@ -6,8 +6,9 @@ a message that still fails goes to the DLQ (after the DB commit, before the offs
 the partition keeps moving. Infrastructure failures (database or broker down) never send to the
 DLQ: the batch is retried until they heal, without committing offsets.
 
-Customer locks: a batch locks its events' customers (`lock_customers`, sorted) before its
-handlers run, so that what it emits gets outbox ids in per-customer commit order. A consumer
+Customer locks: a batch locks its events' customers (sorted, in the statement that writes its
+inbox rows; `lock_customers` in the slow path) before its handlers run, so that what it emits
+gets outbox ids in per-customer commit order. A consumer
 that only maintains projections and never emits (`emits=False`) takes no such locks: its
 batches then never wait for, or hold up, the service's writers; emitting from one is a bug.
 """
