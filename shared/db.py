@@ -72,7 +72,13 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
         if getattr(adapter, "_started", True) is False:
             # SQLAlchemy's asyncpg adapter: BEGIN as its cursor does before a first statement,
             # so that its commit and rollback end this transaction.
-            await adapter._start_transaction()  # type: ignore[union-attr]
+            try:
+                await adapter._start_transaction()  # type: ignore[union-attr]
+            except Exception:
+                # A lost connection (a database restart): met again through a statement,
+                # SQLAlchemy reports it as its own error, a disconnect that invalidates the pool
+                # and that consumers retry, instead of the driver's, which they would not.
+                await connection.execute(text("SELECT 1"))
         else:
             await connection.execute(text("SELECT 1"))
     return driver
