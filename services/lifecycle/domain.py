@@ -83,11 +83,14 @@ __all__ = [
     "CustomerLifecycle",
     "Decision",
     "ForbiddenTransitionError",
+    "IncompleteOrdersError",
     "InvalidLifecycleEventError",
     "LifecyclePolicy",
     "Order",
+    "OrderFacts",
     "Reason",
     "Severity",
+    "SomeOrders",
     "Stage",
     "StageChange",
     "TransitionRule",
@@ -105,7 +108,9 @@ __all__ = [
     "on_refund",
     "on_registered",
     "on_value_scored",
+    "order_facts",
     "relationship_start",
+    "with_order_facts",
 ]
 
 
@@ -268,6 +273,59 @@ class Order:
         return not (self.amount > 0 and self.refunded >= self.amount)
 
 
+class IncompleteOrdersError(LookupError):
+    """A rule needed every order of a customer, and the state holds only some of them."""
+
+
+class SomeOrders(Mapping[str, Order]):
+    """Some of a customer's orders (those a batch of events names); the rest are stored.
+
+    A state holding it carries the facts derived from all the orders (:func:`with_order_facts`),
+    so a purchase in business-time order costs the same at the hundredth order as at the
+    first. Looking an order up is exact for the ids it was made with; whatever needs them all
+    (iterating, counting: a late purchase, a refund, a new policy) raises
+    :class:`IncompleteOrdersError`, and the caller decides again with every order.
+    """
+
+    __slots__ = ("_orders",)
+
+    def __init__(self, orders: Mapping[str, Order] | None = None) -> None:
+        self._orders: dict[str, Order] = dict(orders or {})
+
+    def __getitem__(self, order_id: str) -> Order:
+        return self._orders[order_id]
+
+    def __contains__(self, order_id: object) -> bool:
+        return order_id in self._orders
+
+    def __iter__(self) -> Any:
+        raise IncompleteOrdersError("the state holds only some of the customer's orders")
+
+    def __len__(self) -> int:
+        raise IncompleteOrdersError("the state holds only some of the customer's orders")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SomeOrders) and self._orders == other._orders
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SomeOrders({self._orders!r})"
+
+    def held(self) -> Mapping[str, Order]:
+        """The orders it holds (not all the customer's)."""
+        return self._orders
+
+    def with_order(self, order_id: str, order: Order) -> SomeOrders:
+        return SomeOrders({**self._orders, order_id: order})
+
+
+def _with_order(orders: Mapping[str, Order], order_id: str, order: Order) -> Mapping[str, Order]:
+    if isinstance(orders, SomeOrders):
+        return orders.with_order(order_id, order)
+    return {**orders, order_id: order}
+
+
 @dataclass(frozen=True, slots=True)
 class Complaint:
     """What the lifecycle needs to know of a complaint."""
@@ -374,7 +432,7 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
     pending = state.pending_refunds
     added = _with_fields(
         state,
-        orders={**state.orders, order_id: order},
+        orders=_with_order(state.orders, order_id, order),
         pending_refunds={k: v for k, v in pending.items() if k != order_id} if pending else {},
     )
     known, derived = state.__dict__, added.__dict__
@@ -383,7 +441,13 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
         latest = known["latest_order_at"]
         derived["latest_order_at"] = at if latest is None else max(latest, at)
     if not order.counts_as_purchase:
-        for name in ("purchase_days", "first_purchase_at", "last_purchase_at", "median_gap"):
+        for name in (
+            "purchase_days",
+            "first_purchase_at",
+            "last_purchase_at",
+            "median_gap",
+            "_relationship",
+        ):
             if name in known:
                 derived[name] = known[name]
         return added
@@ -400,7 +464,9 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
         last = known["last_purchase_at"]
         derived["last_purchase_at"] = at if last is None else max(last, at)
         relationship = known.get("_relationship")
-        if relationship is not None and last is not None and at >= last and "median_gap" in known:
+        if relationship is not None and last is None:
+            derived["_relationship"] = (relationship[0], at)  # the first purchase that counts
+        elif relationship is not None and at >= last and "median_gap" in known:
             # The walk of relationship_start with one more step: this purchase starts a new
             # relationship iff its gap exceeds the churn threshold with the g known before it.
             policy, start = relationship
@@ -408,6 +474,49 @@ def _with_new_order(state: CustomerLifecycle, order_id: str, order: Order) -> Cu
             threshold = policy.churn_after(policy.default_gap_days if gap is None else gap)
             derived["_relationship"] = (policy, at if at - last > threshold else start)
     return added
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFacts:
+    """What the rules read of all of a customer's orders, stored beside the state."""
+
+    purchase_days: tuple[date, ...]
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+    latest_order_at: datetime | None
+    median_gap: float | None
+    relationship_start: datetime | None  # under the policy it is given with
+
+
+def order_facts(state: CustomerLifecycle, policy: LifecyclePolicy) -> OrderFacts:
+    """The facts to store beside a state (relationship start under ``policy``)."""
+    return OrderFacts(
+        purchase_days=state.purchase_days,
+        first_purchase_at=state.first_purchase_at,
+        last_purchase_at=state.last_purchase_at,
+        latest_order_at=state.latest_order_at,
+        median_gap=state.median_gap,
+        relationship_start=relationship_start(state, policy),
+    )
+
+
+def with_order_facts(
+    state: CustomerLifecycle, facts: OrderFacts, policy: LifecyclePolicy | None
+) -> CustomerLifecycle:
+    """The state with the facts of all its orders given instead of derived, for a state that
+    holds only some of them (:class:`SomeOrders`). ``facts.relationship_start`` is used only
+    with the ``policy`` it was computed under (None: unknown, so derived when needed)."""
+    seeded = _evolve(
+        state,
+        purchase_days=facts.purchase_days,
+        first_purchase_at=facts.first_purchase_at,
+        last_purchase_at=facts.last_purchase_at,
+        latest_order_at=facts.latest_order_at,
+        median_gap=facts.median_gap,
+    )
+    if policy is not None:
+        seeded.__dict__["_relationship"] = (policy, facts.relationship_start)
+    return seeded
 
 
 def _median_of_sorted(values: list[int]) -> float:
@@ -752,6 +861,9 @@ def on_refund(
     if refunded_total <= 0:
         raise InvalidLifecycleEventError(f"refunded total must be positive, got {refunded_total}")
     current, changes = _enter(state, policy, at)
+    if isinstance(current.orders, SomeOrders):
+        # Whether the order counts, and so every fact derived from the orders, may change.
+        raise IncompleteOrdersError("a refund is decided with every order of the customer")
     order = current.orders.get(order_id)
     if order is None:
         pending = max(current.pending_refunds.get(order_id, Decimal(0)), refunded_total)

@@ -60,30 +60,33 @@ def at(step: Step) -> datetime:
     return moment.astimezone(PLUS_TWO) if step.plus_two else moment
 
 
-def apply(state: d.CustomerLifecycle | None, step: Step) -> d.CustomerLifecycle | None:
+def decide(state: d.CustomerLifecycle | None, step: Step) -> d.Decision | None:
     when, order_id = at(step), f"o{step.order}"
     match step.kind:
         case "purchase" | "free":
             amount = Decimal("0.00") if step.kind == "free" else Decimal("20.00")
-            return d.on_purchase(state, POLICY, order_id=order_id, amount=amount, at=when).state
+            return d.on_purchase(state, POLICY, order_id=order_id, amount=amount, at=when)
         case "refund" | "full_refund":
             total = Decimal("20.00") if step.kind == "full_refund" else Decimal("5.00")
-            return d.on_refund(
-                state, POLICY, order_id=order_id, refunded_total=total, at=when
-            ).state
+            return d.on_refund(state, POLICY, order_id=order_id, refunded_total=total, at=when)
         case "complaint":
             return d.on_complaint_opened(
                 state, POLICY, complaint_id=f"c{step.order % 2}", severity=d.Severity.HIGH, at=when
-            ).state
+            )
         case "close":
             return d.on_complaint_closed(
                 state, POLICY, complaint_id=f"c{step.order % 2}", satisfaction=5, at=when
-            ).state
+            )
         case "score" if state is not None:
-            return d.on_value_scored(state, POLICY, p_alive=0.05, at=when).state
+            return d.on_value_scored(state, POLICY, p_alive=0.05, at=when)
         case "sweep" if state is not None:
-            return d.evaluate(state, POLICY, as_of=when).state
-    return state
+            return d.evaluate(state, POLICY, as_of=when)
+    return None
+
+
+def apply(state: d.CustomerLifecycle | None, step: Step) -> d.CustomerLifecycle | None:
+    decision = decide(state, step)
+    return state if decision is None else decision.state
 
 
 def peek(state: d.CustomerLifecycle, name: str) -> Any:
@@ -92,7 +95,9 @@ def peek(state: d.CustomerLifecycle, name: str) -> Any:
     return getattr(state, name)
 
 
-def derived(state: d.CustomerLifecycle) -> dict[str, Any]:
+def derived(state: d.CustomerLifecycle, *, short: bool = True) -> dict[str, Any]:
+    """The derived facts; with ``short`` also the relationship under a second policy."""
+
     def offset(value: Any) -> Any:
         return (value, value.utcoffset()) if isinstance(value, datetime) else value
 
@@ -104,7 +109,7 @@ def derived(state: d.CustomerLifecycle) -> dict[str, Any]:
         "median_gap": state.median_gap,
         "median_gap_days": d.median_gap_days(state, POLICY),
         "relationship": offset(d.relationship_start(state, POLICY)),
-        "relationship_short": offset(d.relationship_start(state, SHORT)),
+        "relationship_short": offset(d.relationship_start(state, SHORT)) if short else None,
         "established": d.is_established(state, POLICY),
         "due_times": d.due_times(state, POLICY),
         "idle_since": offset(d.idle_since(state)),
@@ -128,13 +133,85 @@ def test_cached_facts_equal_facts_derived_anew(history: list[Step]) -> None:
         assert derived(state) == derived(fresh(state)), step
 
 
-def test_a_relationship_is_cached_per_policy() -> None:
+def purchases_on(*days: int) -> d.CustomerLifecycle:
+    """A customer with one order of 9.00 on each of these days after T0, named o<day>."""
     state = None
-    for day in (0, 100, 300):
+    for day in days:
         state = d.on_purchase(
             state, POLICY, order_id=f"o{day}", amount=Decimal("9"), at=T0 + timedelta(days=day)
         ).state
     assert state is not None
+    return state
+
+
+def with_some_orders(state: d.CustomerLifecycle, order_id: str) -> d.CustomerLifecycle:
+    """The state as the service builds it from its row: only the order a step names (when
+    stored) and the facts of them all, the relationship under POLICY."""
+    named = {k: v for k, v in state.orders.items() if k == order_id}
+    partial = d.CustomerLifecycle(
+        **{f.name: getattr(state, f.name) for f in fields(state)} | {"orders": d.SomeOrders(named)}
+    )
+    return d.with_order_facts(partial, d.order_facts(state, POLICY), POLICY)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(steps, min_size=2, max_size=14))
+def test_some_orders_and_their_facts_decide_as_every_order_does(history: list[Step]) -> None:
+    """A decision with SomeOrders either needs every order (IncompleteOrdersError, and the
+    service decides again with them all) or equals the decision with every order."""
+    state: d.CustomerLifecycle | None = None
+    for step in history:
+        full = decide(state, step)
+        if state is not None:
+            try:
+                partial = decide(with_some_orders(state, f"o{step.order}"), step)
+            except d.IncompleteOrdersError:
+                partial = full
+            assert (partial is None) == (full is None), step
+            if partial is not None and full is not None:
+                assert partial.changes == full.changes, step
+                assert derived(partial.state, short=False) == derived(full.state, short=False)
+                assert d.order_facts(partial.state, POLICY) == d.order_facts(full.state, POLICY)
+                for name in ("stage", "since", "reason", "stage_before_decline", "decline_causes"):
+                    assert getattr(partial.state, name) == getattr(full.state, name), step
+        state = state if full is None else full.state
+
+
+def test_a_late_purchase_and_a_refund_need_every_order() -> None:
+    state = purchases_on(0, 10, 20)
+    late = with_some_orders(state, "o5")
+    try:
+        d.on_purchase(late, POLICY, order_id="o5", amount=Decimal("9"), at=T0 + timedelta(days=5))
+        raise AssertionError("a late purchase was decided without every order")
+    except d.IncompleteOrdersError:
+        pass
+    try:
+        d.on_refund(
+            with_some_orders(state, "o10"),
+            POLICY,
+            order_id="o10",
+            refunded_total=Decimal("9"),
+            at=T0 + timedelta(days=21),
+        )
+        raise AssertionError("a refund was decided without every order")
+    except d.IncompleteOrdersError:
+        pass
+    # In order, the stored facts are enough: g, maturity and due times come out as with all.
+    next_one = d.on_purchase(
+        with_some_orders(state, "o30"),
+        POLICY,
+        order_id="o30",
+        amount=Decimal("9"),
+        at=T0 + timedelta(days=30),
+    )
+    every = d.on_purchase(
+        state, POLICY, order_id="o30", amount=Decimal("9"), at=T0 + timedelta(days=30)
+    )
+    assert derived(next_one.state, short=False) == derived(every.state, short=False)
+
+
+def test_a_relationship_is_cached_per_policy() -> None:
+    state = purchases_on(0, 100, 300)
     assert d.relationship_start(state, POLICY) == T0  # 200 days < max(180, 4 * 100)
     assert d.relationship_start(state, SHORT) == T0 + timedelta(
         days=300
