@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     DateTime,
     Float,
     Identity,
     Index,
     Integer,
+    Numeric,
     String,
     func,
     text,
@@ -36,8 +39,10 @@ Timestamp = DateTime(timezone=True)
 class CustomerLifecycleRow(Base):
     """One customer's lifecycle state (domain.CustomerLifecycle) plus the sweep's due columns.
 
-    The stage and what the set-based sweep touches are columns; the facts only the decision
-    functions read (orders, pending refunds, complaints) live in ``facts`` (JSONB).
+    The stage and what the set-based sweep touches are columns; so are the facts derived from
+    all the customer's orders (``domain.OrderFacts``), kept up to date order by order so that
+    a purchase does not read them all. The orders themselves are rows of ``lifecycle_orders``;
+    the rest the decision functions read (pending refunds, complaints) is ``facts`` (JSONB).
     """
 
     __tablename__ = "customer_lifecycles"
@@ -57,6 +62,13 @@ class CustomerLifecycleRow(Base):
     decline_due_at: Mapped[datetime | None] = mapped_column(Timestamp)
     churn_due_at: Mapped[datetime | None] = mapped_column(Timestamp)
     facts: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    purchase_days: Mapped[list[date]] = mapped_column(ARRAY(Date), server_default=text("'{}'"))
+    first_purchase_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    latest_order_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    relationship_start: Mapped[datetime | None] = mapped_column(Timestamp)
+    # The policy version relationship_start was computed under (None: to be computed).
+    relationship_policy_version: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, server_default=func.now(), onupdate=func.now()
     )
@@ -74,6 +86,18 @@ class CustomerLifecycleRow(Base):
             postgresql_where=text("churn_due_at IS NOT NULL"),
         ),
     )
+
+
+class LifecycleOrder(Base):
+    """One order the lifecycle knows of a customer, and how much of it was refunded."""
+
+    __tablename__ = "lifecycle_orders"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    placed_at: Mapped[datetime] = mapped_column(Timestamp)
+    amount: Mapped[Decimal] = mapped_column(Numeric)
+    refunded: Mapped[Decimal] = mapped_column(Numeric)
 
 
 class StageTransition(Base):
@@ -134,4 +158,9 @@ class EvaluationRun(Base):
 
 
 # State rebuilt by `crm replay lifecycle` (policies and evaluation runs are not in the log).
-REPLAY_TABLES = ["customer_lifecycles", "stage_transitions", "erased_customers"]
+REPLAY_TABLES = [
+    "customer_lifecycles",
+    "lifecycle_orders",
+    "stage_transitions",
+    "erased_customers",
+]

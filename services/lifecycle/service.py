@@ -11,13 +11,12 @@ Who writes a customer's row and how they stay out of each other's way:
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -31,10 +30,13 @@ from services.lifecycle.domain import (
     Complaint,
     CustomerLifecycle,
     Decision,
+    IncompleteOrdersError,
     LifecyclePolicy,
     Order,
+    OrderFacts,
     Reason,
     Severity,
+    SomeOrders,
     Stage,
     StageChange,
 )
@@ -42,6 +44,7 @@ from services.lifecycle.models import (
     CustomerLifecycleRow,
     ErasedCustomer,
     EvaluationRun,
+    LifecycleOrder,
     PolicyVersion,
     StageTransition,
 )
@@ -144,7 +147,8 @@ async def _replan_due_times(session: AsyncSession, policy: LifecyclePolicy) -> i
         rows = (
             await session.execute(
                 text(
-                    "SELECT customer_id, stage, since, idle_since, gap_days "
+                    "SELECT customer_id, stage, since, idle_since, gap_days, "
+                    "cardinality(purchase_days) AS purchase_days "
                     "FROM customer_lifecycles WHERE stage IN ('growth', 'mature', 'decline') "
                     "AND customer_id > :after ORDER BY customer_id LIMIT 10000"
                 ),
@@ -153,27 +157,30 @@ async def _replan_due_times(session: AsyncSession, policy: LifecyclePolicy) -> i
         ).all()
         if not rows:
             return replanned
-        ids, declines, churns = [], [], []
+        ids, gaps, declines, churns = [], [], [], []
         for row in rows:
             decline_due, churn_due = domain.due_times_for(
                 stage=Stage(row.stage),
                 since=row.since,
                 idle_from=row.idle_since,
-                gap_days=row.gap_days,
+                # Under two purchase days g is the policy's default, which may have changed.
+                gap_days=row.gap_days if row.purchase_days >= 2 else policy.default_gap_days,
                 policy=policy,
             )
             ids.append(row.customer_id)
+            gaps.append(row.gap_days if row.purchase_days >= 2 else policy.default_gap_days)
             declines.append(decline_due)
             churns.append(churn_due)
         await session.execute(
             text(
-                "UPDATE customer_lifecycles c SET decline_due_at = u.decline_due, "
-                "churn_due_at = u.churn_due FROM unnest("
-                "CAST(:ids AS uuid[]), CAST(:declines AS timestamptz[]), "
-                "CAST(:churns AS timestamptz[])) AS u(customer_id, decline_due, churn_due) "
+                "UPDATE customer_lifecycles c SET gap_days = u.gap_days, "
+                "decline_due_at = u.decline_due, churn_due_at = u.churn_due FROM unnest("
+                "CAST(:ids AS uuid[]), CAST(:gaps AS float8[]), "
+                "CAST(:declines AS timestamptz[]), CAST(:churns AS timestamptz[])) "
+                "AS u(customer_id, gap_days, decline_due, churn_due) "
                 "WHERE c.customer_id = u.customer_id"
             ),
-            {"ids": ids, "declines": declines, "churns": churns},
+            {"ids": ids, "gaps": gaps, "declines": declines, "churns": churns},
         )
         replanned += len(rows)
         after = rows[-1].customer_id
@@ -205,22 +212,26 @@ class _Row(Protocol):
     def __getitem__(self, column: str, /) -> Any: ...
 
 
-def _to_state(row: _Row) -> CustomerLifecycle:
-    """The domain state of a ``customer_lifecycles`` row (``facts`` as JSON text or decoded)."""
+def _to_state(
+    row: _Row,
+    orders: Mapping[str, Order],
+    *,
+    policy: LifecyclePolicy | None = None,
+) -> CustomerLifecycle:
+    """The domain state of a ``customer_lifecycles`` row (``facts`` as JSON text or decoded)
+    with its orders: all of them (a dict), or some (``SomeOrders``) and the row's order facts,
+    the relationship start with ``policy`` when the row's was computed under it."""
     facts = row["facts"]
     if isinstance(facts, str | bytes):
         facts = orjson.loads(facts)
     before = row["stage_before_decline"]
-    return CustomerLifecycle(
+    state = CustomerLifecycle(
         stage=Stage(row["stage"]),
         since=row["since"],
         reason=Reason(row["reason"]),
         registered_at=row["registered_at"],
         stage_before_decline=Stage(before) if before else None,
-        orders={
-            order_id: Order(datetime.fromisoformat(at), Decimal(amount), Decimal(refunded))
-            for order_id, (at, amount, refunded) in facts.get("orders", {}).items()
-        },
+        orders=orders,
         pending_refunds={k: Decimal(v) for k, v in facts.get("pending_refunds", {}).items()},
         complaints={
             complaint_id: Complaint(
@@ -235,22 +246,44 @@ def _to_state(row: _Row) -> CustomerLifecycle:
         },
         decline_causes=frozenset(row["decline_causes"] or ()),
     )
+    if not isinstance(orders, SomeOrders):
+        return state
+    return domain.with_order_facts(state, _order_facts_of(row), policy)
+
+
+def _order_facts_of(row: _Row) -> OrderFacts:
+    """The order facts stored in a ``customer_lifecycles`` row."""
+    return OrderFacts(
+        purchase_days=tuple(row["purchase_days"]),
+        first_purchase_at=row["first_purchase_at"],
+        last_purchase_at=row["last_purchase_at"],
+        latest_order_at=row["latest_order_at"],
+        # gap_days is g: the median when there are two purchase days or more.
+        median_gap=row["gap_days"] if len(row["purchase_days"]) >= 2 else None,
+        relationship_start=row["relationship_start"],
+    )
 
 
 def _to_row(
-    customer_id: uuid.UUID, state: CustomerLifecycle, policy: LifecyclePolicy
+    customer_id: uuid.UUID,
+    state: CustomerLifecycle,
+    order_facts: OrderFacts,
+    policy: LifecyclePolicy,
+    policy_version: int,
+    stored_days: Sequence[date] | None = None,
 ) -> dict[str, Any]:
-    """The ``customer_lifecycles`` columns of a state (``facts`` as JSON text)."""
+    """The ``customer_lifecycles`` columns of a state (``facts`` as JSON text) with its order
+    facts under ``policy``; its orders are rows of ``lifecycle_orders`` (:func:`_order_rows`).
+
+    The purchase days as the change from ``stored_days`` (the row's, None for a new row): kept,
+    one day appended (a purchase in order on a new day), or else written whole.
+    """
     idle_from = domain.idle_since(state)
     gap_days = domain.median_gap_days(state, policy)
     decline_due, churn_due = domain.due_times_for(
         stage=state.stage, since=state.since, idle_from=idle_from, gap_days=gap_days, policy=policy
     )
     facts = {
-        "orders": {
-            order_id: [o.placed_at.isoformat(), str(o.amount), str(o.refunded)]
-            for order_id, o in state.orders.items()
-        },
         "pending_refunds": {k: str(v) for k, v in state.pending_refunds.items()},
         "complaints": {
             complaint_id: [
@@ -271,13 +304,47 @@ def _to_row(
         "stage_before_decline": state.stage_before_decline.value
         if state.stage_before_decline
         else None,
-        "decline_causes": sorted(state.decline_causes),
+        # Array literals: a ragged list of lists cannot be bound as a two-dimensional array.
+        "decline_causes": _text_array(sorted(state.decline_causes)),
         "idle_since": idle_from,
         "gap_days": gap_days,
         "decline_due_at": decline_due,
         "churn_due_at": churn_due,
         "facts": orjson.dumps(facts).decode(),
+        **_purchase_days_change(stored_days, order_facts.purchase_days),
+        "first_purchase_at": order_facts.first_purchase_at,
+        "last_purchase_at": order_facts.last_purchase_at,
+        "latest_order_at": order_facts.latest_order_at,
+        "relationship_start": order_facts.relationship_start,
+        "relationship_policy_version": policy_version,
     }
+
+
+def _purchase_days_change(stored: Sequence[date] | None, days: tuple[date, ...]) -> dict[str, Any]:
+    """``purchase_days`` (an array literal, or None to keep the stored days) and
+    ``purchase_day_appended`` (one day after the stored ones, or None)."""
+    if stored is not None:
+        if len(days) == len(stored) and days == tuple(stored):
+            return {"purchase_days": None, "purchase_day_appended": None}
+        if len(days) == len(stored) + 1 and days[:-1] == tuple(stored):
+            return {"purchase_days": None, "purchase_day_appended": days[-1]}
+    literal = "{" + ",".join(d.isoformat() for d in days) + "}"
+    return {"purchase_days": literal, "purchase_day_appended": None}
+
+
+def _held(orders: Mapping[str, Order]) -> Mapping[str, Order]:
+    return orders.held() if isinstance(orders, SomeOrders) else orders
+
+
+def _order_rows(
+    customer_id: uuid.UUID, state: CustomerLifecycle, stored: Mapping[str, Order]
+) -> list[tuple[uuid.UUID, str, Order]]:
+    """The orders of a state that are new or changed since ``stored`` was read."""
+    return [
+        (customer_id, order_id, order)
+        for order_id, order in _held(state.orders).items()
+        if stored.get(order_id) != order
+    ]
 
 
 # --- reacting to events ------------------------------------------------------------------------
@@ -371,7 +438,15 @@ async def apply_events(
 
     A fixed number of statements whatever the batch size, each bound to arrays on the driver
     connection (no per-row statements, no SQLAlchemy compilation): the policy, the tombstones,
-    the rows (locked), one upsert of the changed rows, one insert of the history.
+    the rows (locked), the orders the batch needs, one write of the changed rows, their new
+    orders and their history.
+
+    The orders: a purchase in business-time order is decided with the order facts stored in
+    the row and only the orders the batch names (``SomeOrders``), so its cost does not grow
+    with the customer's history. A refund, a purchase older than the latest one or a policy
+    change since the row was written needs every order: those customers get them all, and a
+    customer whose decision turns out to need them (``IncompleteOrdersError``) is decided again
+    with them all.
     """
     by_customer: dict[uuid.UUID, list[CloudEvent[Any]]] = defaultdict(list)
     for event in events:
@@ -382,68 +457,176 @@ async def apply_events(
     await db.execute(_SHARED_POLICY_LOCK_SQL)
     context = await db.fetchrow(_BATCH_CONTEXT_SQL, ids)
     assert context is not None
-    policy = _policy_of(context["policy"])
+    policy, version = _policy_of(context["policy"]), context["version"]
     erased = set(context["erased"])
+    streams = {
+        customer_id: sorted(stream, key=lambda e: e.time)
+        for customer_id, stream in by_customer.items()
+        if customer_id not in erased
+    }
     # A customer with only scores in the batch is read without facts when no score can move
     # them (see _LOCK_ROWS_SQL): one score per purchase, nearly all of them for customers
-    # neither in decline nor due to lapse; they would cost a parse of every order to do nothing.
+    # neither in decline nor due to lapse; they would cost a parse of their facts to do nothing.
     scores_only = {
-        customer_id: max(e.time for e in stream)
-        for customer_id, stream in by_customer.items()
+        customer_id: stream[-1].time
+        for customer_id, stream in streams.items()
         if all(e.type == ev.VALUE_SCORED for e in stream)
     }
     locked = await db.fetch(_LOCK_ROWS_SQL, ids, list(scores_only), list(scores_only.values()))
-    states = {r["customer_id"]: _to_state(r) for r in locked if r["facts"] is not None}
+    rows = {r["customer_id"]: r for r in locked if r["facts"] is not None}
+    every = {
+        customer_id
+        for customer_id, row in rows.items()
+        if customer_id in streams and _needs_every_order(row, streams[customer_id], version)
+    }
+    named = [
+        (customer_id, order_id)
+        for customer_id in rows.keys() - every
+        if customer_id in streams
+        for order_id in _named_orders(streams[customer_id])
+    ]
+    stored = await _stored_orders(db, every, named)
 
     to_erase: dict[uuid.UUID, datetime] = {}
     changed: dict[uuid.UUID, CustomerLifecycle] = {}
     recorded: list[_Recorded] = []
+    again: list[uuid.UUID] = []
+    facts: dict[uuid.UUID, OrderFacts] = {}  # of the changed states
     for customer_id in ids:
         if customer_id in erased:
             continue
-        stream = sorted(by_customer[customer_id], key=lambda e: e.time)
+        stream = streams[customer_id]
         erasure = next((e for e in stream if e.type == ev.CUSTOMER_ERASED), None)
         if erasure is not None:
             to_erase[customer_id] = erasure.time
             continue
-        state: CustomerLifecycle | None = states.get(customer_id)
-        for event in stream:
-            decision = DECIDERS[event.type](state, policy, event)
-            if decision is None or (decision.state is state and not decision.changes):
-                continue  # nothing moved (a score of a customer not in decline, a redelivery)
-            state = decision.state
-            changed[customer_id] = state
-            recorded += [
-                _Recorded(customer_id, c, causing_event_id=event.id) for c in decision.changes
-            ]
+        row = rows.get(customer_id)
+        state = None
+        if row is not None:
+            orders = stored[customer_id]
+            state = _to_state(
+                row, orders if customer_id in every else SomeOrders(orders), policy=policy
+            )
+        try:
+            decided = _decide(customer_id, state, stream, policy)
+            if decided is not None:
+                facts[customer_id] = domain.order_facts(decided[0], policy)
+        except IncompleteOrdersError:
+            again.append(customer_id)
+            continue
+        if decided is not None:
+            changed[customer_id], moves = decided
+            recorded += moves
+    if again:
+        log.debug("lifecycle.deciding_with_every_order", customers=len(again))
+        stored.update(await _stored_orders(db, set(again), []))
+        for customer_id in again:
+            state = _to_state(rows[customer_id], stored[customer_id])
+            decided = _decide(customer_id, state, streams[customer_id], policy)
+            if decided is not None:
+                facts[customer_id] = domain.order_facts(decided[0], policy)
+                changed[customer_id], moves = decided
+                recorded += moves
 
     if to_erase:
         await _erase(session, to_erase)
     history, events_out = _history(recorded)
-    if changed:
-        rows = [_to_row(cid, state, policy) for cid, state in changed.items()]
-        upsert = [
-            [_text_array(row[c]) for row in rows]
-            if c == "decline_causes"
-            else [row[c] for row in rows]
-            for c in _ROW_COLUMNS
+    if changed or history:
+        state_rows = [
+            _to_row(
+                cid,
+                state,
+                facts[cid],
+                policy,
+                version,
+                rows[cid]["purchase_days"] if cid in rows else None,
+            )
+            for cid, state in changed.items()
         ]
-        # The rows and their history in one round trip when stages moved.
-        if history:
-            await db.execute(_UPSERT_WITH_HISTORY_SQL, *upsert, *history)
-        else:
-            await db.execute(_UPSERT_SQL, *upsert)
-    elif history:
-        await db.execute(_HISTORY_SQL, *history)
+        upsert = [[row[c] for row in state_rows] for c in _ROW_COLUMNS]
+        new_orders = [
+            order_row
+            for cid, state in changed.items()
+            for order_row in _order_rows(cid, state, stored.get(cid, {}))
+        ]
+        order_arrays: list[list[Any]] = [
+            [cid for cid, _, _ in new_orders],
+            [order_id for _, order_id, _ in new_orders],
+            [o.placed_at for _, _, o in new_orders],
+            [o.amount for _, _, o in new_orders],
+            [o.refunded for _, _, o in new_orders],
+        ]
+        # The rows, their new orders and their history in one round trip.
+        await db.execute(_WRITE_SQL, *upsert, *order_arrays, *(history or _NO_HISTORY))
     return events_out
+
+
+def _decide(
+    customer_id: uuid.UUID,
+    state: CustomerLifecycle | None,
+    stream: Sequence[CloudEvent[Any]],
+    policy: LifecyclePolicy,
+) -> tuple[CustomerLifecycle, list[_Recorded]] | None:
+    """One customer's events applied in order: the new state and its changes, or None when
+    nothing moved (scores of a customer not in decline, redeliveries)."""
+    recorded: list[_Recorded] = []
+    moved = False
+    for event in stream:
+        decision = DECIDERS[event.type](state, policy, event)
+        if decision is None or (decision.state is state and not decision.changes):
+            continue
+        state, moved = decision.state, True
+        recorded += [_Recorded(customer_id, c, causing_event_id=event.id) for c in decision.changes]
+    if not moved or state is None:
+        return None
+    return state, recorded
+
+
+def _needs_every_order(row: _Row, stream: Sequence[CloudEvent[Any]], version: int) -> bool:
+    """Whether a customer's events are decided with every order rather than the row's facts:
+    a refund, a purchase older than the latest, or facts from before a policy change."""
+    if row["relationship_policy_version"] != version:
+        return True
+    last = row["last_purchase_at"]
+    return any(
+        e.type == ev.PURCHASE_REFUNDED
+        or (e.type == ev.PURCHASE_RECORDED and last is not None and e.time < last)
+        for e in stream
+    )
+
+
+def _named_orders(stream: Sequence[CloudEvent[Any]]) -> set[str]:
+    return {e.data.order_id for e in stream if e.type == ev.PURCHASE_RECORDED}
+
+
+async def _stored_orders(
+    db: Any, every: set[uuid.UUID], named: Sequence[tuple[uuid.UUID, str]]
+) -> dict[uuid.UUID, dict[str, Order]]:
+    """Every order of the customers in ``every``, and of the others those ``named`` that are
+    stored (a customer without any gets an empty dict)."""
+    stored: dict[uuid.UUID, dict[str, Order]] = defaultdict(dict)
+    if every or named:
+        for r in await db.fetch(
+            _STORED_ORDERS_SQL,
+            sorted(every),
+            [customer_id for customer_id, _ in named],
+            [order_id for _, order_id in named],
+        ):
+            stored[r["customer_id"]][r["order_id"]] = Order(
+                r["placed_at"], r["amount"], r["refunded"]
+            )
+    return stored
 
 
 _SHARED_POLICY_LOCK_SQL = _POLICY_LOCK.format(mode="_shared")
 # The policy (read under the shared policy lock, which a policy change holds exclusively while
 # it re-plans) and which of the batch's customers are erased, in one round trip.
 _BATCH_CONTEXT_SQL = """
-SELECT (SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 1) AS policy,
+SELECT p.policy::text AS policy, coalesce(p.version, 0) AS version,
     ARRAY(SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])) AS erased
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT policy, version FROM lifecycle_policies ORDER BY version DESC LIMIT 1) AS p
+    ON true
 """
 # The rows, locked; `facts` left out (NULL) for a customer whose events in the batch are all
 # scores ($2, with the latest score's time $3) when none of them can move the stage: a score
@@ -452,7 +635,8 @@ SELECT (SELECT policy::text FROM lifecycle_policies ORDER BY version DESC LIMIT 
 # skipped, as a score of an unknown customer is.
 _LOCK_ROWS_SQL = """
 SELECT c.customer_id, c.stage, c.since, c.reason, c.registered_at, c.stage_before_decline,
-    c.decline_causes,
+    c.decline_causes, c.gap_days, c.purchase_days, c.first_purchase_at, c.last_purchase_at,
+    c.latest_order_at, c.relationship_start, c.relationship_policy_version,
     CASE WHEN s.at IS NULL OR c.stage = 'decline' OR c.decline_due_at < s.at
         OR c.churn_due_at < s.at THEN c.facts::text END AS facts
 FROM customer_lifecycles AS c
@@ -461,6 +645,15 @@ LEFT JOIN unnest($2::uuid[], $3::timestamptz[]) AS s(customer_id, at)
 WHERE c.customer_id = ANY($1::uuid[])
 ORDER BY c.customer_id
 FOR UPDATE OF c
+"""
+# The orders of the customers in $1 (all of them), and those of $2/$3 that are stored.
+_STORED_ORDERS_SQL = """
+SELECT o.customer_id, o.order_id, o.placed_at, o.amount, o.refunded
+FROM lifecycle_orders AS o WHERE o.customer_id = ANY($1::uuid[])
+UNION ALL
+SELECT o.customer_id, o.order_id, o.placed_at, o.amount, o.refunded
+FROM unnest($2::uuid[], $3::text[]) AS n(customer_id, order_id)
+JOIN lifecycle_orders AS o ON o.customer_id = n.customer_id AND o.order_id = n.order_id
 """
 # The columns _to_row gives, in the order of the upsert's arrays.
 _ROW_COLUMNS = (
@@ -476,46 +669,73 @@ _ROW_COLUMNS = (
     "decline_due_at",
     "churn_due_at",
     "facts",
+    "purchase_days",
+    "purchase_day_appended",
+    "first_purchase_at",
+    "last_purchase_at",
+    "latest_order_at",
+    "relationship_start",
+    "relationship_policy_version",
 )
-_UPSERT_SQL = """
-INSERT INTO customer_lifecycles AS c (customer_id, stage, since, reason, registered_at,
+# The changed rows ($1-$19), their new or refunded orders ($20-$24) and their stage changes
+# ($25-$33, WITH ORDINALITY: identities follow the order of the changes, and the history reads
+# by (at, id)) in one statement. A stored row's purchase days are written whole ($13), kept,
+# or extended by one day ($14); a new row's are written whole.
+_WRITE_SQL = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
+        $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::float8[],
+        $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], $14::date[],
+        $15::timestamptz[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[],
+        $19::int[])
+        AS u(customer_id, stage, since, reason, registered_at, stage_before_decline,
+            decline_causes, idle_since, gap_days, decline_due_at, churn_due_at, facts,
+            purchase_days, purchase_day_appended, first_purchase_at, last_purchase_at,
+            latest_order_at, relationship_start, relationship_policy_version)
+), orders AS (
+    INSERT INTO lifecycle_orders AS o (customer_id, order_id, placed_at, amount, refunded)
+    SELECT * FROM unnest($20::uuid[], $21::text[], $22::timestamptz[], $23::numeric[],
+        $24::numeric[])
+    ON CONFLICT (customer_id, order_id) DO UPDATE SET refunded = EXCLUDED.refunded
+), history AS (
+    INSERT INTO stage_transitions (customer_id, from_stage, to_stage, reason, trigger, at,
+        causing_event_id, evaluation_run_id, event_id)
+    SELECT customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
+        evaluation_run_id, event_id
+    FROM unnest($25::uuid[], $26::text[], $27::text[], $28::text[], $29::text[],
+        $30::timestamptz[], $31::uuid[], $32::uuid[], $33::uuid[]) WITH ORDINALITY
+        AS t(customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
+            evaluation_run_id, event_id, n)
+    ORDER BY n
+), updated AS (
+    UPDATE customer_lifecycles AS c SET
+        stage = u.stage, since = u.since, reason = u.reason, registered_at = u.registered_at,
+        stage_before_decline = u.stage_before_decline,
+        decline_causes = CAST(u.decline_causes AS varchar(100)[]), idle_since = u.idle_since,
+        gap_days = u.gap_days, decline_due_at = u.decline_due_at,
+        churn_due_at = u.churn_due_at, facts = CAST(u.facts AS jsonb),
+        purchase_days = CASE
+            WHEN u.purchase_days IS NOT NULL THEN CAST(u.purchase_days AS date[])
+            WHEN u.purchase_day_appended IS NOT NULL
+                THEN c.purchase_days || u.purchase_day_appended
+            ELSE c.purchase_days END,
+        first_purchase_at = u.first_purchase_at, last_purchase_at = u.last_purchase_at,
+        latest_order_at = u.latest_order_at, relationship_start = u.relationship_start,
+        relationship_policy_version = u.relationship_policy_version, updated_at = now()
+    FROM u WHERE c.customer_id = u.customer_id
+    RETURNING c.customer_id
+)
+INSERT INTO customer_lifecycles (customer_id, stage, since, reason, registered_at,
     stage_before_decline, decline_causes, idle_since, gap_days, decline_due_at, churn_due_at,
-    facts, updated_at)
-SELECT u.customer_id, u.stage, u.since, u.reason, u.registered_at, u.stage_before_decline,
-    CAST(u.decline_causes AS varchar(100)[]), u.idle_since, u.gap_days, u.decline_due_at,
-    u.churn_due_at, CAST(u.facts AS jsonb), now()
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
-    $6::text[], $7::text[], $8::timestamptz[], $9::float8[], $10::timestamptz[],
-    $11::timestamptz[], $12::text[])
-    AS u(customer_id, stage, since, reason, registered_at, stage_before_decline, decline_causes,
-        idle_since, gap_days, decline_due_at, churn_due_at, facts)
-ON CONFLICT (customer_id) DO UPDATE SET
-    stage = EXCLUDED.stage, since = EXCLUDED.since, reason = EXCLUDED.reason,
-    registered_at = EXCLUDED.registered_at, stage_before_decline = EXCLUDED.stage_before_decline,
-    decline_causes = EXCLUDED.decline_causes, idle_since = EXCLUDED.idle_since,
-    gap_days = EXCLUDED.gap_days, decline_due_at = EXCLUDED.decline_due_at,
-    churn_due_at = EXCLUDED.churn_due_at, facts = EXCLUDED.facts, updated_at = now()
+    facts, purchase_days, first_purchase_at, last_purchase_at, latest_order_at,
+    relationship_start, relationship_policy_version)
+SELECT customer_id, stage, since, reason, registered_at, stage_before_decline,
+    CAST(decline_causes AS varchar(100)[]), idle_since, gap_days, decline_due_at, churn_due_at,
+    CAST(facts AS jsonb), CAST(purchase_days AS date[]), first_purchase_at, last_purchase_at,
+    latest_order_at, relationship_start, relationship_policy_version
+FROM u WHERE customer_id NOT IN (SELECT customer_id FROM updated)
 """
-# WITH ORDINALITY: identities follow the order of the changes (history reads by (at, id)).
-_HISTORY_SQL = """
-INSERT INTO stage_transitions (customer_id, from_stage, to_stage, reason, trigger, at,
-    causing_event_id, evaluation_run_id, event_id)
-SELECT customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
-    evaluation_run_id, event_id
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-    $7::uuid[], $8::uuid[], $9::uuid[]) WITH ORDINALITY
-    AS t(customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
-        evaluation_run_id, event_id, n)
-ORDER BY n
-"""
-
-
-_UPSERT_WITH_HISTORY_SQL = (
-    "WITH upserted AS ("
-    + _UPSERT_SQL
-    + ") "
-    + re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + len(_ROW_COLUMNS)}", _HISTORY_SQL)
-)
+_NO_HISTORY: list[list[Any]] = [[] for _ in range(9)]
 
 
 def _policy_of(stored: str | None) -> LifecyclePolicy:
@@ -529,12 +749,13 @@ def _text_array(values: Sequence[str]) -> str:
 
 
 async def _erase(session: AsyncSession, erased: Mapping[uuid.UUID, datetime]) -> None:
-    """Right to be forgotten: the state and history go; a tombstone keeps late events out."""
+    """Right to be forgotten: the state, orders and history go; a tombstone keeps late events out."""
     ids = list(erased)
     await session.execute(
         delete(CustomerLifecycleRow).where(CustomerLifecycleRow.customer_id.in_(ids))
     )
     await session.execute(delete(StageTransition).where(StageTransition.customer_id.in_(ids)))
+    await session.execute(delete(LifecycleOrder).where(LifecycleOrder.customer_id.in_(ids)))
     await session.execute(
         pg_insert(ErasedCustomer)
         .values([{"customer_id": cid, "erased_at": at} for cid, at in erased.items()])
@@ -567,7 +788,7 @@ def _stage_changed(r: _Recorded, event_id: uuid.UUID) -> CloudEvent[p.StageChang
 
 
 def _history(recorded: Sequence[_Recorded]) -> tuple[list[list[Any]], list[CloudEvent[Any]]]:
-    """The arrays of _HISTORY_SQL for these changes (none without changes) and each change's
+    """The history arrays of _WRITE_SQL for these changes (none without changes) and each change's
     ``stage_changed`` event."""
     if not recorded:
         return [], []
@@ -781,7 +1002,7 @@ async def customer_lifecycle(
     ).one_or_none()
     if row is None:
         raise NotFound(f"No lifecycle for customer {customer_id}")
-    state = _to_state(row._mapping)
+    state = _to_state(row._mapping, SomeOrders())  # the order facts are in the row
     history = (
         await session.execute(
             select(StageTransition)

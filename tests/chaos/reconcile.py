@@ -38,20 +38,15 @@ Totals = dict[uuid.UUID, tuple[int, Decimal]]
 PURCHASE_TOTALS = {
     "profile": "SELECT customer_id, count(*), coalesce(sum(amount), 0) FROM purchases GROUP BY 1",
     "scoring": "SELECT customer_id, count(*), coalesce(sum(amount), 0) FROM purchases GROUP BY 1",
-    # Lifecycle keeps the orders it knows per customer in facts->'orders' {id: [at, amount, refunded]}.
     "lifecycle": (
-        "SELECT customer_id, count(*), coalesce(sum((o.value->>1)::numeric), 0) "
-        "FROM customer_lifecycles, jsonb_each(facts->'orders') AS o GROUP BY 1"
+        "SELECT customer_id, count(*), coalesce(sum(amount), 0) FROM lifecycle_orders GROUP BY 1"
     ),
 }
 # The same purchases, one row per order: (customer, order id), to name what differs.
 PURCHASE_ORDERS = {
     "profile": "SELECT customer_id, order_id FROM purchases WHERE customer_id = ANY($1)",
     "scoring": "SELECT customer_id, order_id FROM purchases WHERE customer_id = ANY($1)",
-    "lifecycle": (
-        "SELECT customer_id, o.key FROM customer_lifecycles, jsonb_each(facts->'orders') AS o "
-        "WHERE customer_id = ANY($1)"
-    ),
+    "lifecycle": "SELECT customer_id, order_id FROM lifecycle_orders WHERE customer_id = ANY($1)",
 }
 # Current stage per customer in lifecycle, and profile's projection of it (the 360 view).
 CURRENT_STAGE = {

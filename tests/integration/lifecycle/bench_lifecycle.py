@@ -284,17 +284,18 @@ async def raw_consume(broker: Broker, topics: list[str], expected: int) -> float
 # domain.due_times_for computes them (g from 30 to 89 days, idle from 0 to 364 days before).
 _POPULATE = """
 INSERT INTO customer_lifecycles (customer_id, stage, since, reason, registered_at,
-    stage_before_decline, idle_since, gap_days, decline_due_at, churn_due_at, facts)
+    stage_before_decline, idle_since, gap_days, decline_due_at, churn_due_at, facts,
+    purchase_days, first_purchase_at, last_purchase_at, latest_order_at)
 SELECT gen_random_uuid(), stage, since, reason, registered_at, before, idle, gap,
     CASE WHEN stage = 'decline' THEN NULL
          ELSE greatest(since, idle + make_interval(days => greatest(60, 2 * gap::int))) END,
     CASE WHEN stage = 'decline' THEN greatest(since, idle + make_interval(days => greatest(180, 4 * gap::int)))
          ELSE greatest(since, idle + make_interval(days => greatest(60, 2 * gap::int)),
                        idle + make_interval(days => greatest(180, 4 * gap::int))) END,
-    jsonb_build_object('orders', jsonb_build_object(
-        'o-1', jsonb_build_array(to_char(idle - make_interval(days => gap::int), 'YYYY-MM-DD"T"HH24:MI:SSOF'), '25.00', '0'),
-        'o-2', jsonb_build_array(to_char(idle, 'YYYY-MM-DD"T"HH24:MI:SSOF'), '31.50', '0')),
-        'pending_refunds', '{}'::jsonb, 'complaints', '{}'::jsonb)
+    jsonb_build_object('pending_refunds', '{}'::jsonb, 'complaints', '{}'::jsonb),
+    -- Two orders, gap days apart (their rows are not needed by the sweep).
+    ARRAY[CAST(idle - make_interval(days => gap::int) AS date), CAST(idle AS date)],
+    idle - make_interval(days => gap::int), idle, idle
 FROM (
     SELECT i,
         CASE WHEN i % 10 < 6 THEN 'growth' WHEN i % 10 < 8 THEN 'mature' ELSE 'decline' END AS stage,

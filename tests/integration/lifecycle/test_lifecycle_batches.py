@@ -74,6 +74,16 @@ STORIES: list[Story] = [
         ("closed", 21.5, {"complaint": 1, "satisfaction": 1}),
         ("reopened", 22, {"complaint": 1, "severity": "high"}),
     ],
+    # late purchases (older than the latest) and a redelivered order id, among many in order
+    [
+        ("registered", 0, {}),
+        *[("purchase", n, {"order": f"o{n}"}) for n in (1, 30, 60, 100, 130, 170, 200)],
+        ("purchase", 45, {"order": "late-1"}),
+        ("purchase", 210, {"order": "o30"}),
+        ("purchase", 115, {"order": "late-2", "amount": "60.00"}),
+        ("refund", 220, {"order": "late-2", "total": "60.00"}),
+        ("purchase", 600, {"order": "after-churn"}),
+    ],
     # erased: state and history go, a later event must not bring them back
     [
         ("registered", 0, {}),
@@ -192,7 +202,12 @@ async def apply(sessions: SessionFactory, events: list[CloudEvent[Any]]) -> list
 
 async def stored(
     sessions: SessionFactory, customers: list[uuid.UUID]
-) -> tuple[dict[uuid.UUID, Any], dict[uuid.UUID, list[tuple[Any, ...]]], set[uuid.UUID]]:
+) -> tuple[
+    dict[uuid.UUID, Any],
+    dict[uuid.UUID, list[tuple[Any, ...]]],
+    set[uuid.UUID],
+    dict[uuid.UUID, dict[str, domain.Order]],
+]:
     async with transaction(sessions) as session:
         rows = {
             r.customer_id: r._mapping
@@ -219,7 +234,13 @@ async def stored(
                 )
             ).scalars()
         )
-    return rows, history, erased
+        orders: dict[uuid.UUID, dict[str, domain.Order]] = defaultdict(dict)
+        for r in await session.execute(
+            text("SELECT * FROM lifecycle_orders WHERE customer_id = ANY(:ids)"),
+            {"ids": customers},
+        ):
+            orders[r.customer_id][r.order_id] = domain.Order(r.placed_at, r.amount, r.refunded)
+    return rows, history, erased, orders
 
 
 def without_ids(row: Any) -> dict[str, Any]:
@@ -251,16 +272,18 @@ async def test_a_batch_equals_its_events_one_by_one_and_the_pure_rules(
         late = events_of([("purchase", 3, {"order": "late"})], customer)
         assert await apply(sessions, late) == []
 
-    rows_b, history_b, erased_b = await stored(sessions, batched)
-    rows_s, history_s, erased_s = await stored(sessions, single)
+    rows_b, history_b, erased_b, orders_b = await stored(sessions, batched)
+    rows_s, history_s, erased_s, orders_s = await stored(sessions, single)
     assert erased_b == {batched[-1]} and erased_s == {single[-1]}
     assert batched[-1] not in rows_b and batched[-1] not in history_b
+    assert batched[-1] not in orders_b  # erasure takes the orders too
 
     policy = LifecyclePolicy()
     for index, (b, s) in enumerate(zip(batched, single, strict=True)):
         if index == len(STORIES) - 1:
             continue  # erased
         assert without_ids(rows_b[b]) == without_ids(rows_s[s]), STORIES[index]
+        assert orders_b[b] == orders_s[s], STORIES[index]
         # History: the same moves at the same times; each names its own causing event.
         assert [h[1:6] for h in history_b[b]] == [h[1:6] for h in history_s[s]], STORIES[index]
         by_id = {e.id: e for e in batch_events[index]}
@@ -271,8 +294,11 @@ async def test_a_batch_equals_its_events_one_by_one_and_the_pure_rules(
             decision = service.DECIDERS[event.type](state, policy, event)
             state = decision.state if decision is not None else state
         assert state is not None
-        assert service._to_state(rows_b[b]) == state
+        assert service._to_state(rows_b[b], orders_b[b]) == state
         row = rows_b[b]
+        # The order facts stored beside it are those of every order, under the policy in force.
+        assert domain.order_facts(state, policy) == service._order_facts_of(row)
+        assert row["relationship_policy_version"] == 0
         assert (row["decline_due_at"], row["churn_due_at"]) == domain.due_times(state, policy)
         assert (row["idle_since"], row["gap_days"]) == (
             domain.idle_since(state),
@@ -389,7 +415,7 @@ async def test_a_batch_waits_for_a_policy_change_and_plans_with_the_new_policy(
             await asyncio.sleep(0.02)
         await changing.commit()
         await batch
-        rows, _, _ = await stored(sessions, [customer])
+        rows, _, _, _ = await stored(sessions, [customer])
         assert rows[customer]["decline_due_at"] == day(1) + timedelta(days=180)
     finally:
         # The module's other tests run under the default policy.

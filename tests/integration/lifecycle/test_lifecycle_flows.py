@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import defaultdict
 from datetime import datetime
 
 import pytest
@@ -291,7 +292,7 @@ async def test_policy_is_validated_versioned_and_replans_the_due_times(
 
     changed = await lifecycle.client.put(
         "/v1/lifecycle/policy",
-        json={**policy, "lapse_gap_multiplier": 1.0, "lapse_min_days": 30},
+        json={**policy, "lapse_gap_multiplier": 1.0, "lapse_min_days": 30, "default_gap_days": 45},
         headers={**ADMIN, "If-Match": etag},
     )
     assert changed.status_code == 200, changed.text
@@ -300,8 +301,9 @@ async def test_policy_is_validated_versioned_and_replans_the_due_times(
     try:
         replanned = await lifecycle.lifecycle(customer)
         assert replanned is not None
-        # g = 60 (default): lapsing now after max(30, 1 * 60) = 60 days
-        assert datetime.fromisoformat(replanned["decline_due_at"]) == day(70)
+        # One purchase day, so g is the new default 45: lapsing after max(30, 1 * 45) days
+        assert replanned["median_gap_days"] == 45
+        assert datetime.fromisoformat(replanned["decline_due_at"]) == day(55)
 
         stale = await lifecycle.client.put(
             "/v1/lifecycle/policy", json=policy, headers={**ADMIN, "If-Match": etag}
@@ -372,12 +374,20 @@ async def test_the_sql_sweep_moves_exactly_what_the_pure_rules_move(lifecycle: L
                 {"ids": customers},
             )
         ).all()
+        orders: dict[uuid.UUID, dict[str, domain.Order]] = defaultdict(dict)
+        for r in await conn.execute(
+            text("SELECT * FROM lifecycle_orders WHERE customer_id = ANY(:ids)"),
+            {"ids": customers},
+        ):
+            orders[r.customer_id][r.order_id] = domain.Order(r.placed_at, r.amount, r.refunded)
     as_of = day(330)
     expected = {
         row.customer_id: [
             (c.from_stage.value if c.from_stage else None, c.to_stage.value, c.reason.value, c.at)
             for c in domain.evaluate(
-                service._to_state(row._mapping), LifecyclePolicy(), as_of=as_of
+                service._to_state(row._mapping, orders[row.customer_id]),
+                LifecyclePolicy(),
+                as_of=as_of,
             ).changes
         ]
         for row in rows

@@ -149,8 +149,15 @@ def test_a_state_survives_its_row() -> None:
     state = d.on_complaint_closed(state, POLICY, complaint_id="c0", satisfaction=2, at=day(8)).state
     assert (state.stage, state.decline_causes) == (Stage.DECLINE, frozenset({"c1"}))
 
-    row = service._to_row(CUSTOMER, state, POLICY)
-    assert service._to_state(row) == state
+    row = service._to_row(CUSTOMER, state, d.order_facts(state, POLICY), POLICY, 3)
+    # Arrays are bound as literals and read back as lists.
+    stored = {"purchase_days": list(state.purchase_days), "decline_causes": ["c1"]}
+    orders = {order_id: order for _, order_id, order in service._order_rows(CUSTOMER, state, {})}
+    assert service._to_state({**row, **stored}, orders) == state
+    assert service._order_rows(CUSTOMER, state, orders) == []  # nothing new once stored
+    assert row["purchase_days"] == f"{{{day(0).date()},{day(5).date()}}}"
+    assert row["decline_causes"] == '{"c1"}'
+    assert row["relationship_policy_version"] == 3
     assert (row["decline_due_at"], row["churn_due_at"]) == d.due_times(state, POLICY)
     assert row["idle_since"] == day(5)
     assert row["gap_days"] == 5.0
