@@ -442,8 +442,8 @@ async def apply_events(
     orders and their history.
 
     The orders: a purchase in business-time order is decided with the order facts stored in
-    the row and only the orders the batch names (``SomeOrders``), so its cost does not grow
-    with the customer's history. A refund, a purchase older than the latest one or a policy
+    the row and only those of the batch's orders that may be stored (``SomeOrders``), so its
+    cost does not grow with the customer's history. A refund, a purchase older than the latest one or a policy
     change since the row was written needs every order: those customers get them all, and a
     customer whose decision turns out to need them (``IncompleteOrdersError``) is decided again
     with them all.
@@ -483,7 +483,7 @@ async def apply_events(
         (customer_id, order_id)
         for customer_id in rows.keys() - every
         if customer_id in streams
-        for order_id in _named_orders(streams[customer_id])
+        for order_id in _known_order_candidates(streams[customer_id], rows[customer_id])
     ]
     stored = await _stored_orders(db, every, named)
 
@@ -595,8 +595,14 @@ def _needs_every_order(row: _Row, stream: Sequence[CloudEvent[Any]], version: in
     )
 
 
-def _named_orders(stream: Sequence[CloudEvent[Any]]) -> set[str]:
-    return {e.data.order_id for e in stream if e.type == ev.PURCHASE_RECORDED}
+def _known_order_candidates(stream: Sequence[CloudEvent[Any]], row: _Row) -> set[str]:
+    """The orders of the batch's purchases that may be stored already (a redelivery): those
+    not after the customer's latest order. Profile records an order id once, with its time, so
+    a purchase after every stored order is a new order, and most batches read no order."""
+    latest = row["latest_order_at"]
+    if latest is None:
+        return set()
+    return {e.data.order_id for e in stream if e.type == ev.PURCHASE_RECORDED and e.time <= latest}
 
 
 async def _stored_orders(

@@ -74,12 +74,14 @@ STORIES: list[Story] = [
         ("closed", 21.5, {"complaint": 1, "satisfaction": 1}),
         ("reopened", 22, {"complaint": 1, "severity": "high"}),
     ],
-    # late purchases (older than the latest) and a redelivered order id, among many in order
+    # late purchases (older than the latest) and redelivered orders (a new event, the same
+    # order and time: profile records an order id once), among many in order
     [
         ("registered", 0, {}),
         *[("purchase", n, {"order": f"o{n}"}) for n in (1, 30, 60, 100, 130, 170, 200)],
+        ("purchase", 200, {"order": "o200"}),
         ("purchase", 45, {"order": "late-1"}),
-        ("purchase", 210, {"order": "o30"}),
+        ("purchase", 30, {"order": "o30"}),
         ("purchase", 115, {"order": "late-2", "amount": "60.00"}),
         ("refund", 220, {"order": "late-2", "total": "60.00"}),
         ("purchase", 600, {"order": "after-churn"}),
