@@ -492,6 +492,15 @@ async def apply_events(
     recorded: list[_Recorded] = []
     again: list[uuid.UUID] = []
     facts: dict[uuid.UUID, OrderFacts] = {}  # of the changed states
+
+    def decide(customer_id: uuid.UUID, state: CustomerLifecycle | None) -> None:
+        """Decide a customer's events and keep what changed (nothing kept if it raises)."""
+        decided = _decide(customer_id, state, streams[customer_id], policy)
+        if decided is not None:
+            order_facts = domain.order_facts(decided[0], policy)
+            facts[customer_id], (changed[customer_id], moves) = order_facts, decided
+            recorded.extend(moves)
+
     for customer_id in ids:
         if customer_id in erased:
             continue
@@ -508,25 +517,14 @@ async def apply_events(
                 row, orders if customer_id in every else SomeOrders(orders), policy=policy
             )
         try:
-            decided = _decide(customer_id, state, stream, policy)
-            if decided is not None:
-                facts[customer_id] = domain.order_facts(decided[0], policy)
+            decide(customer_id, state)
         except IncompleteOrdersError:
             again.append(customer_id)
-            continue
-        if decided is not None:
-            changed[customer_id], moves = decided
-            recorded += moves
     if again:
         log.debug("lifecycle.deciding_with_every_order", customers=len(again))
         stored.update(await _stored_orders(db, set(again), []))
         for customer_id in again:
-            state = _to_state(rows[customer_id], stored[customer_id])
-            decided = _decide(customer_id, state, streams[customer_id], policy)
-            if decided is not None:
-                facts[customer_id] = domain.order_facts(decided[0], policy)
-                changed[customer_id], moves = decided
-                recorded += moves
+            decide(customer_id, _to_state(rows[customer_id], stored[customer_id]))
 
     if to_erase:
         await _erase(session, to_erase)
