@@ -157,9 +157,11 @@ class ServiceRuntime:
         decoders: Mapping[str, Decoder] | None = None,
         group_id: str | None = None,
         emits: bool = True,
+        read_model: bool = False,
     ) -> None:
         """Run a consumer until stop. `emits=False`: a projection-only consumer, which takes no
-        customer locks (see shared.messaging.consumer)."""
+        customer locks (see shared.messaging.consumer). `read_model`: one off the path of a
+        purchase's stage and value, which lingers CONSUMER_READ_MODEL_LINGER_MS per batch."""
         producer = await self.wait_producer()
         group = group_id or self.service
         consumer = make_consumer(self.settings, group_id=group, topics_=[])
@@ -175,7 +177,12 @@ class ServiceRuntime:
             group_id=group,
             max_attempts=self.settings.consumer_max_attempts,
             batch_size=self.settings.consumer_batch_size,
-            linger=self.settings.consumer_batch_linger_ms / 1000,
+            linger=(
+                self.settings.consumer_read_model_linger_ms
+                if read_model
+                else self.settings.consumer_batch_linger_ms
+            )
+            / 1000,
             commit_interval=self.settings.consumer_commit_interval_ms / 1000,
             emits=emits,
             producer_factory=lambda: start_producer(self.settings),

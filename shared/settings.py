@@ -55,6 +55,12 @@ class ServiceSettings(BaseSettings):
     consumer_batch_linger_ms: int = Field(
         10, ge=0, le=1000, validation_alias="CONSUMER_BATCH_LINGER_MS"
     )
+    # Consumers that only keep read models up to date (profile's 360 projections, complaints'
+    # customers and tiers) are off the path of a purchase's stage and value: they wait longer,
+    # and the fewer, larger transactions leave the CPU to the consumers on that path.
+    consumer_read_model_linger_ms: int = Field(
+        200, ge=0, le=5000, validation_alias="CONSUMER_READ_MODEL_LINGER_MS"
+    )
     # Offsets are committed at most this often (and at once past a dead letter, on revocation
     # and on stop): each commit is a broker round trip on the hop's path, and what a crash makes
     # a consumer redo is dropped by its inbox.

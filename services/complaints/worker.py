@@ -31,6 +31,7 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
     topics = sorted({registry.topic_for(t) for t in HANDLERS})
     return [
         runtime.run_relay(),
-        runtime.run_consumer(topics=topics, handlers=HANDLERS, process=PROCESS),
+        # Customers and their tiers: read models, whose changes need no hurry.
+        runtime.run_consumer(topics=topics, handlers=HANDLERS, process=PROCESS, read_model=True),
         runtime.run_periodic("sla-check", settings.sla_check_interval_seconds, sla_job(runtime)),
     ]

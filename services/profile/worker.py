@@ -36,6 +36,7 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
             process=process_projections,
             decoders=PROJECTION_DECODERS,
             emits=False,  # projections only: no customer locks, never waits for the writers
+            read_model=True,
         ),
         runtime.run_consumer(
             topics=[topics.INGEST_ORDERS],

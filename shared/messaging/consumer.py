@@ -237,15 +237,19 @@ class ConsumerRunner:
             await self._commit(offsets)
 
     async def _fill(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """Top a partial batch up with what arrives within the linger (order per partition kept:
-        later records of a partition go after the earlier ones)."""
+        """Top a partial batch up with what arrives within the linger, until it is full (order per
+        partition kept: later records of a partition go after the earlier ones)."""
         room = self.batch_size - sum(len(records) for records in batch.values())
-        if room <= 0:
-            return
-        await asyncio.sleep(self.linger)
-        more = await self.consumer.getmany(timeout_ms=0, max_records=room)
-        for tp, records in more.items():
-            batch.setdefault(tp, []).extend(records)
+        deadline = time.monotonic() + self.linger
+        # A full batch goes at once: a long linger must not cap a backlogged consumer's rate.
+        while room > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            more = await self.consumer.getmany(timeout_ms=int(left * 1000) + 1, max_records=room)
+            for tp, records in more.items():
+                batch.setdefault(tp, []).extend(records)
+                room -= len(records)
 
     async def _caught_up(self, until: dict[TopicPartition, int]) -> bool:
         for tp, end in until.items():

@@ -363,22 +363,45 @@ async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the
         await producer.stop()
 
 
-async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
-    settings: ServiceSettings, engine: AsyncEngine
-) -> None:
-    """CONSUMER_BATCH_LINGER_MS: events arriving within the linger join the batch (one
-    transaction), in their partition's order."""
+class _OrdersOfOneCustomer:
+    """A runner on the purchases topic, caught up with what earlier tests left there, that
+    records the order ids of one customer's events batch by batch."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.customer = uuid.uuid4()
+        self.batches: list[list[str]] = []
+
+    async def send(self, *order_ids: str) -> None:
+        for order_id in order_ids:
+            await self.producer.send(
+                topics.PURCHASES,
+                purchase_event(self.customer, order_id).to_bytes(),
+                key=str(self.customer).encode(),
+            )
+        await self.producer.flush()
+
+    async def applied(self, engine: AsyncEngine, n: int) -> None:
+        await eventually(
+            lambda: _when(totals(engine, self.customer), lambda r: r is not None and r[0] == n),
+            timeout=30,
+            what=f"all {n} applied",
+        )
+
+
+@contextlib.asynccontextmanager
+async def _recording_runner(
+    settings: ServiceSettings, engine: AsyncEngine, **options: Any
+) -> AsyncIterator[tuple[_OrdersOfOneCustomer, ConsumerRunner]]:
     producer = await start_producer(settings)
-    customer = uuid.uuid4()
-    key = str(customer).encode()
+    orders = _OrdersOfOneCustomer(producer)
     group = f"g-{uuid.uuid4().hex}"
-    batches: list[list[str]] = []
     handle = per_event(HANDLERS)
 
     async def process(ctx: HandlerContext, events: Any) -> None:
-        mine = [e.data.order_id for e in events if e.subject == str(customer)]
+        mine = [e.data.order_id for e in events if e.subject == str(orders.customer)]
         if mine:
-            batches.append(mine)
+            orders.batches.append(mine)
         await handle(ctx, events)
 
     consumer = make_consumer(settings, group_id=group, topics_=[])
@@ -391,7 +414,7 @@ async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
         handlers=HANDLERS,
         process=process,
         group_id=group,
-        linger=1.0,
+        **options,
     )
     consumer.subscribe([topics.PURCHASES], listener=runner.rebalance_listener())
     await consumer.start()
@@ -399,7 +422,7 @@ async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
     task = asyncio.create_task(runner.run(stop))
     try:
         # Catch up with what earlier tests left on the topic (a full batch of it would not
-        # linger), then one order and, 50 ms behind it, four more.
+        # linger) before the test's own events.
         await eventually(lambda: _when(_assigned(consumer), bool), what="partitions assigned")
         ends = await consumer.end_offsets(list(consumer.assignment()))
         await eventually(
@@ -407,25 +430,37 @@ async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
             timeout=60,
             what="the earlier messages processed",
         )
-        await producer.send_and_wait(
-            topics.PURCHASES, purchase_event(customer, "o-0").to_bytes(), key=key
-        )
-        await asyncio.sleep(0.05)
-        for n in range(1, 5):
-            await producer.send(
-                topics.PURCHASES, purchase_event(customer, f"o-{n}").to_bytes(), key=key
-            )
-        await producer.flush()
-        await eventually(
-            lambda: _when(totals(engine, customer), lambda r: r is not None and r[0] == 5),
-            what="all five applied",
-        )
-        assert batches == [["o-0", "o-1", "o-2", "o-3", "o-4"]]
+        yield orders, runner
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
         await consumer.stop()
         await producer.stop()
+
+
+async def test_a_partial_batch_lingers_for_the_events_right_behind_it(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """CONSUMER_BATCH_LINGER_MS: events arriving within the linger join the batch (one
+    transaction), in their partition's order."""
+    async with _recording_runner(settings, engine, linger=1.0) as (orders, _):
+        # One order and, 50 ms behind it, four more.
+        await orders.send("o-0")
+        await asyncio.sleep(0.05)
+        await orders.send("o-1", "o-2", "o-3", "o-4")
+        await orders.applied(engine, 5)
+        assert orders.batches == [["o-0", "o-1", "o-2", "o-3", "o-4"]]
+
+
+async def test_a_full_batch_does_not_wait_for_the_linger(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """A long linger (a read model's) caps nothing: a batch that fills goes at once."""
+    async with _recording_runner(settings, engine, batch_size=2) as (orders, runner):
+        runner.linger = 600.0  # a partial batch would wait ten minutes
+        await orders.send("o-0", "o-1", "o-2", "o-3")
+        await orders.applied(engine, 4)
+        assert orders.batches == [["o-0", "o-1"], ["o-2", "o-3"]]
 
 
 async def _assigned(consumer: AIOKafkaConsumer) -> bool:
