@@ -265,7 +265,7 @@ class ConsumerRunner:
         started = time.perf_counter()
         oldest = min((records[0].timestamp for records in batch.values() if records), default=None)
         if oldest is not None and oldest > 0:
-            metrics.CONSUMER_EVENT_AGE.labels(self.service).observe(
+            metrics.CONSUMER_EVENT_AGE.labels(self.service, self.group_id).observe(
                 max(0.0, time.time() - oldest / 1000)
             )
         messages = [self._decode(r) for records in batch.values() for r in records]
@@ -289,7 +289,9 @@ class ConsumerRunner:
             # Past dead letters at once: redone after a crash, they would be sent again.
             await self.flush_offsets()
         self.processed += len(messages)
-        metrics.CONSUMER_BATCH_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.service, self.group_id).observe(
+            time.perf_counter() - started
+        )
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Message:
         message = Message(record)

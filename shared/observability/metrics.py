@@ -25,7 +25,7 @@ CONSUMER_LAG = Gauge(
 CONSUMER_BATCH_SECONDS = Histogram(
     "crm_consumer_batch_seconds",
     "Time to process one consumer batch (DB transaction included)",
-    ["service"],
+    ["service", "group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 # Freshness per hop: how long the oldest event of a batch waited (in the producer, the broker
@@ -35,7 +35,7 @@ _AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONSUMER_EVENT_AGE = Histogram(
     "crm_consumer_event_age_seconds",
     "Age of a batch's oldest event (since its producer stamped it) when the batch starts",
-    ["service"],
+    ["service", "group"],
     buckets=_AGE_BUCKETS,
 )
 OUTBOX_PUBLISH_DELAY = Histogram(

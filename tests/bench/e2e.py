@@ -19,9 +19,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import http_load, percentiles
 from bench.stack import BenchStack
@@ -474,6 +476,56 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
     }
 
 
+# Per hop, from the services' own histograms: how old a batch's oldest event was when the batch
+# started (broker, fetch, the batch before it, the linger), how long the batch took, and how
+# long the relay took from the writing transaction's start to the broker's acknowledgement.
+_HOP_HISTOGRAMS = {
+    "crm_consumer_event_age_seconds": "oldest_event_age_ms",
+    "crm_consumer_batch_seconds": "batch_ms",
+    "crm_outbox_publish_delay_seconds": "relay_ms",
+}
+HopTotals = dict[tuple[str, str], dict[str, tuple[float, float]]]
+
+
+async def hop_totals(stack: BenchStack) -> HopTotals:
+    """(service, consumer group or "relay") -> figure -> (count, sum), scraped from /metrics."""
+    totals: HopTotals = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for service in ("profile", "lifecycle", "scoring"):
+            response = await client.get(stack.url(service) + "/metrics")
+            response.raise_for_status()
+            for family in text_string_to_metric_families(response.text):
+                figure = _HOP_HISTOGRAMS.get(family.name)
+                if figure is None:
+                    continue
+                for sample in family.samples:
+                    kind = sample.name.removeprefix(family.name)
+                    if kind not in ("_count", "_sum"):
+                        continue
+                    where = (service, sample.labels.get("group", "relay"))
+                    count, total = totals.setdefault(where, {}).get(figure, (0.0, 0.0))
+                    if kind == "_count":
+                        count += sample.value
+                    else:
+                        total += sample.value
+                    totals[where][figure] = (count, total)
+    return totals
+
+
+def hop_means(before: HopTotals, after: HopTotals) -> dict[str, dict[str, float]]:
+    """Mean of each figure between two scrapes, in ms, with the batches counted."""
+    means: dict[str, dict[str, float]] = {}
+    for (service, group), figures in after.items():
+        for figure, (count, total) in figures.items():
+            count_before, total_before = before.get((service, group), {}).get(figure, (0.0, 0.0))
+            if count > count_before:
+                where = means.setdefault(f"{service}/{group}", {})
+                where[figure] = round((total - total_before) / (count - count_before) * 1000, 1)
+                if figure == "batch_ms":
+                    where["batches"] = count - count_before
+    return means
+
+
 class AutovacuumWatch:
     """Samples PostgreSQL's autovacuum workers while a measurement runs: the share of samples
     with one at work and the tables they worked on (background work the figures include)."""
@@ -551,8 +603,10 @@ async def ingest_latency(
     vacuum = AutovacuumWatch(stack.postgres_superuser_dsn())
     try:
         messages = [(d["external_ref"].encode(), orjson.dumps(d)) for d in documents]
+        hops_before = await hop_totals(stack)
         async with vacuum:
             await offer(producer, topics.INGEST_ORDERS, messages, rate, sent_at)
+        hops = hop_means(hops_before, await hop_totals(stack))
         timed = set(probes) if probes is not None else None
         sent_at = [
             t
@@ -574,6 +628,7 @@ async def ingest_latency(
         await watch.stop()
     summary["offered_rps"] = rate
     summary["orders"] = len(documents)
+    summary["hops"] = hops
     summary.update(vacuum.summary())
     return summary
 

@@ -53,6 +53,12 @@ def latency_line(summary: dict[str, Any]) -> str:
     if share:
         tables = ", ".join(summary.get("autovacuum_tables") or [])
         line += f"; autovacuum at work {share:.0%} of the time ({tables})"
+    hops = summary.get("hops")
+    if hops:
+        line += "\n    per hop, means while offered: " + "; ".join(
+            f"{where} " + ", ".join(f"{k.removesuffix('_ms')} {v:g}" for k, v in figures.items())
+            for where, figures in sorted(hops.items())
+        )
     return line
 
 

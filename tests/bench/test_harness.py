@@ -11,7 +11,7 @@ import pytest
 
 from bench import loadgen
 from bench.common import percentiles
-from bench.e2e import EventWatch, Step, latency_summary, steady_rate
+from bench.e2e import EventWatch, Step, hop_means, latency_summary, steady_rate
 from bench.population import (
     DAY,
     BgNbdTruth,
@@ -139,6 +139,22 @@ def test_latency_matches_events_per_customer() -> None:
     assert summary["value_scored_ms"]["max"] == pytest.approx(500.0)
     assert summary["value_scored_ms"]["p50"] == pytest.approx(150.0)
     assert (summary["missing_stage_changed"], summary["missing_value_scored"]) == (1, 1)
+
+
+def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
+    before = {
+        ("lifecycle", "lifecycle"): {"batch_ms": (10.0, 0.5), "oldest_event_age_ms": (10.0, 2.0)},
+        ("lifecycle", "relay"): {"relay_ms": (4.0, 0.1)},
+    }
+    after = {
+        ("lifecycle", "lifecycle"): {"batch_ms": (14.0, 0.7), "oldest_event_age_ms": (14.0, 2.4)},
+        ("lifecycle", "relay"): {"relay_ms": (4.0, 0.1)},  # nothing relayed meanwhile
+        ("profile", "profile-ingest"): {"batch_ms": (2.0, 0.06)},  # new since the first scrape
+    }
+    assert hop_means(before, after) == {
+        "lifecycle/lifecycle": {"batch_ms": 50.0, "batches": 4.0, "oldest_event_age_ms": 100.0},
+        "profile/profile-ingest": {"batch_ms": 30.0, "batches": 2.0},
+    }
 
 
 async def _serve(responses: list[bytes]) -> tuple[asyncio.Server, int]:
