@@ -258,12 +258,26 @@ _LOCK_SQL = (
 )
 
 
+# New customers' rows are made and everyone's locked in one round trip. The rows the INSERT
+# makes are not in the SELECT's snapshot: they come from its RETURNING, locked by being ours. (A
+# row another transaction made meanwhile would be in neither: handlers make them under the
+# customer's advisory lock, which this batch holds.)
+_CREATE_AND_LOCK_SQL = (
+    "WITH created AS (INSERT INTO customer_values (customer_id) SELECT unnest($1::uuid[]) "
+    "ON CONFLICT DO NOTHING RETURNING customer_id, facts_version, as_of), "
+    f"locked AS ({_LOCK_SQL}) "
+    "SELECT * FROM (SELECT * FROM created UNION ALL SELECT * FROM locked) AS value_rows "
+    "ORDER BY customer_id"
+)
+
+
 async def lock_values(
-    session: AsyncSession, ids: Iterable[uuid.UUID]
+    session: AsyncSession, ids: Iterable[uuid.UUID], *, create: bool = False
 ) -> dict[uuid.UUID, asyncpg.Record]:
-    """Lock the customers' value rows in id order (the order a recompute locks them in too)."""
+    """Lock the customers' value rows in id order (the order a recompute locks them in too);
+    with `create`, the rows of customers without one are made first."""
     conn = await raw_connection(session)
-    rows = await conn.fetch(_LOCK_SQL, sorted_ids(set(ids)))
+    rows = await conn.fetch(_CREATE_AND_LOCK_SQL if create else _LOCK_SQL, sorted_ids(set(ids)))
     return {row["customer_id"]: row for row in rows}
 
 
@@ -297,9 +311,7 @@ async def rescore(
         return Written(0, [])
     ids = sorted_ids(targets)
     connection = await raw_connection(session)
-    if facts_changed:
-        await connection.execute(_NEW_VALUE_ROWS, ids)
-    locked = await lock_values(session, ids)
+    locked = await lock_values(session, ids, create=facts_changed)
     if not locked:
         return Written(0, [])
     as_of: dict[uuid.UUID, datetime] = {}
@@ -376,9 +388,6 @@ class _ComplaintState:
                 self.closed_at, self.satisfaction = None, None
 
 
-_NEW_VALUE_ROWS = (
-    "INSERT INTO customer_values (customer_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING"
-)
 _ERASE = (
     "DELETE FROM purchases WHERE customer_id = ANY($1::uuid[])",
     "DELETE FROM refunds WHERE customer_id = ANY($1::uuid[])",

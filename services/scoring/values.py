@@ -295,6 +295,57 @@ _PUBLISHED_COLUMNS: bulk.Columns = (
     ("jones_sasser", "int2"),
 )
 
+# A handler batch (a few customers) is bound to arrays instead of staged by COPY: the temporary
+# table cost three round trips (its setup, COPY's two) of a batch's thirteen, each one a wait for
+# a busy PostgreSQL. Columns are bound as `_STAGED` has them, timestamptz as Unix microseconds.
+ARRAY_BOUND_LIMIT = 1000
+
+
+def _array_source(columns: bulk.Columns, first: int) -> str:
+    """`columns` bound to arrays from parameter `first` on, as a subquery named s."""
+    bound = ", ".join(
+        f"${k}::{'int8' if pg_type == 'timestamptz' else pg_type}[]"
+        for k, (_, pg_type) in enumerate(columns, start=first)
+    )
+    selected = ", ".join(
+        f"timestamptz 'epoch' + u.{name} * interval '1 microsecond' AS {name}"
+        if pg_type == "timestamptz"
+        else f"u.{name}"
+        for name, pg_type in columns
+    )
+    names = ", ".join(name for name, _ in columns)
+    return f"(SELECT {selected} FROM unnest({bound}) AS u({names})) AS s"
+
+
+_STATE_KEYS: bulk.Columns = (
+    ("position", "int4"),
+    ("customer_id", "uuid"),
+    ("expected_version", "int8"),
+    ("as_of", "timestamptz"),
+)
+# The value rows through their primary key (`= ANY`), whatever the statistics say.
+_BOUND_ROWS = "cv.customer_id = ANY($2::uuid[]) AND "
+_ARRAY_PUBLISHED_STATES = {
+    restate: _PUBLISHED_STATE.replace(
+        "FROM staged_scores s JOIN", f"FROM {_array_source(_STATE_KEYS, 1)} JOIN"
+    ).format(written=_BOUND_ROWS + _written(restate=restate, pages=None))
+    for restate in (False, True)
+}
+_ARRAY_UPDATES = {
+    restate: _UPDATE.replace("FROM staged_scores s ", f"FROM {_array_source(_STAGED, 6)} ")
+    + "cv.customer_id = ANY($7::uuid[]) AND "
+    + _written(restate=restate, pages=None)
+    for restate in (False, True)
+}
+
+
+def _bound(columns: bulk.Columns, staged: dict[str, NDArray[Any]]) -> list[list[Any]]:
+    """The staged columns as lists for array parameters."""
+    return [
+        uuid_strings(staged[name]) if pg_type == "uuid" else staged[name].tolist()
+        for name, pg_type in columns
+    ]
+
 
 def _cents(values: FloatArray) -> IntArray:
     finite = np.isfinite(values)
@@ -374,6 +425,45 @@ class _Laps:
         self.started = now
 
 
+async def _staged_state(
+    connection: asyncpg.Connection,
+    staged: dict[str, NDArray[Any]],
+    *,
+    restate: bool,
+    pages: tuple[int, int] | None,
+) -> dict[str, NDArray[Any]]:
+    """Stage the values in the temporary table (COPY) and lock the rows they replace."""
+    # A cached generic plan cannot see the chunk's page range nor how many rows were staged,
+    # and may loop over the page range once per staged row: plan every execution.
+    setup = [_STAGE_TABLE, "SET LOCAL plan_cache_mode = force_custom_plan"]
+    if pages is None:
+        # Some customers (the catch-up): their rows through the primary key. While the table's
+        # statistics lag behind its growth (a new database), the planner hashed the whole
+        # table for every batch instead.
+        setup += ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off"]
+    await connection.execute("; ".join(setup))  # one round trip
+    await bulk.write(connection, "staged_scores", _STAGED, staged)
+    return await bulk.read(
+        connection,
+        _PUBLISHED_STATES[restate, pages is not None],
+        *(pages or ()),
+        columns=_PUBLISHED_COLUMNS,
+    )
+
+
+def _state_columns(rows: Sequence[asyncpg.Record]) -> dict[str, NDArray[Any]]:
+    """The locking read's rows as the columns `bulk.read` gives."""
+    return {
+        "position": np.array([r[0] for r in rows], dtype=np.int64),
+        "published": np.array([r[1] for r in rows], dtype=np.bool_),
+        "score": np.array([r[2] for r in rows], dtype=np.float64),
+        **{
+            name: np.array([r[k] for r in rows], dtype=np.int64)
+            for k, name in enumerate(("tier", "dick_basu", "jones_sasser"), start=3)
+        },
+    }
+
+
 async def store_values(
     connection: asyncpg.Connection,
     facts: Facts,
@@ -411,24 +501,15 @@ async def store_values(
     at = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     cause = np.ones(n, dtype=np.int64) if cause_of is None else np.asarray(cause_of) + 1
     staged = _staged_rows(facts, scored, at, cause=cause, facts_changed=facts_changed)
-    # A cached generic plan cannot see the chunk's page range nor how many rows were staged,
-    # and may loop over the page range once per staged row: plan every execution.
-    setup = [_STAGE_TABLE, "SET LOCAL plan_cache_mode = force_custom_plan"]
-    if pages is None:
-        # Some customers (a handler batch, the catch-up): their rows through the primary key.
-        # While the table's statistics lag behind its growth (a new database), the planner
-        # hashed the whole table for every batch instead.
-        setup += ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off"]
-    await connection.execute("; ".join(setup))  # one round trip
-    await bulk.write(connection, "staged_scores", _STAGED, staged)
-    lap("write_stage")
-    state = await bulk.read(
-        connection,
-        _PUBLISHED_STATES[restate, pages is not None],
-        *(pages or ()),
-        columns=_PUBLISHED_COLUMNS,
-    )
-    lap("write_lock")
+    bound = pages is None and n <= ARRAY_BOUND_LIMIT
+    if bound:
+        state = _state_columns(
+            await connection.fetch(_ARRAY_PUBLISHED_STATES[restate], *_bound(_STATE_KEYS, staged))
+        )
+        lap("write_lock")
+    else:
+        state = await _staged_state(connection, staged, restate=restate, pages=pages)
+        lap("write_lock")
     locked = state["position"]
     score = staged["score"][locked]
     tier = scored.valuation.tier[at][locked]
@@ -454,13 +535,13 @@ async def store_values(
     # decision): the two sides of a large chunk overlap instead of taking turns.
     update = asyncio.ensure_future(
         connection.execute(
-            _UPDATES[restate, pages is not None],
+            _ARRAY_UPDATES[restate] if bound else _UPDATES[restate, pages is not None],
             model_version,
             currency,
             [orjson.dumps(c).decode() for c in causes],
             locked[publish].tolist(),
             recompute,
-            *(pages or ()),
+            *(_bound(_STAGED, staged) if bound else (pages or ())),
         )
     )
     events: list[OutboxEvent] = []

@@ -14,7 +14,7 @@ from integration.scoring.conftest import T0, Scoring, purchase_event
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from support import eventually
 
-from services.scoring import service
+from services.scoring import service, values
 from shared.events import new_event, parse
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -297,18 +297,50 @@ _VALUE = (
 )
 
 
-async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scoring) -> None:
-    """The batch path (set-based, each customer re-scored once) against one transaction per
-    event: the same ledgers and values; the batch bumps each facts version once and publishes
-    each scored customer once."""
+async def _state(scoring: Scoring, ids: dict[str, uuid.UUID]) -> dict[str, Any]:
+    """Per customer: the value row (what was published too, the causes by type) and ledgers."""
+    found: dict[str, Any] = {}
+    for name, customer in ids.items():
+        (value,) = await scoring.sql(
+            f"SELECT {_VALUE}, facts_version, published_score, published_tier, "
+            "published_dick_basu, published_jones_sasser, published_at, "
+            "jsonb_path_query_array(published_because, '$[*].type') AS published_because, "
+            "jsonb_path_query_array(pending_causes, '$[*].type') AS pending_causes "
+            "FROM customer_values WHERE customer_id = :c",
+            c=customer,
+        )
+        ledgers = await scoring.sql(
+            "SELECT (SELECT array_agg((purchased_at, amount, currency, categories)::text "
+            "ORDER BY purchased_at, currency) FROM purchases WHERE customer_id = :c), "
+            "(SELECT array_agg((refunded_at, amount, chargeback)::text) FROM refunds "
+            "WHERE customer_id = :c), "
+            "(SELECT array_agg((opened_at, closed_at, satisfaction, status, status_at)::text) "
+            "FROM complaints WHERE customer_id = :c), "
+            "(SELECT count(*) FROM referrals WHERE referrer_id = :c)",
+            c=customer,
+        )
+        found[name] = {"value": dict(value._mapping), "ledgers": tuple(ledgers[0])}
+    return found
+
+
+def _applier(scoring: Scoring) -> Any:
     sessions = async_sessionmaker(scoring.engine, expire_on_commit=False)
-    names = ("a", "b", "c", "d")
-    batched = {name: uuid.uuid4() for name in names}
-    singly = {name: uuid.uuid4() for name in names}
 
     async def apply(events: list[Any]) -> list[Any]:
         async with sessions() as session, session.begin():
             return await service.apply_events(session, events, settings=scoring.settings)
+
+    return apply
+
+
+async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scoring) -> None:
+    """The batch path (set-based, each customer re-scored once) against one transaction per
+    event: the same ledgers and values; the batch bumps each facts version once and publishes
+    each scored customer once."""
+    apply = _applier(scoring)
+    names = ("a", "b", "c", "d")
+    batched = {name: uuid.uuid4() for name in names}
+    singly = {name: uuid.uuid4() for name in names}
 
     history, batch = _mixed_events(batched)
     for event in history:
@@ -318,27 +350,7 @@ async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scori
     for event in [*history, *batch]:
         await apply([event])
 
-    async def state(ids: dict[str, uuid.UUID]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for name, customer in ids.items():
-            (value,) = await scoring.sql(
-                f"SELECT {_VALUE}, facts_version FROM customer_values WHERE customer_id = :c",
-                c=customer,
-            )
-            ledgers = await scoring.sql(
-                "SELECT (SELECT array_agg((purchased_at, amount, currency, categories)::text "
-                "ORDER BY purchased_at, currency) FROM purchases WHERE customer_id = :c), "
-                "(SELECT array_agg((refunded_at, amount, chargeback)::text) FROM refunds "
-                "WHERE customer_id = :c), "
-                "(SELECT array_agg((opened_at, closed_at, satisfaction, status, status_at)::text) "
-                "FROM complaints WHERE customer_id = :c), "
-                "(SELECT count(*) FROM referrals WHERE referrer_id = :c)",
-                c=customer,
-            )
-            found[name] = {"value": dict(value._mapping), "ledgers": tuple(ledgers[0])}
-        return found
-
-    in_batch, one_by_one = await state(batched), await state(singly)
+    in_batch, one_by_one = await _state(scoring, batched), await _state(scoring, singly)
     # Once per batch: one facts version more for each customer (a's history had its own).
     assert {name: in_batch[name]["value"].pop("facts_version") for name in names} == {
         "a": 2,
@@ -354,6 +366,8 @@ async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scori
         "d": 4,
     }
     for name in names:
+        for key in ("published_because", "pending_causes"):  # how many events: not alike
+            in_batch[name]["value"].pop(key), one_by_one[name]["value"].pop(key)
         assert in_batch[name]["value"] == one_by_one[name]["value"], name
         assert in_batch[name]["ledgers"] == one_by_one[name]["ledgers"], name
     a, b, d = in_batch["a"]["value"], in_batch["b"]["value"], in_batch["d"]["value"]
@@ -362,3 +376,39 @@ async def test_a_batch_leaves_what_its_events_one_at_a_time_leave(scoring: Scori
     assert d["closed_complaints_with_csat"] == 1 and d["open_complaints"] == 0
     scored = [e.subject for e in published if e.type == ev.VALUE_SCORED]
     assert sorted(scored) == sorted(str(batched[name]) for name in ("a", "b", "d"))
+
+
+async def test_values_bound_to_arrays_are_those_staged_by_copy(
+    scoring: Scoring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler batch is written through array-bound statements, a large one through the
+    COPY-staged table: the same events leave the same values, publications and causes."""
+    apply = _applier(scoring)
+    names = ("a", "b", "c", "d")
+    bound = {name: uuid.uuid4() for name in names}
+    staged = {name: uuid.uuid4() for name in names}
+    published: dict[str, list[Any]] = {}
+    for label, ids, limit in (("bound", bound, values.ARRAY_BOUND_LIMIT), ("staged", staged, 0)):
+        monkeypatch.setattr(values, "ARRAY_BOUND_LIMIT", limit)
+        history, batch = _mixed_events(ids)
+        for event in history:
+            await apply([event])
+        published[label] = await apply(batch)
+
+    by_arrays, by_copy = await _state(scoring, bound), await _state(scoring, staged)
+    assert by_arrays == by_copy
+    assert by_arrays["a"]["value"]["orders"] == 3
+    assert _documents(published["bound"], bound) == _documents(published["staged"], staged)
+    assert len(published["bound"]) >= 3
+
+
+def _documents(events: list[Any], ids: dict[str, uuid.UUID]) -> list[dict[str, Any]]:
+    """The events' documents without their ids, customers by name (in name order)."""
+    names = {str(customer): name for name, customer in ids.items()}
+    documents = []
+    for event in events:
+        document = orjson.loads(event.payload)
+        del document["id"]
+        document["subject"] = document["data"]["customer_id"] = names[document["subject"]]
+        documents.append(document)
+    return sorted(documents, key=lambda d: (d["subject"], d["type"]))
