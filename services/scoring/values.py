@@ -1,7 +1,9 @@
 """Writing values and the events they publish, column-wise (both the handlers and a recompute).
 
 1. The new values go to a temporary table by binary COPY (`bulk`): enums as small codes, NULLs
-   as sentinels (NaN, 0, the smallest int64) that the SQL turns back into NULL.
+   as sentinels (NaN, 0, the smallest int64) that the SQL turns back into NULL. A handler
+   batch (up to `ARRAY_BOUND_LIMIT` customers) binds the same columns to arrays instead: the
+   same statements read them from `unnest`, without the table's round trips.
 2. One locking read returns what consumers last saw of the customers whose stored facts version
    is still the one the values were computed from (rows locked in customer-id order, the order
    the handlers use; a customer whose facts moved meanwhile keeps the newer value), and whose
