@@ -17,8 +17,8 @@ from shared.messaging.consumer import Handler, HandlerContext
 
 
 async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
-    for emitted in await service.apply_events(ctx.session, events):
-        ctx.emit(emitted)
+    # The stage changes' events go to the outbox in the statement that writes the changes.
+    await service.apply_events(ctx.session, events)
 
 
 async def on_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:

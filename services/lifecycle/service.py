@@ -63,6 +63,7 @@ from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
+from shared.messaging.outbox import outbox_arrays, outbox_insert
 from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
@@ -431,7 +432,8 @@ class _Recorded:
 async def apply_events(
     session: AsyncSession, events: Sequence[CloudEvent[Any]]
 ) -> list[CloudEvent[Any]]:
-    """Apply a batch of consumed events; returns the stage-changed events for the outbox.
+    """Apply a batch of consumed events; returns the stage-changed events, which it wrote to the
+    outbox with the changes that caused them.
 
     Each customer's events are applied in business-time order (stable for equal times),
     which puts the two topics a batch may mix (purchases, complaints) back in order.
@@ -554,8 +556,14 @@ async def apply_events(
             [o.amount for _, _, o in new_orders],
             [o.refunded for _, _, o in new_orders],
         ]
-        # The rows, their new orders and their history in one round trip.
-        await db.execute(_WRITE_SQL, *upsert, *order_arrays, *(history or _NO_HISTORY))
+        # The rows, their new orders, their history and its events in one round trip.
+        await db.execute(
+            _WRITE_SQL,
+            *upsert,
+            *order_arrays,
+            *(history or _NO_HISTORY),
+            *outbox_arrays(events_out),
+        )
     return events_out
 
 
@@ -681,10 +689,11 @@ _ROW_COLUMNS = (
     "relationship_start",
     "relationship_policy_version",
 )
-# The changed rows ($1-$19), their new or refunded orders ($20-$24) and their stage changes
+# The changed rows ($1-$19), their new or refunded orders ($20-$24), their stage changes
 # ($25-$33, WITH ORDINALITY: identities follow the order of the changes, and the history reads
-# by (at, id)) in one statement. A stored row's purchase days are written whole ($13), kept,
-# or extended by one day ($14); a new row's are written whole.
+# by (at, id)) and their events ($34-$38, to the outbox) in one statement. A stored row's
+# purchase days are written whole ($13), kept, or extended by one day ($14); a new row's are
+# written whole.
 _WRITE_SQL = """
 WITH u AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[],
@@ -711,6 +720,8 @@ WITH u AS (
         AS t(customer_id, from_stage, to_stage, reason, trigger, at, causing_event_id,
             evaluation_run_id, event_id, n)
     ORDER BY n
+), published AS (
+    {outbox}
 ), updated AS (
     UPDATE customer_lifecycles AS c SET
         stage = u.stage, since = u.since, reason = u.reason, registered_at = u.registered_at,
@@ -738,7 +749,7 @@ SELECT customer_id, stage, since, reason, registered_at, stage_before_decline,
     CAST(facts AS jsonb), CAST(purchase_days AS date[]), first_purchase_at, last_purchase_at,
     latest_order_at, relationship_start, relationship_policy_version
 FROM u WHERE customer_id NOT IN (SELECT customer_id FROM updated)
-"""
+""".replace("{outbox}", outbox_insert("outbox", 34))
 _NO_HISTORY: list[list[Any]] = [[] for _ in range(9)]
 
 

@@ -72,10 +72,29 @@ _DRAIN_SQL: Final = """
      ORDER BY id LIMIT $2
 """
 
-_OUTBOX_INSERT = (
-    "INSERT INTO {table} (event_id, event_type, topic, key, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
-)
+
+def outbox_insert(table: str, first: int = 1) -> str:
+    """The outbox INSERT bound to five arrays (`outbox_arrays`) from parameter `first` on, in
+    their order (the outbox ids follow it). A writer may put it in its own statement as a
+    data-modifying CTE: one round trip fewer per transaction."""
+    k = first
+    return (
+        f"INSERT INTO {table} (event_id, event_type, topic, key, payload) "
+        "SELECT event_id, event_type, topic, key, payload "
+        f"FROM unnest(${k}::uuid[], ${k + 1}::text[], ${k + 2}::text[], ${k + 3}::text[], "
+        f"${k + 4}::bytea[]) WITH ORDINALITY AS e(event_id, event_type, topic, key, payload, n) "
+        "ORDER BY n"
+    )
+
+
+def _outbox_rows(events: Sequence[CloudEvent[Any]]) -> list[tuple[Any, ...]]:
+    return [(e.id, e.type, topic_for(e.type), e.subject, e.to_bytes()) for e in events]
+
+
+def outbox_arrays(events: Sequence[CloudEvent[Any]]) -> list[list[Any]]:
+    """The events as the five arrays `outbox_insert` is bound to."""
+    columns = zip(*_outbox_rows(events), strict=True)
+    return [list(column) for column in columns] if events else [[] for _ in range(5)]
 
 
 async def add_events(
@@ -85,7 +104,7 @@ async def add_events(
     prepared statement whatever the count), COPY for big batches."""
     if not events:
         return
-    rows = [(e.id, e.type, topic_for(e.type), e.subject, e.to_bytes()) for e in events]
+    rows = _outbox_rows(events)
     raw = await driver_connection(session)
     if len(rows) >= COPY_THRESHOLD:
         # Big batches (a recompute re-scoring everyone) go through COPY on the same connection,
@@ -97,7 +116,7 @@ async def add_events(
         )
         return
     await raw.execute(
-        _OUTBOX_INSERT.format(table=tables.outbox.name), *(list(c) for c in zip(*rows, strict=True))
+        outbox_insert(tables.outbox.name), *(list(c) for c in zip(*rows, strict=True))
     )
 
 

@@ -322,6 +322,20 @@ async def test_a_batch_equals_its_events_one_by_one_and_the_pure_rules(
         for h in changes
     }
     assert all(e.type == ev.STAGE_CHANGED for e in emitted_batch)
+    # The batch wrote them to the outbox itself, in their order, keyed by customer.
+    async with transaction(sessions) as session:
+        outbox = (
+            await session.execute(
+                text(
+                    "SELECT event_id, key, topic, payload FROM outbox "
+                    "WHERE event_id = ANY(:ids) ORDER BY id"
+                ),
+                {"ids": [e.id for e in emitted_batch]},
+            )
+        ).all()
+    assert [tuple(row) for row in outbox] == [
+        (e.id, e.subject, "crm.lifecycle.v1", e.to_bytes()) for e in emitted_batch
+    ]
     # One by one, the erased customer's first moves were published before the erasure came;
     # in one batch the erasure wins at once. Everyone else: the same moves.
     assert sorted(e.data.reason for e in emitted_batch) == sorted(
