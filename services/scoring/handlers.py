@@ -13,8 +13,6 @@ from typing import Any
 
 from services.scoring import service
 from services.scoring.config import ScoringSettings
-from services.scoring.values import add_to_outbox
-from shared.db import driver_connection
 from shared.events import CloudEvent
 from shared.messaging.consumer import BatchProcessor, Handler, HandlerContext
 
@@ -29,10 +27,10 @@ def make_process(settings: ScoringSettings | None = None) -> BatchProcessor:
 
     async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
         chosen = settings or _settings_from_environment()
-        published = await service.apply_events(ctx.session, events, settings=chosen)
-        # Outbox rows as they were built (what a recompute writes too), not as CloudEvent
-        # models through ctx.emit: parsing and serialising them again cost more than scoring.
-        await add_to_outbox(await driver_connection(ctx.session), published)
+        # The value events go to the outbox as they were built, with the values (see values.py),
+        # not as CloudEvent models through ctx.emit: parsing and serialising them again cost
+        # more than scoring.
+        await service.apply_events(ctx.session, events, settings=chosen)
 
     return process
 

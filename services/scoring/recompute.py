@@ -61,7 +61,7 @@ from services.scoring.service import (
     request_recompute,
     rescore,
 )
-from services.scoring.values import Scored, add_to_outbox, store_values
+from services.scoring.values import Scored, store_values
 from shared.clock import Clock
 from shared.db import SessionFactory, transaction
 from shared.errors import NotFound
@@ -411,8 +411,6 @@ async def _write_population(
                 restate=restate,
                 timings=timings,
             )
-            with _timed(timings, "write_outbox"):
-                await add_to_outbox(connection, result.events)
             done["values"] += result.values
             done["events"] += len(result.events)
             await session.execute(
@@ -487,7 +485,6 @@ async def _catch_up(
                     default_as_of=as_of,
                     recompute=True,
                 )
-                await add_to_outbox(await raw_connection(session), result.events)
                 scored += result.values
                 published += len(result.events)
     return scored, published

@@ -465,8 +465,8 @@ async def apply_events(
     """Apply a batch of events to the ledgers (set-based) and re-score each touched customer once.
 
     A fixed number of statements whatever the batch size, each bound to arrays on the driver
-    connection (no per-row statements, no SQLAlchemy compilation). Returns the value events to
-    publish (the caller writes them to the outbox).
+    connection (no per-row statements, no SQLAlchemy compilation). Returns the value events it
+    wrote to the outbox.
     """
     connection = await raw_connection(session)
     tombstones = {

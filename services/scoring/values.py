@@ -10,10 +10,10 @@
    stored value is not newer in business time, unless a recompute restates a past date.
 3. The publishing rule (`domain.publishing`) runs vectorised on that; one UPDATE writes the
    values, the causes and, for the publishers, what is published.
-4. The event documents of the publishers: CloudEvents for the handlers to emit, or straight
-   outbox rows (`add_to_outbox`, COPY) for a recompute, where a million Pydantic models would
-   take longer than everything else together. Both are the same JSON (a test checks it against
-   the contract models).
+4. The event documents of the publishers, built from byte templates (a million Pydantic models
+   would take longer than everything else together; a test checks the JSON against the
+   contract models), go to the outbox with the values: in the UPDATE's statement for a handler
+   batch, by COPY or one INSERT after it for a recompute chunk.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from services.scoring.facts import Facts, moment
 from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
-from shared.messaging.outbox import COPY_THRESHOLD
+from shared.messaging.outbox import COPY_THRESHOLD, outbox_insert
 
 SOURCE = "/crm/scoring"
 # Causes kept per customer between two published scores (the latest ones).
@@ -334,7 +334,8 @@ _ARRAY_PUBLISHED_STATES = {
     for restate in (False, True)
 }
 _ARRAY_UPDATES = {
-    restate: _UPDATE.replace("FROM staged_scores s ", f"FROM {_array_source(_STAGED, 6)} ")
+    restate: f"WITH published_events AS ({outbox_insert('outbox', 6 + len(_STAGED))}) "
+    + _UPDATE.replace("FROM staged_scores s ", f"FROM {_array_source(_STAGED, 6)} ")
     + "cv.customer_id = ANY($7::uuid[]) AND "
     + _written(restate=restate, pages=None)
     for restate in (False, True)
@@ -484,7 +485,7 @@ async def store_values(
     timings: dict[str, float] | None = None,
 ) -> Written:
     """Write the values of `facts` (`scored[rows]` are theirs) where the stored facts version is
-    still the one they were read at, and build the events they publish.
+    still the one they were read at, and the events they publish to the outbox.
 
     `pages` (first, last) says the value rows were on those heap pages when the facts were
     read: a recompute chunk then reads just those pages (a TID range scan) instead of the
@@ -533,44 +534,63 @@ async def store_values(
             min_score_change=policy.publish_min_score_change,
         )
     lap("publish_rule")
-    # The UPDATE runs in PostgreSQL while the events are built here (they need only the
-    # decision): the two sides of a large chunk overlap instead of taking turns.
-    update = asyncio.ensure_future(
-        connection.execute(
-            _ARRAY_UPDATES[restate] if bound else _UPDATES[restate, pages is not None],
-            model_version,
-            currency,
-            [orjson.dumps(c).decode() for c in causes],
-            locked[publish].tolist(),
-            recompute,
-            *(_bound(_STAGED, staged) if bound else (pages or ())),
+
+    def publications() -> list[OutboxEvent]:
+        if not publish.any():
+            return []
+        moved_tier = publish & tier_changed_mask(
+            previously_published=state["published"], previous_tier=previous_tier, tier=tier
         )
+        from_tier = previous_tier.copy()
+        from_tier[~state["published"]] = None
+        publishers = locked[publish]
+        return value_events(
+            facts.customer_ids[publishers],
+            facts.as_of[publishers],
+            scored,
+            at[publishers],
+            previous_tier=from_tier[publish],
+            tier_moved=moved_tier[publish],
+            model_version=model_version,
+            currency=currency,
+        )
+
+    arguments = (
+        model_version,
+        currency,
+        [orjson.dumps(c).decode() for c in causes],
+        locked[publish].tolist(),
+        recompute,
     )
-    events: list[OutboxEvent] = []
-    try:
-        for _ in range(3):  # let the statement go out before the loop is busy here
-            await asyncio.sleep(0)
-        if publish.any():
-            moved_tier = publish & tier_changed_mask(
-                previously_published=state["published"], previous_tier=previous_tier, tier=tier
-            )
-            from_tier = previous_tier.copy()
-            from_tier[~state["published"]] = None
-            publishers = locked[publish]
-            events = value_events(
-                facts.customer_ids[publishers],
-                facts.as_of[publishers],
-                scored,
-                at[publishers],
-                previous_tier=from_tier[publish],
-                tier_moved=moved_tier[publish],
-                model_version=model_version,
-                currency=currency,
-            )
+    if bound:
+        # A handler batch: its events first, then one statement writes the values and puts
+        # the events in the outbox.
+        events = publications()
         lap("build_events")
-    finally:
-        status = await update
-    lap("write_update")
+        status = await connection.execute(
+            _ARRAY_UPDATES[restate],
+            *arguments,
+            *_bound(_STAGED, staged),
+            *_outbox_columns(events),
+        )
+        lap("write_update")
+    else:
+        # The UPDATE runs in PostgreSQL while the events are built here (they need only the
+        # decision): the two sides of a large chunk overlap instead of taking turns.
+        update = asyncio.ensure_future(
+            connection.execute(_UPDATES[restate, pages is not None], *arguments, *(pages or ()))
+        )
+        events = []
+        try:
+            for _ in range(3):  # let the statement go out before the loop is busy here
+                await asyncio.sleep(0)
+            events = publications()
+            lap("build_events")
+        finally:
+            status = await update
+        lap("write_update")
+        await add_to_outbox(connection, events)
+        lap("write_outbox")
     written = int(status.split()[-1])
     if written != len(locked):
         raise RuntimeError(f"wrote {written} values of {len(locked)} locked rows")
@@ -736,14 +756,25 @@ _OUTBOX_INSERT = (
 )
 
 
+def _outbox_records(events: Sequence[OutboxEvent]) -> list[tuple[Any, ...]]:
+    topics = {t: ev.topic_for(t) for t in _EVENT_MODELS}
+    return [(e.event_id, e.type, topics[e.type], e.subject, e.payload) for e in events]
+
+
+def _outbox_columns(events: Sequence[OutboxEvent]) -> list[list[Any]]:
+    """The events as the arrays of `shared.messaging.outbox.outbox_insert`."""
+    return [list(column) for column in zip(*_outbox_records(events), strict=True)] or [
+        [] for _ in _OUTBOX_COLUMNS
+    ]
+
+
 async def add_to_outbox(connection: asyncpg.Connection, events: Sequence[OutboxEvent]) -> None:
     """Write events to the outbox (in the connection's transaction): the rows, and the way,
     of `shared.messaging.outbox.add_events` for CloudEvent models: COPY for many (a recompute
-    chunk), one array-bound INSERT for a handler batch (one round trip where COPY takes two)."""
+    chunk), one array-bound INSERT for some."""
     if not events:
         return
-    topics = {t: ev.topic_for(t) for t in _EVENT_MODELS}
-    records = [(e.event_id, e.type, topics[e.type], e.subject, e.payload) for e in events]
+    records = _outbox_records(events)
     if len(records) >= COPY_THRESHOLD:
         await connection.copy_records_to_table("outbox", records=records, columns=_OUTBOX_COLUMNS)
         return

@@ -134,10 +134,9 @@ class Scoring:
         async with self.engine.connect() as conn:
             return list((await conn.execute(text(statement), params)).all())
 
-    async def value_events(
-        self, customer_id: uuid.UUID, *, want: int, timeout: float = 20.0
-    ) -> list[dict[str, Any]]:
-        """Value events about one customer on crm.value.v1 (from the beginning), once `want` came."""
+    async def _value_chunks(self, timeout: float) -> AsyncIterator[list[dict[str, Any]]]:
+        """The documents on crm.value.v1 from the beginning, a fetch at a time, until the time is
+        up (or the caller stops asking)."""
         consumer = AIOKafkaConsumer(
             topics.VALUE,
             bootstrap_servers=self.bootstrap,
@@ -145,17 +144,36 @@ class Scoring:
             auto_offset_reset="earliest",
         )
         await consumer.start()
-        found: list[dict[str, Any]] = []
         try:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and len(found) < want:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    for record in records:
-                        document = orjson.loads(record.value)
-                        if document["subject"] == str(customer_id):
-                            found.append(document)
+            while time.monotonic() < deadline:
+                fetched = await consumer.getmany(timeout_ms=200)
+                yield [orjson.loads(r.value) for records in fetched.values() for r in records]
         finally:
             await consumer.stop()
+
+    async def relayed(self, event_ids: set[str], *, timeout: float = 20.0) -> set[str]:
+        """Which of these event ids are on crm.value.v1 (once all came or the time is up)."""
+        found: set[str] = set()
+        chunks = self._value_chunks(timeout)
+        async for documents in chunks:
+            found |= {d["id"] for d in documents} & event_ids
+            if found == event_ids:
+                break
+        await chunks.aclose()
+        return found
+
+    async def value_events(
+        self, customer_id: uuid.UUID, *, want: int, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """Value events about one customer on crm.value.v1 (from the beginning), once `want` came."""
+        found: list[dict[str, Any]] = []
+        chunks = self._value_chunks(timeout)
+        async for documents in chunks:
+            found += [d for d in documents if d["subject"] == str(customer_id)]
+            if len(found) >= want:
+                break
+        await chunks.aclose()
         return found
 
 

@@ -400,6 +400,9 @@ async def test_values_bound_to_arrays_are_those_staged_by_copy(
     assert by_arrays["a"]["value"]["orders"] == 3
     assert _documents(published["bound"], bound) == _documents(published["staged"], staged)
     assert len(published["bound"]) >= 3
+    # Both wrote their events to the outbox, which the service's relay published.
+    wanted = {e.event_id for e in [*published["bound"], *published["staged"]]}
+    assert await scoring.relayed(wanted) == wanted
 
 
 def _documents(events: list[Any], ids: dict[str, uuid.UUID]) -> list[dict[str, Any]]:
