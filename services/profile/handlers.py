@@ -375,8 +375,8 @@ async def process_ingested_orders(
         await on_ingested_order(ctx, events[0])
         return
     orders = [(event.data, _purchase_of(event.data)) for event in events]
-    for event in await service.ingest_orders(ctx.session, orders=orders):
-        ctx.emit(event)
+    # Its events go to the outbox in the statement that writes the purchases.
+    await service.ingest_orders(ctx.session, orders=orders)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -56,7 +56,7 @@ from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
-from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers
+from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers, outbox_arrays
 from shared.observability.logging import get_logger
 
 SOURCE = "/crm/profile"
@@ -915,19 +915,19 @@ async def ingest_order(
     )
 
 
-_INGEST_CUSTOMERS_SQL = """
-    INSERT INTO customers (id, kind, external_ref, email, registered_at, source_channel)
-    SELECT id, 'person', ref, email, at, channel
-      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
-           AS t(id, ref, email, at, channel)
-"""
-
-
-# The owners' locks ($8, taken in key order by a one-time filter before any row is written),
-# the purchases (an order already recorded is left alone) and the items of those inserted
-# (their ids chosen in advance: the items of a purchase not inserted join nothing).
-_INGEST_PURCHASES_SQL = """
-    WITH inserted AS (
+# In one statement: the new customers ($15-$19; their ids are fresh, so no other writer holds
+# them), the owners' locks ($8, taken in key order by a one-time filter before any purchase is
+# written), the purchases (an order already recorded is left alone), the items of those inserted
+# (their ids chosen in advance: the items of a purchase not inserted join nothing), and the
+# events ($20-$24, in their order) of the customers and of the purchases inserted ($25: the
+# purchase an event is about, NULL for a registration).
+_INGEST_SQL = """
+    WITH new_customers AS (
+        INSERT INTO customers (id, kind, external_ref, email, registered_at, source_channel)
+        SELECT id, 'person', ref, email, at, channel
+          FROM unnest($15::uuid[], $16::text[], $17::text[], $18::timestamptz[], $19::text[])
+               AS t(id, ref, email, at, channel)
+    ), inserted AS (
         INSERT INTO purchases (id, customer_id, order_id, amount, currency, occurred_at,
                                channel, origin)
         SELECT id, customer_id, order_id, amount, currency, occurred_at, channel, 'ingest'
@@ -945,6 +945,14 @@ _INGEST_PURCHASES_SQL = """
                       $14::numeric[])
                AS i(purchase_id, position, sku, category, quantity, unit_price)
           JOIN inserted ON inserted.id = i.purchase_id
+    ), published AS (
+        INSERT INTO outbox (event_id, event_type, topic, key, payload)
+        SELECT e.event_id, e.event_type, e.topic, e.key, e.payload
+          FROM unnest($20::uuid[], $21::text[], $22::text[], $23::text[], $24::bytea[],
+                      $25::uuid[]) WITH ORDINALITY
+               AS e(event_id, event_type, topic, key, payload, purchase_id, n)
+         WHERE e.purchase_id IS NULL OR e.purchase_id IN (SELECT id FROM inserted)
+         ORDER BY e.n
     )
     SELECT id, order_id FROM inserted
 """
@@ -959,7 +967,7 @@ async def ingest_orders(
     session: AsyncSession, *, orders: Sequence[tuple[domain.IngestOrder, domain.Purchase]]
 ) -> list[CloudEvent[Any]]:
     """A batch of ingested orders, set-based: a few statements for the whole batch instead of
-    a dozen round trips per order. Returns the events to publish.
+    a dozen round trips per order. Returns the events it wrote to the outbox.
 
     Anything unusual (an unresolvable customer, an order_id recorded differently, a customer
     created concurrently) raises: the consumer then redoes the batch message by message through
@@ -1005,36 +1013,50 @@ async def ingest_orders(
                 if email is not None:
                     by_email[email] = customer_id
                 owners.append(customer_id)
+    # Each customer's registration, then each order's purchase (the first of an order_id the
+    # batch repeats), with the ids chosen here: the statement keeps those of purchases inserted.
     events: list[CloudEvent[Any]] = []
-    if created:
-        # New customers' ids are fresh: no other writer can hold them, so no lock yet.
-        # A unique violation here (a concurrent registration) sends the batch to the slow path.
-        await db.execute(
-            _INGEST_CUSTOMERS_SQL, *(list(column) for column in zip(*created, strict=True))
-        )
-        for customer_id, _, _, registered_at, channel in created:
-            events.append(
-                _event(
-                    ev.CUSTOMER_REGISTERED,
-                    customer_id=customer_id,
-                    time=registered_at,
-                    data=p.CustomerRegistered(
-                        customer_id=customer_id, kind=p.CustomerKind.person, source_channel=channel
-                    ),
-                )
+    about: list[uuid.UUID | None] = []
+    for customer_id, _, _, registered_at, channel in created:
+        events.append(
+            _event(
+                ev.CUSTOMER_REGISTERED,
+                customer_id=customer_id,
+                time=registered_at,
+                data=p.CustomerRegistered(
+                    customer_id=customer_id, kind=p.CustomerKind.person, source_channel=channel
+                ),
             )
+        )
+        about.append(None)
     purchases = [purchase for _, purchase in orders]
     purchase_ids = new_ids(len(purchases))
+    event_ids = iter(new_ids(len(purchases)))
+    firsts: set[str] = set()
+    for purchase_id, owner, purchase in zip(purchase_ids, owners, purchases, strict=True):
+        if purchase.order_id in firsts:
+            continue
+        firsts.add(purchase.order_id)
+        events.append(
+            purchase_recorded_event(
+                purchase_id=purchase_id,
+                customer_id=owner,
+                purchase=purchase,
+                event_id=next(event_ids),
+            )
+        )
+        about.append(purchase_id)
     items = [
         (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
         for purchase_id, purchase in zip(purchase_ids, purchases, strict=True)
         for position, item in enumerate(purchase.items)
     ]
-    # One round trip: the owners' locks, the purchases and the items of those inserted.
+    # One round trip. A unique violation (a customer registered concurrently) sends the batch
+    # to the slow path.
     inserted: dict[str, uuid.UUID] = {
         row["order_id"]: row["id"]
         for row in await db.fetch(
-            _INGEST_PURCHASES_SQL,
+            _INGEST_SQL,
             purchase_ids,
             owners,
             [purchase.order_id for purchase in purchases],
@@ -1044,6 +1066,9 @@ async def ingest_orders(
             [purchase.channel for purchase in purchases],
             customer_lock_keys(owners),
             *([list(column) for column in zip(*items, strict=True)] if items else [[]] * 6),
+            *([list(column) for column in zip(*created, strict=True)] if created else [[]] * 5),
+            *outbox_arrays(events),
+            about,
         )
     }
     repeated = [
@@ -1062,22 +1087,12 @@ async def ingest_orders(
         for owner, purchase in repeated:
             if recorded[purchase.order_id] != (owner, purchase.amount):
                 raise Conflict(f"order_id {purchase.order_id!r} is recorded differently")
-    seen: set[str] = set()
-    event_ids = iter(new_ids(len(inserted)))
-    for owner, purchase in zip(owners, purchases, strict=True):
-        purchase_id = inserted.get(purchase.order_id)
-        if purchase_id is None or purchase.order_id in seen:
-            continue
-        seen.add(purchase.order_id)
-        events.append(
-            purchase_recorded_event(
-                purchase_id=purchase_id,
-                customer_id=owner,
-                purchase=purchase,
-                event_id=next(event_ids),
-            )
-        )
-    return events
+    kept = set(inserted.values())
+    return [
+        e
+        for e, purchase_id in zip(events, about, strict=True)
+        if purchase_id in kept or purchase_id is None
+    ]
 
 
 # --- bulk import -------------------------------------------------------------------------------

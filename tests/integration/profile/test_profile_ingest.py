@@ -186,6 +186,57 @@ async def test_a_burst_of_orders_for_new_and_repeat_customers_is_all_recorded(
     assert "unknown customer_id" in letter["dlq.error"]
 
 
+async def test_an_ingested_batch_publishes_each_new_customer_and_purchase_once(
+    profile: Profile,
+) -> None:
+    """The batch's events go out with its writes: a registration per new customer, a purchase
+    per order recorded (an order the batch repeats, or one recorded before, publishes nothing)."""
+    marker = uuid.uuid4().hex[:8]
+    known = await profile.register(external_ref=f"known-{marker}")
+    now = datetime.now(UTC)
+
+    def parsed(**fields: Any) -> tuple[domain.IngestOrder, domain.Purchase]:
+        return domain.parse_ingest_order(
+            orjson.dumps(ingest_order(**fields)),
+            base_currency="USD",
+            now=now,
+            max_clock_skew=timedelta(minutes=5),
+        )
+
+    first = parsed(order_id=f"{marker}-1", external_ref=f"new-{marker}")
+    orders = [
+        first,
+        parsed(order_id=f"{marker}-2", external_ref=f"known-{marker}"),
+        first,
+        parsed(order_id=f"{marker}-3", external_ref=f"new-{marker}"),
+    ]
+
+    async def ingest(batch: list[tuple[domain.IngestOrder, domain.Purchase]]) -> list[Any]:
+        async with transaction(session_factory(profile.engine)) as session:
+            return await service.ingest_orders(session, orders=batch)
+
+    returned = await ingest(orders)
+    assert await ingest(orders[1:2]) == []  # recorded before: nothing to publish
+    new_customer = (await purchase_of(profile, f"{marker}-1") or {})["customer_id"]
+    assert [e.type for e in returned] == [ev.CUSTOMER_REGISTERED, *[ev.PURCHASE_RECORDED] * 3]
+    published: dict[str, list[str]] = {}
+    for subject, topic, want in (
+        (str(new_customer), topics.CUSTOMERS, 1),
+        (str(new_customer), topics.PURCHASES, 2),
+        (known["id"], topics.PURCHASES, 1),
+    ):
+        # One more than expected, briefly: anything beyond it would be a duplicate.
+        found = await read_events(
+            profile.bootstrap, topic, subject=subject, want=want + 1, timeout=3
+        )
+        published.setdefault(subject, []).extend(e["id"] for e in found)
+    assert sorted(id_ for ids in published.values() for id_ in ids) == sorted(
+        str(e.id) for e in returned
+    )
+    orders_published = [e.data.order_id for e in returned if e.type == ev.PURCHASE_RECORDED]
+    assert orders_published == [f"{marker}-1", f"{marker}-2", f"{marker}-3"]
+
+
 async def test_an_ingested_batch_waits_for_a_writer_holding_its_customer(profile: Profile) -> None:
     """A batch takes its customers' locks before it writes a purchase (so one customer's events
     leave the outbox in commit order), customers it found by their external reference included:
