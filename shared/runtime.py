@@ -158,6 +158,7 @@ class ServiceRuntime:
         group_id: str | None = None,
         emits: bool = True,
         read_model: bool = False,
+        shared_locks: Sequence[str] = (),
     ) -> None:
         """Run a consumer until stop. `emits=False`: a projection-only consumer, which takes no
         customer locks (see shared.messaging.consumer). `read_model`: one off the path of a
@@ -185,6 +186,7 @@ class ServiceRuntime:
             / 1000,
             commit_interval=self.settings.consumer_commit_interval_ms / 1000,
             emits=emits,
+            shared_locks=shared_locks,
             producer_factory=lambda: start_producer(self.settings),
         )
         consumer.subscribe(topics, listener=runner.rebalance_listener())

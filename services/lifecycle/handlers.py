@@ -18,7 +18,8 @@ from shared.messaging.consumer import Handler, HandlerContext
 
 async def process(ctx: HandlerContext, events: Sequence[CloudEvent[Any]]) -> None:
     # The stage changes' events go to the outbox in the statement that writes the changes.
-    await service.apply_events(ctx.session, events)
+    policy_locked = service.POLICY_LOCK in ctx.held_shared  # by the runner (see worker.py)
+    await service.apply_events(ctx.session, events, policy_locked=policy_locked)
 
 
 async def on_event(ctx: HandlerContext, event: CloudEvent[Any]) -> None:

@@ -69,7 +69,9 @@ from shared.observability.logging import get_logger
 log = get_logger(__name__)
 
 SOURCE = "/crm/lifecycle"
-_POLICY_LOCK = "SELECT pg_advisory_xact_lock{mode}(hashtext('lifecycle:policy'))"
+# Held shared by whatever reads the policy to apply it, exclusively by a policy change.
+POLICY_LOCK = "lifecycle:policy"
+_POLICY_LOCK = f"SELECT pg_advisory_xact_lock{{mode}}(hashtext('{POLICY_LOCK}'))"
 
 
 # --- policy ------------------------------------------------------------------------------------
@@ -430,7 +432,7 @@ class _Recorded:
 
 
 async def apply_events(
-    session: AsyncSession, events: Sequence[CloudEvent[Any]]
+    session: AsyncSession, events: Sequence[CloudEvent[Any]], *, policy_locked: bool = False
 ) -> list[CloudEvent[Any]]:
     """Apply a batch of consumed events; returns the stage-changed events, which it wrote to the
     outbox with the changes that caused them.
@@ -455,8 +457,10 @@ async def apply_events(
         by_customer[event.data.customer_id].append(event)
     ids = sorted(by_customer)
     db = await driver_connection(session)
-    # A statement of its own: the next one reads under the lock, with a snapshot taken after it.
-    await db.execute(_SHARED_POLICY_LOCK_SQL)
+    # A statement of its own (or, `policy_locked`, the consumer's inbox statement): the next one
+    # reads under the lock, with a snapshot taken after it.
+    if not policy_locked:
+        await db.execute(_SHARED_POLICY_LOCK_SQL)
     context = await db.fetchrow(_BATCH_CONTEXT_SQL, ids)
     assert context is not None
     policy, version = _policy_of(context["policy"]), context["version"]

@@ -39,6 +39,9 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
     topics = sorted({registry.topic_for(t) for t in HANDLERS})
     return [
         runtime.run_relay(),
-        runtime.run_consumer(topics=topics, handlers=HANDLERS, process=PROCESS),
+        # Its batches read the policy: the runner takes the policy's lock with the customers'.
+        runtime.run_consumer(
+            topics=topics, handlers=HANDLERS, process=PROCESS, shared_locks=[service.POLICY_LOCK]
+        ),
         runtime.run_periodic(SWEEP, settings.sweep_interval_seconds, sweep_job(runtime)),
     ]

@@ -57,6 +57,8 @@ class HandlerContext:
     tables: MessagingTables
     service: str
     emitted: list[CloudEvent[Any]] = field(default_factory=list)
+    # Named advisory locks the runner holds shared for the transaction (see `shared_locks`).
+    held_shared: frozenset[str] = frozenset()
 
     def emit(self, event: CloudEvent[Any]) -> None:
         self.emitted.append(event)
@@ -149,10 +151,14 @@ class ConsumerRunner:
         commit_offsets: bool = True,
         commit_interval: float = 0.0,
         emits: bool = True,
+        shared_locks: Sequence[str] = (),
         producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
     ) -> None:
         """`producer` sends to the DLQ; with `producer_factory`, one that Kafka says is broken for
-        good (see `producer_is_broken`) is replaced by a producer of the runner's own."""
+        good (see `producer_is_broken`) is replaced by a producer of the runner's own.
+        `shared_locks`: advisory locks (by name, `hashtext`) that every batch's handlers take
+        shared (a policy they read), taken by the runner after the customers' locks in the same
+        round trip; handlers see them in `HandlerContext.held_shared`."""
         self.service = service
         self.consumer = consumer
         self.producer = producer
@@ -169,6 +175,7 @@ class ConsumerRunner:
         self.commit_offsets = commit_offsets
         self.commit_interval = commit_interval
         self.emits = emits
+        self.shared_locks = tuple(shared_locks)
         self.producer_factory = producer_factory
         self._own_producer = False
         self.batch_lock = asyncio.Lock()
@@ -179,21 +186,25 @@ class ConsumerRunner:
 
     @functools.cached_property
     def _inbox_sql(self) -> str:
+        """The batch's inbox rows, after its locks: the customers' ($3, when the consumer emits)
+        in key order (see LOCK_CUSTOMERS_SQL), then the shared ones (the last parameter)."""
+        # Each uncorrelated subquery is an init plan: it runs once, before the first row is
+        # inserted, and the operands of `+` are evaluated left to right.
+        locks = []
+        if self.emits:
+            locks.append(
+                "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) "
+                "FROM unnest($3::bigint[]) AS k ORDER BY k) AS locked)"
+            )
+        if self.shared_locks:
+            locks.append(
+                "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock_shared(hashtext(name)) "
+                f"FROM unnest(${3 + len(locks)}::text[]) AS name) AS shared)"
+            )
+        where = f"WHERE {' + '.join(locks)} >= 0 " if locks else ""
         return (
             f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
-            "SELECT * FROM unnest($1::uuid[], $2::text[]) "
-            "ON CONFLICT DO NOTHING RETURNING event_id"
-        )
-
-    @functools.cached_property
-    def _inbox_locking_sql(self) -> str:
-        # The uncorrelated subquery is an init plan: it runs once, before the first row is
-        # inserted, and takes the locks in key order (see LOCK_CUSTOMERS_SQL).
-        return (
-            f"INSERT INTO {self.tables.inbox.name} (event_id, event_type) "
-            "SELECT * FROM unnest($1::uuid[], $2::text[]) "
-            "WHERE (SELECT count(*) FROM (SELECT pg_advisory_xact_lock(k) "
-            "FROM unnest($3::bigint[]) AS k ORDER BY k) AS locked) >= 0 "
+            f"SELECT * FROM unnest($1::uuid[], $2::text[]) {where}"
             "ON CONFLICT DO NOTHING RETURNING event_id"
         )
 
@@ -370,19 +381,19 @@ class ConsumerRunner:
         events = [m.event for m in wanted if m.event is not None]
         db = await driver_connection(session)
         ids, types = [e.id for e in events], [e.type for e in events]
-        # One array-bound statement, prepared once whatever the batch size; an emitting consumer
-        # takes its customers' locks in the same round trip, before the first inbox row.
+        # One array-bound statement, prepared once whatever the batch size; the batch's locks are
+        # taken in the same round trip, before the first inbox row.
+        locks: list[Any] = []
         if self.emits:
-            rows = await db.fetch(
-                self._inbox_locking_sql, ids, types, customer_lock_keys(e.subject for e in events)
-            )
-        else:
-            rows = await db.fetch(self._inbox_sql, ids, types)
+            locks.append(customer_lock_keys(e.subject for e in events))
+        if self.shared_locks:
+            locks.append(list(self.shared_locks))
+        rows = await db.fetch(self._inbox_sql, ids, types, *locks)
         fresh = {row[0] for row in rows}
         new_events = [e for e in events if e.id in fresh]
         if len(new_events) < len(events):
             self._count_types(Counter(e.type for e in events if e.id not in fresh), "duplicate")
-        ctx = HandlerContext(session, self.tables, self.service)
+        ctx = self._context(session)
         if new_events:
             await self.process(ctx, new_events)
         await self._add_events(ctx)
@@ -402,7 +413,7 @@ class ConsumerRunner:
                     )
                     if inserted.first() is None:
                         return
-                    ctx = HandlerContext(session, self.tables, self.service)
+                    ctx = self._context(session)
                     await self.process(ctx, [event])
                     await self._add_events(ctx)
                 m.error = None
@@ -423,9 +434,19 @@ class ConsumerRunner:
                 if attempt < self.max_attempts:
                     await asyncio.sleep(self.backoff * (2 ** (attempt - 1)))
 
+    def _context(self, session: AsyncSession) -> HandlerContext:
+        return HandlerContext(
+            session, self.tables, self.service, held_shared=frozenset(self.shared_locks)
+        )
+
     async def _lock(self, session: AsyncSession, subjects: list[str]) -> None:
         if self.emits:
             await lock_customers(session, subjects)
+        if self.shared_locks:
+            await (await driver_connection(session)).execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtext(name)) FROM unnest($1::text[]) AS name",
+                list(self.shared_locks),
+            )
 
     async def _add_events(self, ctx: HandlerContext) -> None:
         if ctx.emitted and not self.emits:

@@ -376,6 +376,7 @@ class _OrdersOfOneCustomer:
         self.producer = producer
         self.customer = uuid.uuid4()
         self.batches: list[list[str]] = []
+        self.held_shared: list[frozenset[str]] = []
 
     async def send(self, *order_ids: str) -> None:
         for order_id in order_ids:
@@ -407,6 +408,7 @@ async def _recording_runner(
         mine = [e.data.order_id for e in events if e.subject == str(orders.customer)]
         if mine:
             orders.batches.append(mine)
+            orders.held_shared.append(ctx.held_shared)
         await handle(ctx, events)
 
     consumer = make_consumer(settings, group_id=group, topics_=[])
@@ -570,6 +572,30 @@ async def test_an_emitting_consumer_waits_for_the_writer_holding_its_customers_l
         assert result == (1, "locked-1")
     finally:
         await producer.stop()
+
+
+async def test_a_batch_takes_its_shared_locks_with_its_customers_locks(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """`shared_locks` (a policy its handlers read): taken by the batch's inbox statement, so a
+    writer holding one exclusively (a policy change) holds the batch up; handlers are told."""
+    async with engine.connect() as conn:
+        key = (await conn.execute(text("SELECT hashtext('msgtest:policy')::int8"))).scalar_one()
+    async with _recording_runner(settings, engine, shared_locks=["msgtest:policy"]) as (
+        orders,
+        _,
+    ):
+        async with engine.connect() as writer:
+            await writer.begin()
+            await writer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            await orders.send("o-0")
+            assert await eventually(
+                lambda: waiting_for_advisory_lock(engine, key), what="the batch waiting"
+            )
+            assert await totals(engine, orders.customer) is None
+            await writer.rollback()
+        await orders.applied(engine, 1)
+        assert orders.held_shared == [frozenset({"msgtest:policy"})]
 
 
 async def test_crash_between_db_commit_and_offset_commit_does_not_double_apply(
