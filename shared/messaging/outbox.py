@@ -323,6 +323,9 @@ class OutboxRelay:
                     batch = open_batches[topic, partition] = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None, headers=_HEADERS)
             for (topic, partition), batch in open_batches.items():
+                # Closed, it is complete: the sender takes it at once instead of letting it
+                # linger for more messages (linger_ms) that will never come.
+                batch.close()
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
             await asyncio.gather(*futures)
         except Exception:

@@ -18,17 +18,24 @@ PARTITIONS = 3
 
 
 class _Batch:
+    """Like aiokafka's BatchBuilder: full, it closes itself; closed, it takes nothing more."""
+
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        self.closed = False
 
     def append(
         self, *, key: bytes, value: bytes, timestamp: None, headers: list[tuple[str, bytes]]
     ) -> object | None:
-        if len(self.records) >= self.capacity:
+        if self.closed or len(self.records) >= self.capacity:
+            self.closed = True
             return None
         self.records.append((key, value, headers))
         return object()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _Producer:
@@ -58,6 +65,8 @@ class _Producer:
         self, batch: _Batch, topic: str, *, partition: int
     ) -> asyncio.Future[None]:
         self.sent.append((topic, partition, list(batch.records)))
+        # A batch still open lingers in the producer for messages that never come.
+        assert batch.closed, "handed over open"
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
         return ack
