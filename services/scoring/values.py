@@ -300,7 +300,7 @@ _PUBLISHED_COLUMNS: bulk.Columns = (
 # A handler batch (a few customers) is bound to arrays instead of staged by COPY: the temporary
 # table cost three round trips (its setup, COPY's two) of a batch's thirteen, each one a wait for
 # a busy PostgreSQL. Columns are bound as `_STAGED` has them, timestamptz as Unix microseconds.
-ARRAY_BOUND_LIMIT = 1000
+ARRAY_BOUND_LIMIT = 100
 
 
 def _array_source(columns: bulk.Columns, first: int) -> str:
