@@ -103,6 +103,34 @@ class ErasedCustomer(Base):
     erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class LedgerSummary(Base):
+    """What a customer's purchases add up to at `as_of`, refunds aside (`domain.ledger`):
+    a handler reads what happened since instead of the whole history. Instants in Unix
+    microseconds, days since 1970-01-01, money in ten-thousandths, categories as hashtext.
+
+    A purchase recorded at or before `as_of` (late) deletes the summary: the next read is of
+    the whole history, which writes a new one.
+    """
+
+    __tablename__ = "ledger_summaries"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    orders: Mapped[int] = mapped_column(BigInteger)
+    first_purchase_us: Mapped[int] = mapped_column(BigInteger)
+    last_purchase_us: Mapped[int] = mapped_column(BigInteger)
+    gross: Mapped[int] = mapped_column(BigInteger)
+    within_180d: Mapped[int] = mapped_column(BigInteger)
+    within_360d: Mapped[int] = mapped_column(BigInteger)
+    within_365d: Mapped[int] = mapped_column(BigInteger)
+    purchase_days: Mapped[int] = mapped_column(BigInteger)
+    first_day: Mapped[int] = mapped_column(BigInteger)
+    last_day: Mapped[int] = mapped_column(BigInteger)
+    repeat_gross: Mapped[int] = mapped_column(BigInteger)
+    categories: Mapped[list[int]] = mapped_column(ARRAY(Integer), server_default="{}")
+
+
 class CustomerValue(Base):
     """The current value of a customer, the aggregates it came from, and what was published.
 
@@ -247,4 +275,5 @@ REPLAY_TABLES = [
     "referrals",
     "erased_customers",
     "customer_values",
+    "ledger_summaries",
 ]

@@ -42,7 +42,7 @@ from services.scoring.domain import (
     value_customers,
 )
 from services.scoring.domain._arrays import FloatArray
-from services.scoring.facts import Facts, load_facts, raw_connection, sorted_ids
+from services.scoring.facts import Facts, load_facts, raw_connection, save_summaries, sorted_ids
 from services.scoring.models import (
     CustomerValue,
     ModelPolicy,
@@ -326,6 +326,8 @@ async def rescore(
     # Facts are of the customers of `as_of` (id order, as locked) that have a value row: all
     # of them when the counts agree, which saves making their ids again.
     scored_ids = list(as_of) if len(facts) == len(as_of) else facts.ids()
+    read_at = as_of if len(facts) == len(as_of) else {c: as_of[c] for c in scored_ids}
+    await save_summaries(connection, facts, read_at, currency=settings.currency)
     return await store_values(
         connection,
         facts,
@@ -394,6 +396,7 @@ _ERASE = (
     "DELETE FROM complaints WHERE customer_id = ANY($1::uuid[])",
     "DELETE FROM referrals WHERE customer_id = ANY($1::uuid[]) OR referrer_id = ANY($1::uuid[])",
     "DELETE FROM customer_values WHERE customer_id = ANY($1::uuid[])",
+    "DELETE FROM ledger_summaries WHERE customer_id = ANY($1::uuid[])",
 )
 _TOMBSTONES = "SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])"
 _ADD_TOMBSTONES = (
@@ -401,16 +404,19 @@ _ADD_TOMBSTONES = (
     "SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) ON CONFLICT DO NOTHING"
 )
 # Each ledger written by one statement bound to arrays, whatever the batch size (prepared once);
-# an event seen before (the same purchase, refund or registration) changes nothing.
+# an event seen before (the same purchase, refund or registration) changes nothing. A purchase
+# at or before a customer's summary (late) deletes the summary: the next read is of everything.
 _ADD_PURCHASES = (
-    "INSERT INTO purchases (purchase_id, customer_id, order_id, purchased_at, purchase_day, "
-    "amount, currency, categories) "
+    "WITH added AS (INSERT INTO purchases (purchase_id, customer_id, order_id, purchased_at, "
+    "purchase_day, amount, currency, categories) "
     "SELECT p.purchase_id, p.customer_id, p.order_id, p.purchased_at, p.purchase_day, p.amount, "
     "p.currency, CAST(p.categories AS varchar(100)[]) "
     "FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::date[], "
     "$6::numeric[], $7::text[], $8::text[]) AS p(purchase_id, customer_id, order_id, "
     "purchased_at, purchase_day, amount, currency, categories) "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING customer_id, purchased_at) "
+    "DELETE FROM ledger_summaries s USING added "
+    "WHERE s.customer_id = added.customer_id AND added.purchased_at <= s.as_of"
 )
 _ADD_REFUNDS = (
     "INSERT INTO refunds (refund_id, purchase_id, customer_id, refunded_at, amount, currency, "

@@ -17,7 +17,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scoring import bulk
-from services.scoring.facts import Facts, load_facts, micros, raw_connection
+from services.scoring.facts import (
+    SUMMARY_MIN_ORDERS,
+    Facts,
+    load_facts,
+    micros,
+    raw_connection,
+    save_summaries,
+)
+from services.scoring.service import _ADD_PURCHASES
 
 pytestmark = pytest.mark.integration
 
@@ -268,6 +276,80 @@ async def test_facts_of_everyone_and_of_some_equal_the_sql_definitions(scoring: 
         first = by_id[awkward[0]]
         # The awkward customer's capped refund, its chargebacks and its two-purchase first day.
         assert some.ledger.refunded[first] > 0 and some.ledger.chargebacks[first] >= 1
+        await session.rollback()
+
+
+async def test_facts_read_from_stored_summaries_equal_the_sql_definitions(
+    scoring: Scoring,
+) -> None:
+    """Handlers read a customer's purchases from their stored summary on: step by step, across
+    every window's edge and at the summary's own instant, the facts stay the SQL definitions;
+    a late purchase deletes its customer's summary and is counted."""
+    sessions = async_sessionmaker(scoring.engine, expire_on_commit=False)
+    async with sessions() as session:
+        awkward = await _awkward_ledgers(session)
+        chosen = sorted([*awkward, *scoring.population[:40]])
+        connection = await raw_connection(session)
+
+        async def step(days_before: int) -> dict[uuid.UUID, datetime]:
+            times = {c: T0 - timedelta(days=days_before, hours=k % 5) for k, c in enumerate(chosen)}
+            some = await load_facts(session, currency="USD", customers=times)
+            await _same_as_oracle(
+                session, some, _SOME, {"ids": chosen, "times": [times[c] for c in chosen]}
+            )
+            read_at = {c: times[c] for c in some.ids()}
+            await save_summaries(connection, some, read_at, currency="USD", min_orders=1)
+            return times
+
+        for days_before in (400, 390, 200, 181, 100, 0, 0):
+            times = await step(days_before)
+        stored = dict(
+            await connection.fetch(
+                "SELECT customer_id, as_of FROM ledger_summaries WHERE customer_id = ANY($1)",
+                chosen,
+            )
+        )
+        assert len(stored) > 30
+        assert stored == {c: times[c] for c in stored}
+        # At the default threshold only the longer histories keep theirs; the others are re-read.
+        some = await load_facts(session, currency="USD", customers=times)
+        assert some.summary is not None
+        longer = {
+            c
+            for c, orders in zip(some.ids(), some.summary.orders.tolist(), strict=True)
+            if orders >= SUMMARY_MIN_ORDERS
+        }
+        assert 0 < len(longer) < len(chosen)
+        await connection.execute("DELETE FROM ledger_summaries")
+        await save_summaries(connection, some, {c: times[c] for c in some.ids()}, currency="USD")
+        kept = await connection.fetch("SELECT customer_id FROM ledger_summaries")
+        assert {row[0] for row in kept} == longer
+        await step(0)
+        summarized = {
+            row[0]
+            for row in await connection.fetch(
+                "SELECT customer_id FROM ledger_summaries WHERE customer_id = ANY($1)", chosen
+            )
+        }
+
+        late = awkward[1]
+        assert late in summarized
+        await connection.execute(
+            _ADD_PURCHASES,
+            [uuid.uuid4()],
+            [late],
+            ["late-order"],
+            [T0 - timedelta(days=50)],
+            [(T0 - timedelta(days=50)).date()],
+            [Decimal("8.00")],
+            ["USD"],
+            ["{late}"],
+        )
+        left = await connection.fetch(
+            "SELECT customer_id FROM ledger_summaries WHERE customer_id = ANY($1)", chosen
+        )
+        assert {row[0] for row in left} == summarized - {late}
+        await step(0)
         await session.rollback()
 
 

@@ -4,6 +4,7 @@ definition on random ledgers, and the boundaries by hand."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -18,6 +19,9 @@ from services.scoring.domain.ledger import (
     PurchaseRows,
     ReferralRows,
     RefundRows,
+    advance,
+    empty_summary,
+    facts_of,
     ledger_facts,
 )
 from services.scoring.facts import micros
@@ -249,6 +253,94 @@ def test_random_ledgers_match_the_per_customer_definitions(seed: int) -> None:
     for name, values in expected.items():
         assert getattr(facts, name).tolist() == values, name
     assert facts.orders[-5:].tolist() == [0] * 5
+
+
+def _leaving(before: np.ndarray, after: np.ndarray, bought: PurchaseRows) -> dict[int, np.ndarray]:
+    """What the database returns for `advance`: per customer, the amounts bought by the
+    summary's as_of (`before`) in (before - L, min(before, after - L)]."""
+    leaving = {}
+    for days in (180, 360, 365):
+        low, high = before - days * DAY, np.minimum(before, after - days * DAY)
+        at, who = bought.purchased_at, bought.customer
+        inside = (at > low[who]) & (at <= high[who])
+        leaving[days] = np.bincount(who[inside], bought.amount[inside], minlength=len(before))
+        leaving[days] = leaving[days].astype(np.int64)
+    return leaving
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6, 7])
+def test_a_summary_advanced_event_by_event_equals_one_from_the_whole_history(seed: int) -> None:
+    """What the handlers rely on: facts from the stored summary plus what happened since are the
+    facts from the whole history, at every step (windows' edges, days continued across steps,
+    categories seen before, refunds of purchases inside and outside the windows)."""
+    rng = np.random.default_rng(seed)
+    n, m, steps = 40, 700, 8
+    base = micros(AS_OF)
+    # Each customer's as_of at every step, increasing (sometimes standing still).
+    times = np.sort(base - rng.integers(0, 900 * DAY, (steps, n)), axis=0)
+    times[3] = times[2]
+    who = rng.integers(0, n - 3, m)  # the last three customers never buy
+    when = base - rng.integers(0, 1000 * DAY, m)
+    # Purchases right on the edges: at a step's as_of, and exactly L days before it.
+    edge = rng.integers(0, steps, m // 5)
+    shift = rng.choice([0, 180 * DAY, 360 * DAY, 365 * DAY], m // 5)
+    when[: m // 5] = times[edge, who[: m // 5]] - shift
+    # Several purchases on one day, over steps.
+    when[m // 5 : m // 5 + 40] = times[5, who[m // 5 : m // 5 + 40]] - rng.integers(0, 3, 40)
+    amount = rng.integers(1, 10_000_000, m)
+    refunded = np.where(rng.random(m) < 0.2, amount // rng.integers(1, 5, m), 0)
+    chargebacks = (rng.random(m) < 0.05).astype(np.int64)
+    bought, refunds = _split(who, when, amount, refunded, chargebacks)
+    every_other = np.arange(m) % 2 == 0
+    categories = CategoryRows(
+        customer=who[every_other],
+        purchased_at=when[every_other],
+        category=rng.integers(-(2**31), 2**31 - 1, every_other.sum()) % 9 - 4,
+    )
+    no_complaints = ComplaintRows(*(np.zeros(0, dtype=np.int64),) * 4)
+    no_referrals = ReferralRows(*(np.zeros(0, dtype=np.int64),) * 2)
+
+    summary = empty_summary(n)
+    for step in range(steps):
+        as_of = times[step]
+        leaving = None if step == 0 else _leaving(summary.as_of, as_of, bought)
+        summary = advance(
+            summary, as_of=as_of, purchases=bought, categories=categories, leaving=leaving
+        )
+        whole = advance(empty_summary(n), as_of=as_of, purchases=bought, categories=categories)
+        for field in fields(whole):
+            assert getattr(summary, field.name).tolist() == getattr(whole, field.name).tolist(), (
+                step,
+                field.name,
+            )
+        facts = facts_of(summary, refunds=refunds, complaints=no_complaints, referrals=no_referrals)
+        expected = _reference(
+            as_of,
+            (who, when, amount, refunded, chargebacks),
+            categories,
+            no_complaints,
+            no_referrals,
+        )
+        for name, values in expected.items():
+            assert getattr(facts, name).tolist() == values, (step, name)
+    assert summary.orders[-3:].tolist() == [0] * 3
+
+
+def test_a_summary_does_not_go_back_in_time() -> None:
+    summary = empty_summary(2)
+    later = advance(
+        summary,
+        as_of=np.array([10 * DAY, 10 * DAY]),
+        purchases=PurchaseRows(*(np.zeros(0, dtype=np.int64),) * 3),
+        categories=CategoryRows(*(np.zeros(0, dtype=np.int64),) * 3),
+    )
+    with pytest.raises(ValueError, match="forward"):
+        advance(
+            later,
+            as_of=np.array([10 * DAY, 9 * DAY]),
+            purchases=PurchaseRows(*(np.zeros(0, dtype=np.int64),) * 3),
+            categories=CategoryRows(*(np.zeros(0, dtype=np.int64),) * 3),
+        )
 
 
 def test_rows_must_have_equal_lengths() -> None:
