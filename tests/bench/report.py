@@ -267,6 +267,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 else "",
             )
         )
+    for row in _get(results, "history", "by_history") or []:
+        out.append(
+            (
+                f"handlers per event, {row['orders_before']} orders of history",
+                f"scoring {_num(row['scoring_us'], ' us')}",
+                f"whole history read {_num(row['scoring_without_summaries_us'], ' us')}; "
+                f"lifecycle {_num(row['lifecycle_us'], ' us')}",
+                "",
+                "",
+            )
+        )
     totals = results.get("reconciliation")
     if isinstance(totals, dict) and "profile" in totals:
         out.append(

@@ -29,7 +29,7 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from bench import e2e, per_service, report  # noqa: E402
+from bench import e2e, history, per_service, report  # noqa: E402
 from bench.common import Helper, consumer_lag, token  # noqa: E402
 from bench.population import Population, generate  # noqa: E402
 from bench.profiling import Observation, diagnosis  # noqa: E402
@@ -45,6 +45,7 @@ SECTIONS = (
     "complaints",
     "lifecycle",
     "scoring",
+    "history",
 )
 
 
@@ -547,6 +548,7 @@ class Bench:
             ("complaints", lambda: per_service.complaints(self.stack, self, echo=echo)),
             ("lifecycle", lambda: per_service.lifecycle(self.stack, self, echo=echo)),
             ("scoring", lambda: per_service.scoring(self.stack, self, echo=echo)),
+            ("history", lambda: history.measure(self.stack, echo=echo)),
         ]
         for name, body in plan:
             if (
