@@ -750,10 +750,7 @@ def value_events(
 
 
 _OUTBOX_COLUMNS = ["event_id", "event_type", "topic", "key", "payload"]
-_OUTBOX_INSERT = (
-    "INSERT INTO outbox (event_id, event_type, topic, key, payload) "
-    "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[])"
-)
+_OUTBOX_INSERT = outbox_insert("outbox")
 
 
 def _outbox_records(events: Sequence[OutboxEvent]) -> list[tuple[Any, ...]]:
