@@ -41,11 +41,11 @@ SECTIONS = (
     "http",
     "latency",
     "consumers",
+    "history",
     "profile",
     "complaints",
     "lifecycle",
     "scoring",
-    "history",
 )
 
 
@@ -544,11 +544,12 @@ class Bench:
             ("latency", self.latency),
             ("reconciliation", self.reconciliation),
             ("consumers", self.consumers),
+            # Before the sections that leave millions of events flowing (import, recompute).
+            ("history", lambda: history.measure(self.stack, echo=echo)),
             ("profile", lambda: per_service.profile(self.stack, self, echo=echo)),
             ("complaints", lambda: per_service.complaints(self.stack, self, echo=echo)),
             ("lifecycle", lambda: per_service.lifecycle(self.stack, self, echo=echo)),
             ("scoring", lambda: per_service.scoring(self.stack, self, echo=echo)),
-            ("history", lambda: history.measure(self.stack, echo=echo)),
         ]
         for name, body in plan:
             if (
