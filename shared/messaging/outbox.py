@@ -3,7 +3,8 @@
 Writers call `lock_customers` before touching a customer, so that one customer's events get
 increasing outbox ids in commit order; the relay publishes in id order. The relay is woken by
 NOTIFY on commit (a statement trigger on the outbox table) and polls as a fallback; only the
-replica holding a PostgreSQL advisory lock relays, the others stand by.
+replica holding a PostgreSQL advisory lock relays, the others stand by. The relay vacuums the
+table it empties (see `OutboxRelay.vacuum_after`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from shared.observability.logging import get_logger
 log = get_logger(__name__)
 
 COPY_THRESHOLD = 500
+# Rows the relay deletes between its VACUUMs of the outbox (a recompute's burst is far more).
+VACUUM_AFTER_ROWS = 10_000
 _HEADERS: Final = [("content-type", CONTENT_TYPE.encode())]
 
 
@@ -151,6 +154,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         standby_interval: float = 2.0,
         settle_timeout: float = 30.0,
+        vacuum_after: int = VACUUM_AFTER_ROWS,
     ) -> None:
         if (producer is None) == (producer_factory is None):
             raise ValueError("give the relay a producer or a producer_factory (not both)")
@@ -162,6 +166,9 @@ class OutboxRelay:
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
         self.settle_timeout = settle_timeout
+        self.vacuum_after = vacuum_after
+        self._deleted_since_vacuum = 0
+        self._may_vacuum: bool | None = None
         self.lock_key = advisory_key(f"outbox-relay:{service}")
         self._wake = asyncio.Event()
         self.published = 0
@@ -234,10 +241,13 @@ class OutboxRelay:
         try:
             while True:
                 rows = await conn.fetch(_DRAIN_SQL, done, self.batch_size)
+                self._deleted_since_vacuum += len(done)
                 done = []
                 if not rows:
                     metrics.OUTBOX_BACKLOG.labels(self.service).set(0)
                     metrics.OUTBOX_AGE.labels(self.service).set(0)
+                    if self.vacuum_after and self._deleted_since_vacuum >= self.vacuum_after:
+                        await self._vacuum(conn)
                     return published
                 if not await self._publish_until_acknowledged(rows, stop):
                     return published  # stopping: rows stay in the outbox; the next relay sends them
@@ -259,6 +269,41 @@ class OutboxRelay:
                     await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
                 except Exception as exc:  # sent again by the next relay; the inbox drops them
                     log.warning("outbox.delete_failed", error=repr(exc), rows=len(done))
+
+    async def _vacuum(self, conn: asyncpg.Connection) -> None:
+        """VACUUM the outbox the relay has just emptied.
+
+        Every drain reads the outbox in id order from its lowest id, through the index entries
+        of the rows deleted since the table was last vacuumed: after a recompute's tens of
+        thousands of events that cost the scoring relay 4.4 ms per drain (0.1-0.2 ms in the
+        other services; 0.06 ms once vacuumed), and autovacuum had not come 30 s later.
+        Without the right to (not the table's owner) the relay leaves it to autovacuum and says
+        so once.
+        """
+        if self._may_vacuum is None:
+            self._may_vacuum = bool(
+                await conn.fetchval(
+                    "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class "
+                    "WHERE oid = 'outbox'::regclass"
+                )
+            )
+            if not self._may_vacuum:
+                log.warning("outbox.vacuum_not_permitted", hint="autovacuum cleans the outbox")
+        if not self._may_vacuum:
+            return
+        deleted, self._deleted_since_vacuum = self._deleted_since_vacuum, 0
+        started = time.perf_counter()
+        try:
+            # TRUNCATE false: no ACCESS EXCLUSIVE lock in the writers' way to shrink the file.
+            await conn.execute("VACUUM (TRUNCATE false) outbox")
+        except asyncpg.PostgresError as exc:
+            log.warning("outbox.vacuum_failed", error=repr(exc), deleted=deleted)
+            return
+        log.info(
+            "outbox.vacuumed",
+            deleted=deleted,
+            ms=round(1000 * (time.perf_counter() - started), 1),
+        )
 
     async def _publish_until_acknowledged(
         self, rows: Sequence[asyncpg.Record], stop: asyncio.Event

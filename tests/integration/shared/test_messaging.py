@@ -152,7 +152,7 @@ async def totals(engine: AsyncEngine, customer_id: uuid.UUID) -> tuple[int, str]
 
 @contextlib.asynccontextmanager
 async def relay(
-    settings: ServiceSettings, producer: AIOKafkaProducer
+    settings: ServiceSettings, producer: AIOKafkaProducer, **options: Any
 ) -> AsyncIterator[OutboxRelay]:
     stop = asyncio.Event()
     outbox_relay = OutboxRelay(
@@ -160,6 +160,7 @@ async def relay(
         dsn=asyncpg_dsn(settings.database_url),
         producer=producer,
         poll_interval=5.0,
+        **options,
     )
     task = asyncio.create_task(outbox_relay.run(stop))
     try:
@@ -758,6 +759,45 @@ async def test_large_outbox_batches_are_copied_and_published_in_order(
             )
         assert result[1].split(",") == [f"b{i}" for i in range(count)]
         assert await outbox_size(engine) == 0
+    finally:
+        await producer.stop()
+
+
+async def manual_vacuums(engine: AsyncEngine) -> int:
+    """VACUUMs run on the outbox by a client (autovacuum's are counted apart)."""
+    async with engine.connect() as conn:
+        count = await conn.execute(
+            text("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'")
+        )
+        return int(count.scalar_one())
+
+
+async def test_the_relay_vacuums_the_outbox_once_it_emptied_enough_rows(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    before = await manual_vacuums(engine)
+    try:
+        async with relay(settings, producer, vacuum_after=300) as outbox_relay:
+
+            async def drained(published: int) -> bool:
+                return outbox_relay.published == published and await outbox_size(engine) == 0
+
+            # 200 rows deleted: under the threshold, no VACUUM.
+            await write_outbox(engine, [purchase_event(customer, f"v{i}") for i in range(200)])
+            await eventually(lambda: drained(200), what="200 published and deleted")
+            await asyncio.sleep(1.5)  # table statistics are flushed within a second
+            assert await manual_vacuums(engine) == before
+            # 150 more: 350 deleted since the last VACUUM, and the outbox empty: one VACUUM.
+            await write_outbox(engine, [purchase_event(customer, f"w{i}") for i in range(150)])
+            await eventually(lambda: drained(350), what="350 published and deleted")
+            await eventually(
+                lambda: _when(manual_vacuums(engine), lambda n: n == before + 1),
+                timeout=20,
+                what="the outbox vacuumed",
+            )
+            assert outbox_relay.published == 350
     finally:
         await producer.stop()
 
