@@ -802,6 +802,42 @@ async def test_the_relay_vacuums_the_outbox_once_it_emptied_enough_rows(
         await producer.stop()
 
 
+async def test_a_relay_without_the_right_to_vacuum_leaves_it_to_autovacuum(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """A role that neither owns the outbox nor holds MAINTAIN relays as before, and vacuums not."""
+    role = f"relay_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as conn:
+        await conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        await conn.execute(text(f"GRANT SELECT, DELETE ON outbox TO {role}"))
+    guest = settings.model_copy(
+        update={"database_url": engine.url.set(username=role).render_as_string(hide_password=False)}
+    )
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    before = await manual_vacuums(engine)
+    try:
+        async with relay(guest, producer, vacuum_after=100) as outbox_relay:
+
+            async def drained() -> bool:
+                return outbox_relay.published == 150 and await outbox_size(engine) == 0
+
+            async def refused() -> bool:
+                return outbox_relay._may_vacuum is False
+
+            await write_outbox(engine, [purchase_event(customer, f"g{i}") for i in range(150)])
+            await eventually(drained, what="150 published and deleted by the guest role")
+            await eventually(refused, what="the relay found it may not vacuum")
+        assert outbox_relay.published == 150
+        await asyncio.sleep(1.5)  # table statistics are flushed within a second
+        assert await manual_vacuums(engine) == before
+    finally:
+        await producer.stop()
+        async with engine.begin() as conn:
+            await conn.execute(text(f"DROP OWNED BY {role}"))
+            await conn.execute(text(f"DROP ROLE {role}"))
+
+
 async def test_offsets_are_committed_on_the_interval_at_once_past_a_dead_letter_and_on_stop(
     settings: ServiceSettings, engine: AsyncEngine
 ) -> None:
