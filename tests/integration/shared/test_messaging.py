@@ -763,6 +763,11 @@ async def test_large_outbox_batches_are_copied_and_published_in_order(
         await producer.stop()
 
 
+async def emptied(outbox_relay: OutboxRelay, engine: AsyncEngine, published: int) -> bool:
+    """The relay has published this many rows in all, and the outbox is empty."""
+    return outbox_relay.published == published and await outbox_size(engine) == 0
+
+
 async def manual_vacuums(engine: AsyncEngine) -> int:
     """VACUUMs run on the outbox by a client (autovacuum's are counted apart)."""
     async with engine.connect() as conn:
@@ -780,24 +785,62 @@ async def test_the_relay_vacuums_the_outbox_once_it_emptied_enough_rows(
     before = await manual_vacuums(engine)
     try:
         async with relay(settings, producer, vacuum_after=300) as outbox_relay:
-
-            async def drained(published: int) -> bool:
-                return outbox_relay.published == published and await outbox_size(engine) == 0
-
             # 200 rows deleted: under the threshold, no VACUUM.
             await write_outbox(engine, [purchase_event(customer, f"v{i}") for i in range(200)])
-            await eventually(lambda: drained(200), what="200 published and deleted")
+            await eventually(
+                lambda: emptied(outbox_relay, engine, 200), what="200 published and deleted"
+            )
             await asyncio.sleep(1.5)  # table statistics are flushed within a second
             assert await manual_vacuums(engine) == before
             # 150 more: 350 deleted since the last VACUUM, and the outbox empty: one VACUUM.
             await write_outbox(engine, [purchase_event(customer, f"w{i}") for i in range(150)])
-            await eventually(lambda: drained(350), what="350 published and deleted")
+            await eventually(
+                lambda: emptied(outbox_relay, engine, 350), what="350 published and deleted"
+            )
             await eventually(
                 lambda: _when(manual_vacuums(engine), lambda n: n == before + 1),
                 timeout=20,
                 what="the outbox vacuumed",
             )
             assert outbox_relay.published == 350
+    finally:
+        await producer.stop()
+
+
+async def test_the_relay_does_not_wait_for_a_vacuum_already_at_work_on_the_outbox(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """While another VACUUM holds the outbox (autovacuum, an operator), the relay skips its own
+    and goes on publishing; once the table is free it vacuums."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    before = await manual_vacuums(engine)
+    try:
+        async with relay(settings, producer, vacuum_after=100) as outbox_relay:
+            async with engine.connect() as maintenance:
+                # The lock a VACUUM takes: writers and the relay's DELETE are not in its way.
+                await maintenance.execute(text("LOCK TABLE outbox IN SHARE UPDATE EXCLUSIVE MODE"))
+                await write_outbox(engine, [purchase_event(customer, f"s{i}") for i in range(150)])
+                await eventually(
+                    lambda: emptied(outbox_relay, engine, 150), what="150 published and deleted"
+                )
+                # Past the threshold and empty: the relay tried its VACUUM; it must not be stuck.
+                await write_outbox(engine, [purchase_event(customer, f"t{i}") for i in range(50)])
+                await eventually(
+                    lambda: emptied(outbox_relay, engine, 200),
+                    what="50 more published while locked",
+                )
+                await maintenance.rollback()
+            await asyncio.sleep(1.5)  # table statistics are flushed within a second
+            assert await manual_vacuums(engine) == before
+            # The table free: the next empty drain vacuums (the skipped rows still counted).
+            await write_outbox(engine, [purchase_event(customer, "u0")])
+            await eventually(lambda: emptied(outbox_relay, engine, 201), what="one more published")
+            await eventually(
+                lambda: _when(manual_vacuums(engine), lambda n: n == before + 1),
+                timeout=20,
+                what="the outbox vacuumed once free",
+            )
     finally:
         await producer.stop()
 
@@ -819,14 +862,14 @@ async def test_a_relay_without_the_right_to_vacuum_leaves_it_to_autovacuum(
     try:
         async with relay(guest, producer, vacuum_after=100) as outbox_relay:
 
-            async def drained() -> bool:
-                return outbox_relay.published == 150 and await outbox_size(engine) == 0
-
             async def refused() -> bool:
                 return outbox_relay._may_vacuum is False
 
             await write_outbox(engine, [purchase_event(customer, f"g{i}") for i in range(150)])
-            await eventually(drained, what="150 published and deleted by the guest role")
+            await eventually(
+                lambda: emptied(outbox_relay, engine, 150),
+                what="150 published and deleted by the guest role",
+            )
             await eventually(refused, what="the relay found it may not vacuum")
         assert outbox_relay.published == 150
         await asyncio.sleep(1.5)  # table statistics are flushed within a second
