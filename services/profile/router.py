@@ -360,7 +360,12 @@ async def record_purchase(
         row, created = await service.record_purchase(
             session, customer_id=customer_id, purchase=purchase
         )
-        items = (await service.purchase_items(session, [row.id]))[row.id]
+        # A new purchase has the items it was given; a repeated one, those recorded.
+        items = (
+            list(purchase.items)
+            if created
+            else (await service.purchase_items(session, [row.id]))[row.id]
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/customers/{customer_id}/purchases/{row.id}"

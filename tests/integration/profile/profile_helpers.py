@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from support import auth
 
@@ -35,6 +36,12 @@ class Profile:
         customer = dict(response.json())
         customer["sent"] = body  # what was sent: the answer masks personal fields
         return customer
+
+
+async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Row[Any]]:
+    """The rows of one query on the service's database."""
+    async with engine.connect() as conn:
+        return list((await conn.execute(text(sql), params)).all())
 
 
 async def read_events(

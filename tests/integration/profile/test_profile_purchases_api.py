@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
-from integration.profile.profile_helpers import READER, WRITER, Profile, read_events
+from integration.profile.profile_helpers import READER, WRITER, Profile, read_events, rows
 
 from shared.events import registry as ev
 from shared.events import topics
@@ -53,6 +54,53 @@ async def test_purchase_is_idempotent_on_order_id(profile: Profile) -> None:
     assert events[0]["time"].startswith("2024-05-01T10:00:00")
     assert events[0]["data"]["amount"] == "59.80"
     assert events[0]["data"]["items"][1]["unit_price"] == "20.00"
+
+
+async def test_a_recorded_purchase_is_stored_as_answered(profile: Profile) -> None:
+    """What the 201 says is what is stored: the row (origin api), its items in order, and what
+    a later read returns; an erased customer takes no purchase (404)."""
+    customer = await profile.register()
+    url = f"/v1/customers/{customer['id']}/purchases"
+    body = order(
+        amount="39.85",
+        items=[
+            {"sku": "PEN-2", "category": None, "quantity": 3, "unit_price": "6.95"},
+            {"sku": "INK-9", "quantity": 1, "unit_price": "19.00"},
+        ],
+    )
+    created = await profile.client.post(url, json=body, headers=WRITER)
+    assert created.status_code == 201, created.text
+    answered = created.json()
+    assert created.headers["location"] == f"{url}/{answered['id']}"
+    listed = await profile.client.get(url, headers=READER)
+    assert listed.json()["items"] == [answered]
+    (row,) = await rows(
+        profile.engine,
+        "SELECT id, customer_id, amount, origin, channel, refunded_total "
+        "FROM purchases WHERE order_id = :order_id",
+        order_id=body["order_id"],
+    )
+    items = await rows(
+        profile.engine,
+        "SELECT position, sku, category, quantity, unit_price FROM purchase_items "
+        "WHERE purchase_id = :id ORDER BY position",
+        id=row.id,
+    )
+    assert (str(row.id), str(row.customer_id), row.origin) == (
+        answered["id"],
+        customer["id"],
+        "api",
+    )
+    assert (row.amount, row.channel, row.refunded_total) == (Decimal("39.85"), "web", 0)
+    assert [tuple(i) for i in items] == [
+        (0, "PEN-2", None, 3, Decimal("6.95")),
+        (1, "INK-9", None, 1, Decimal("19.00")),
+    ]
+    assert (
+        await profile.client.delete(f"/v1/customers/{customer['id']}", headers=WRITER)
+    ).status_code == 204
+    erased = await profile.client.post(url, json=order(), headers=WRITER)
+    assert erased.status_code == 404, erased.text
 
 
 async def test_concurrent_retries_record_one_purchase(profile: Profile) -> None:
