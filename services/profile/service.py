@@ -617,26 +617,14 @@ async def record_purchase(
     event = purchase_recorded_event(
         purchase_id=purchase_id, customer_id=customer_id, purchase=purchase, event_id=event_id
     )
-    items = [
-        (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
-        for position, item in enumerate(purchase.items)
-    ]
-    db = await driver_connection(session)
-    inserted = await db.fetch(
-        _INGEST_SQL,
+    inserted = await _insert_purchases(
+        await driver_connection(session),
         [purchase_id],
         [customer_id],
-        [purchase.order_id],
-        [purchase.amount],
-        [purchase.currency],
-        [purchase.occurred_at],
-        [purchase.channel],
-        customer_lock_keys([customer_id]),
-        *([list(column) for column in zip(*items, strict=True)] if items else [[]] * 6),
-        *[[]] * 5,
-        *outbox_arrays([event]),
+        [purchase],
+        [event],
         [purchase_id],
-        origin,
+        origin=origin,
     )
     if inserted:
         return (
@@ -965,6 +953,42 @@ async def _ids_by(db: asyncpg.Connection, sql: str, keys: Sequence[Any]) -> dict
     return {row[0]: row[1] for row in await db.fetch(sql, keys)} if keys else {}
 
 
+async def _insert_purchases(
+    db: asyncpg.Connection,
+    purchase_ids: Sequence[uuid.UUID],
+    owners: Sequence[uuid.UUID],
+    purchases: Sequence[domain.Purchase],
+    events: Sequence[CloudEvent[Any]],
+    about: Sequence[uuid.UUID | None],
+    *,
+    created: Sequence[tuple[uuid.UUID, str | None, str | None, datetime, str | None]] = (),
+    origin: str,
+) -> list[asyncpg.Record]:
+    """`_INGEST_SQL` bound to these purchases (ids chosen by the caller), their owners, the new
+    customers, and the events with the purchase each is about; the rows of those inserted."""
+    items = [
+        (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
+        for purchase_id, purchase in zip(purchase_ids, purchases, strict=True)
+        for position, item in enumerate(purchase.items)
+    ]
+    return await db.fetch(
+        _INGEST_SQL,
+        list(purchase_ids),
+        list(owners),
+        [purchase.order_id for purchase in purchases],
+        [purchase.amount for purchase in purchases],
+        [purchase.currency for purchase in purchases],
+        [purchase.occurred_at for purchase in purchases],
+        [purchase.channel for purchase in purchases],
+        customer_lock_keys(owners),
+        *([list(column) for column in zip(*items, strict=True)] if items else [[]] * 6),
+        *([list(column) for column in zip(*created, strict=True)] if created else [[]] * 5),
+        *outbox_arrays(events),
+        list(about),
+        origin,
+    )
+
+
 async def ingest_orders(
     session: AsyncSession, *, orders: Sequence[tuple[domain.IngestOrder, domain.Purchase]]
 ) -> list[CloudEvent[Any]]:
@@ -1048,30 +1072,12 @@ async def ingest_orders(
             )
         )
         about.append(purchase_id)
-    items = [
-        (purchase_id, position, item.sku, item.category, item.quantity, item.unit_price)
-        for purchase_id, purchase in zip(purchase_ids, purchases, strict=True)
-        for position, item in enumerate(purchase.items)
-    ]
     # One round trip. A unique violation (a customer registered concurrently) sends the batch
     # to the slow path.
     inserted: dict[str, uuid.UUID] = {
         row["order_id"]: row["id"]
-        for row in await db.fetch(
-            _INGEST_SQL,
-            purchase_ids,
-            owners,
-            [purchase.order_id for purchase in purchases],
-            [purchase.amount for purchase in purchases],
-            [purchase.currency for purchase in purchases],
-            [purchase.occurred_at for purchase in purchases],
-            [purchase.channel for purchase in purchases],
-            customer_lock_keys(owners),
-            *([list(column) for column in zip(*items, strict=True)] if items else [[]] * 6),
-            *([list(column) for column in zip(*created, strict=True)] if created else [[]] * 5),
-            *outbox_arrays(events),
-            about,
-            "ingest",
+        for row in await _insert_purchases(
+            db, purchase_ids, owners, purchases, events, about, created=created, origin="ingest"
         )
     }
     repeated = [
