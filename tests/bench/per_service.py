@@ -138,12 +138,12 @@ async def _inbox_rate(
 
 
 async def consumer_drain(
-    stack: BenchStack, documents: list[dict[str, Any]], *, echo: Echo
+    stack: BenchStack, documents: list[dict[str, Any]], *, echo: Echo, sample: bool = False
 ) -> dict[str, Any]:
     """Stop lifecycle and scoring, let profile ingest a backlog, then start each consumer alone
     and time how fast it drains; raw aiokafka consumption of the same topics for comparison.
-    Each drain also reads pg_stat_statements (statements per event) and samples the process
-    with py-spy (bench/profiles/<service>-drain.txt)."""
+    Each drain also reads pg_stat_statements (statements per event) and the process's CPU, and
+    with `sample` py-spy samples it (bench/profiles/<service>-drain.txt)."""
     from bench.profiling import CpuProfile, StatementStats
     from shared.platform import DATABASES
 
@@ -163,7 +163,7 @@ async def consumer_drain(
         if with_stats:
             await stats.reset()
         pid = stack.platform.processes["profile"].pid
-        cpu = CpuProfile(pid, profiles / "profile-drain.txt") if pid else None
+        cpu = CpuProfile(pid, profiles / "profile-drain.txt", sample=sample) if pid else None
         try:
             await e2e.offer(producer, topics.INGEST_ORDERS, messages, None)
         finally:
@@ -215,7 +215,11 @@ async def consumer_drain(
         process = stack.platform.start_service(service)
         await _wait_ready(stack.url(service))
         # Sampling starts once the service is up: start-up imports are not consumption.
-        cpu = CpuProfile(process.pid, profiles / f"{service}-drain.txt") if process.pid else None
+        cpu = (
+            CpuProfile(process.pid, profiles / f"{service}-drain.txt", sample=sample)
+            if process.pid
+            else None
+        )
         # Complete when every purchase is in; registrations of new customers count in the rate.
         result = await _inbox_rate(dsn, since, int(recorded), 300, event_type=e2e.PURCHASE_RECORDED)
         result["cpu"] = cpu.stop() if cpu else None

@@ -3,6 +3,8 @@
 Starts PostgreSQL, Apache Kafka (Tansu without Java) and the four services on free loopback
 ports, measures, prints a table and writes bench/results.json and bench/results.png.
 Every loop is bounded in count and time; Ctrl-C or SIGTERM stops everything started.
+The figures are measured without a sampling profiler; each sweep then repeats its highest rate
+that kept up under py-spy, to show where the time goes (--profile samples every step instead).
 The last run's service logs and py-spy samples stay in .cache/bench-run/{logs,profiles}/
 (or --work-dir); one run per work directory at a time.
 """
@@ -147,8 +149,18 @@ def echo(message: str) -> None:
 
 
 class Bench:
-    def __init__(self, stack: BenchStack, sizes: Sizes, seed: int, results: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        stack: BenchStack,
+        sizes: Sizes,
+        seed: int,
+        results: dict[str, Any],
+        *,
+        sample_every_step: bool = False,
+    ) -> None:
         self.stack = stack
+        # py-spy on every measured step (--profile), or only on the sweeps' extra sampled steps.
+        self.sample_every_step = sample_every_step
         self.sizes = sizes
         self.seed = seed
         self.results = results
@@ -202,8 +214,11 @@ class Bench:
                 await connection.close()
         return time.perf_counter() - started
 
-    async def observed(self, services: tuple[str, ...], label: str) -> Observation:
-        """Start CPU sampling and statement statistics for these services (stop with .finish)."""
+    async def observed(
+        self, services: tuple[str, ...], label: str, *, sample: bool | None = None
+    ) -> Observation:
+        """Start CPU accounting and statement statistics for these services (stop with .finish);
+        py-spy samples them when `sample` (default: --profile)."""
         from bench.profiling import CpuProfile, MachineCpu, StatementStats
 
         stats = StatementStats(self.stack.pg_url("postgres"), HARNESS_ROLE)
@@ -216,7 +231,9 @@ class Bench:
             pid = self.stack.platform.processes[service].pid
             if pid:
                 profiles[service] = CpuProfile(
-                    pid, self.stack.work_dir / "profiles" / f"{label}-{service}.txt"
+                    pid,
+                    self.stack.work_dir / "profiles" / f"{label}-{service}.txt",
+                    sample=self.sample_every_step if sample is None else sample,
                 )
         labels = {
             process.pid: name
@@ -312,11 +329,13 @@ class Bench:
         producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
         try:
 
-            async def step(rate: float) -> e2e.Step | None:
+            async def step(rate: float, sample: bool | None = None) -> e2e.Step | None:
                 count = int(rate * self.sizes.step_seconds)
                 documents = self.next_orders(count)
                 messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
-                observation = await self.observed(("profile", "lifecycle", "scoring"), "ingest")
+                observation = await self.observed(
+                    ("profile", "lifecycle", "scoring"), "ingest", sample=sample
+                )
                 result = await e2e.ingest_step(
                     self.stack,
                     projections,
@@ -332,10 +351,31 @@ class Bench:
 
             await self.warm_up(projections, producer)
             steps = await e2e.sweep(step, self.sizes.ingest_rates, deadline=self.deadline)
+            sampled = await self.sampled_step(steps, step)
         finally:
             await producer.stop()
             await projections.close()
-        return {"steps": [e2e.step_dict(s) for s in steps], "saturation_rps": e2e.saturation(steps)}
+        return {
+            "steps": [e2e.step_dict(s) for s in steps],
+            "saturation_rps": e2e.saturation(steps),
+            "sampled_step": sampled,
+        }
+
+    async def sampled_step(
+        self, steps: list[e2e.Step], run_step: Callable[[float, bool], Awaitable[e2e.Step | None]]
+    ) -> dict[str, Any] | None:
+        """Where the time goes: the sweep's highest rate that kept up, again, sampled by py-spy.
+
+        The sweep's own steps run without the sampler, whose CPU would count against the
+        figures (and not against the baselines'); with --profile every step was sampled.
+        """
+        if self.sample_every_step or not steps or time.monotonic() > self.deadline:
+            return None
+        kept_up = [s.offered_rps for s in steps if not s.saturated]
+        rate = max(kept_up) if kept_up else steps[0].offered_rps / 2
+        echo(f"  where the time goes: {rate:.0f}/s again, sampled by py-spy (not a figure above)")
+        result = await run_step(rate, True)
+        return e2e.step_dict(result) if result is not None else None
 
     async def warm_up(self, projections: e2e.Projections, producer: Any) -> None:
         """Unmeasured orders before the first step, in rounds, until the broker's JIT compiler
@@ -415,12 +455,16 @@ class Bench:
         await projections.open()
         try:
 
-            async def step(rate: float) -> e2e.Step | None:
+            async def step(rate: float, sample: bool | None = None) -> e2e.Step | None:
                 count = int(rate * self.sizes.step_seconds)
-                requests = self.purchase_requests(customers, count, f"h{int(rate)}")
+                requests = self.purchase_requests(
+                    customers, count, f"h{int(rate)}{'s' if sample else ''}"
+                )
                 if len(requests) < count // 2:
                     return None
-                observation = await self.observed(("profile", "lifecycle", "scoring"), "http")
+                observation = await self.observed(
+                    ("profile", "lifecycle", "scoring"), "http", sample=sample
+                )
                 result = await e2e.http_step(
                     self.stack,
                     projections,
@@ -436,9 +480,14 @@ class Bench:
                 return result
 
             steps = await e2e.sweep(step, self.sizes.http_rates, deadline=self.deadline)
+            sampled = await self.sampled_step(steps, step)
         finally:
             await projections.close()
-        return {"steps": [e2e.step_dict(s) for s in steps], "saturation_rps": e2e.saturation(steps)}
+        return {
+            "steps": [e2e.step_dict(s) for s in steps],
+            "saturation_rps": e2e.saturation(steps),
+            "sampled_step": sampled,
+        }
 
     async def latency(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -523,7 +572,9 @@ class Bench:
         capacity = float(self.results.get("ingest", {}).get("saturation_rps") or 0)
         count = int(min(self.sizes.drain_orders, max(2000, 60 * capacity)))
         documents = self.next_orders(count)
-        return await per_service.consumer_drain(self.stack, documents, echo=echo)
+        return await per_service.consumer_drain(
+            self.stack, documents, echo=echo, sample=self.sample_every_step
+        )
 
     async def measure(self, only: set[str]) -> None:
         self.population = await asyncio.to_thread(
@@ -596,6 +647,12 @@ def main() -> int:
         default=REPO / ".cache" / "bench-run",
         help="data, logs and py-spy profiles of this run (wiped at start; one run per directory)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every measured step with py-spy (where the time goes in each); its CPU then "
+        "counts against the figures. Without it only one extra step per sweep is sampled",
+    )
     parser.add_argument("--import-rows", type=int, help="CSV rows of the import (default by mode)")
     parser.add_argument(
         "--ingest-rates",
@@ -644,7 +701,8 @@ def main() -> int:
             "notes": stack.notes,
             "timings": stack.timings,
         }
-        bench = Bench(stack, sizes, args.seed, results)
+        results["sampled_by_py_spy"] = "every step" if args.profile else "the sweeps' extra steps"
+        bench = Bench(stack, sizes, args.seed, results, sample_every_step=args.profile)
         asyncio.run(bench.measure(set(args.only)))
     except (Stop, KeyboardInterrupt) as stop:
         echo(f"\ninterrupted ({stop}): stopping ...")

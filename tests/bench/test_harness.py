@@ -119,6 +119,56 @@ def test_a_step_whose_backlog_drains_slowly_is_saturated() -> None:
     assert step(4.0).saturated  # a backlog of seconds when offering ended
 
 
+def _bench(*, sample_every_step: bool) -> Any:
+    from bench.run import QUICK, Bench
+
+    return Bench(None, QUICK, 1, {}, sample_every_step=sample_every_step)  # type: ignore[arg-type]
+
+
+def _kept_up(rate: float, kept_up: bool) -> Step:
+    return Step(
+        path="ingest", offered_rps=rate, orders=10, drained=True, achieved_rps=rate * kept_up
+    )
+
+
+async def test_the_sampled_step_repeats_the_highest_rate_that_kept_up() -> None:
+    ran: list[tuple[float, bool]] = []
+
+    async def run_step(rate: float, sample: bool) -> Step:
+        ran.append((rate, sample))
+        return _kept_up(rate, True)
+
+    steps = [_kept_up(500, True), _kept_up(1000, True), _kept_up(2000, False)]
+    sampled = await _bench(sample_every_step=False).sampled_step(steps, run_step)
+    assert ran == [(1000, True)]
+    assert sampled is not None and sampled["offered_rps"] == 1000
+    # Nothing kept up: half the first rate. With --profile every step was sampled already.
+    ran.clear()
+    await _bench(sample_every_step=False).sampled_step([_kept_up(800, False)], run_step)
+    assert ran == [(400, True)]
+    ran.clear()
+    assert await _bench(sample_every_step=True).sampled_step(steps, run_step) is None
+    assert ran == []
+
+
+def test_a_cpu_profile_without_sampling_starts_no_sampler(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from bench import profiling
+    from bench.profiling import CpuProfile, cpu_seconds
+
+    monkeypatch.setattr(profiling, "py_spy", lambda: "/bin/true")  # as if py-spy were installed
+    profile = CpuProfile(os.getpid(), tmp_path / "samples.txt", sample=False)
+    assert profile.process is None and profile.cpu_at_start is not None
+    while (cpu_seconds(os.getpid()) or 0) - profile.cpu_at_start < 0.05:  # /proc counts in ticks
+        sum(i * i for i in range(100_000))
+    usage = profile.stop()
+    assert usage is not None and usage["cpu_s"] is not None and usage["cpu_s"] > 0
+    assert "error" not in usage and not (tmp_path / "samples.txt").exists()
+
+
 def test_the_steady_rate_leaves_out_the_pipeline_latency_and_the_drain() -> None:
     # 1,000 orders offered at 200/s: each stage lags ~1.5 s behind, then drains.
     series = [
