@@ -334,7 +334,7 @@ class Bench:
                 documents = self.next_orders(count)
                 messages = [(d["external_ref"].encode(), json.dumps(d).encode()) for d in documents]
                 observation = await self.observed(
-                    ("profile", "lifecycle", "scoring"), "ingest", sample=sample
+                    ("profile", "lifecycle", "scoring"), f"ingest-{rate:.0f}", sample=sample
                 )
                 result = await e2e.ingest_step(
                     self.stack,
@@ -463,7 +463,7 @@ class Bench:
                 if len(requests) < count // 2:
                     return None
                 observation = await self.observed(
-                    ("profile", "lifecycle", "scoring"), "http", sample=sample
+                    ("profile", "lifecycle", "scoring"), f"http-{rate:.0f}", sample=sample
                 )
                 result = await e2e.http_step(
                     self.stack,
