@@ -454,17 +454,52 @@ class EventWatch:
             await self.consumer.stop()
 
 
+def tail_bursts(
+    timed: Sequence[tuple[float, float]], share: float = 0.01, gap: float = 1.0
+) -> list[dict[str, Any]]:
+    """Where the slowest `share` of (start, latency ms) pairs sit in time: runs of them whose
+    starts are within `gap` seconds of the previous one, each with its start (seconds after the
+    first start of all, and epoch seconds to match the services' logs), its count and its worst
+    latency, worst first. A few bursts mean stalls; many single orders, a spread-out tail."""
+    if not timed:
+        return []
+    first = min(start for start, _ in timed)
+    slowest = sorted(timed, key=lambda pair: pair[1], reverse=True)
+    slowest = sorted(slowest[: max(1, round(len(timed) * share))])
+    bursts: list[list[tuple[float, float]]] = []
+    for pair in slowest:
+        if bursts and pair[0] - bursts[-1][-1][0] <= gap:
+            bursts[-1].append(pair)
+        else:
+            bursts.append([pair])
+    found = [
+        {
+            "at_s": round(run[0][0] - first, 1),
+            "epoch": round(run[0][0], 3),
+            "span_s": round(run[-1][0] - run[0][0], 2),
+            "orders": len(run),
+            "worst_ms": round(max(latency for _, latency in run), 1),
+        }
+        for run in bursts
+    ]
+    return sorted(found, key=lambda burst: burst["worst_ms"], reverse=True)
+
+
 def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, Any]:
     """Per customer: event time minus start time, in ms; customers without an event are missing."""
-    growth = [(watch.growth[c] - t) * 1000 for c, t in starts.items() if c in watch.growth]
+    growth_timed = [
+        (t, (watch.growth[c] - t) * 1000) for c, t in starts.items() if c in watch.growth
+    ]
+    growth = [latency for _, latency in growth_timed]
     recorded = [(watch.recorded[c] - t) * 1000 for c, t in starts.items() if c in watch.recorded]
     scored_by = watch.first_scored_after()
-    scored = []
+    scored_timed = []
     for customer, started in starts.items():
         # The first score at or after the purchase (clocks are the same machine's; 5 ms of slack).
         later = [s for s in scored_by.get(customer, []) if s >= started - 0.005]
         if later:
-            scored.append((min(later) - started) * 1000)
+            scored_timed.append((started, (min(later) - started) * 1000))
+    scored = [latency for _, latency in scored_timed]
     return {
         "customers": len(starts),
         "stage_changed_ms": percentiles(growth),
@@ -473,6 +508,11 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
         "purchase_recorded_ms": percentiles(recorded),
         "missing_stage_changed": len(starts) - len(growth),
         "missing_value_scored": len(starts) - len(scored),
+        # Where the slowest 1% sit in time: stalls or a spread-out tail.
+        "tail_bursts": {
+            "stage_changed": tail_bursts(growth_timed),
+            "value_scored": tail_bursts(scored_timed),
+        },
     }
 
 

@@ -53,6 +53,15 @@ def latency_line(summary: dict[str, Any]) -> str:
     if share:
         tables = ", ".join(summary.get("autovacuum_tables") or [])
         line += f"; autovacuum at work {share:.0%} of the time ({tables})"
+    for kind, bursts in (summary.get("tail_bursts") or {}).items():
+        if bursts:
+            line += f"\n    slowest 1% of {kind}: {sum(b['orders'] for b in bursts)} orders in " + (
+                f"{len(bursts)} bursts; worst: "
+                + ", ".join(
+                    f"at {b['at_s']:g} s ({b['orders']} over {b['span_s']:g} s, {_num(b['worst_ms'])} ms)"
+                    for b in bursts[:4]
+                )
+            )
     hops = summary.get("hops")
     if hops:
         line += "\n    per hop, means while offered: " + "; ".join(

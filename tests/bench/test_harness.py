@@ -11,7 +11,14 @@ import pytest
 
 from bench import loadgen
 from bench.common import percentiles
-from bench.e2e import EventWatch, Step, hop_means, latency_summary, steady_rate
+from bench.e2e import (
+    EventWatch,
+    Step,
+    hop_means,
+    latency_summary,
+    steady_rate,
+    tail_bursts,
+)
 from bench.population import (
     DAY,
     BgNbdTruth,
@@ -189,6 +196,21 @@ def test_latency_matches_events_per_customer() -> None:
     assert summary["value_scored_ms"]["max"] == pytest.approx(500.0)
     assert summary["value_scored_ms"]["p50"] == pytest.approx(150.0)
     assert (summary["missing_stage_changed"], summary["missing_value_scored"]) == (1, 1)
+
+
+def test_tail_bursts_group_the_slowest_orders_by_when_they_started() -> None:
+    # 200 orders, one every 0.1 s, at 50 ms, but for a stall at 5.0-5.2 s and one slow order at 15 s.
+    timed = [(100.0 + i / 10, 50.0) for i in range(200)]
+    timed[50], timed[51] = (105.0, 400.0), (105.1, 380.0)
+    timed[150] = (115.0, 300.0)
+    bursts = tail_bursts(timed, share=0.015)  # the slowest 3
+    assert [(b["at_s"], b["orders"], b["worst_ms"]) for b in bursts] == [
+        (5.0, 2, 400.0),
+        (15.0, 1, 300.0),
+    ]
+    assert bursts[0]["span_s"] == pytest.approx(0.1)
+    assert bursts[0]["epoch"] == pytest.approx(105.0)
+    assert tail_bursts([]) == []
 
 
 def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
