@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy import MetaData, make_url, text
@@ -93,6 +94,44 @@ def asyncpg_dsn(url: str) -> str:
             {"sslmode": mode if isinstance(mode, str) else mode[0]}
         )
     return parsed.render_as_string(hide_password=False)
+
+
+def statistics_only_on(op: Any, table: str, keep: Iterable[str]) -> None:
+    """For a migration: ANALYZE keeps statistics only on `keep` (the columns that statements
+    filter, join, group or sort on) and none on the table's other columns as they are now.
+
+    Statistics of a column serve only the planner's estimates of predicates over it, while
+    computing them is CPU in one burst that autovacuum does not throttle (its cost limit meters
+    page accesses, not the sorting of sample values): on a wide row of numerics, arrays and
+    JSON it is most of an ANALYZE. Columns added later get statistics as usual."""
+    keep = set(keep)
+    columns = _columns(op, table)
+    missing = keep - set(columns)
+    if missing:
+        raise ValueError(f"{table} has no column(s) {sorted(missing)} to keep statistics on")
+    _set_statistics(op, table, [column for column in columns if column not in keep], 0)
+
+
+def statistics_on_every_column(op: Any, table: str) -> None:
+    """Undo `statistics_only_on`: every column back to the default statistics target."""
+    _set_statistics(op, table, _columns(op, table), -1)
+
+
+def _columns(op: Any, table: str) -> list[str]:
+    rows = op.get_bind().execute(
+        text(
+            "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:table AS regclass) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+        ),
+        {"table": table},
+    )
+    return [row[0] for row in rows]
+
+
+def _set_statistics(op: Any, table: str, columns: list[str], target: int) -> None:
+    if columns:
+        changes = ", ".join(f"ALTER COLUMN {c} SET STATISTICS {target}" for c in columns)
+        op.execute(f"ALTER TABLE {table} {changes}")
 
 
 def migrations_dir(service: str) -> Path:
