@@ -455,12 +455,18 @@ class EventWatch:
 
 
 def tail_bursts(
-    timed: Sequence[tuple[float, float]], share: float = 0.01, gap: float = 1.0
+    timed: Sequence[tuple[float, float]],
+    share: float = 0.01,
+    gap: float = 1.0,
+    first_hop: Callable[[float], float | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Where the slowest `share` of (start, latency ms) pairs sit in time: runs of them whose
     starts are within `gap` seconds of the previous one, each with its start (seconds after the
     first start of all, and epoch seconds to match the services' logs), its count and its worst
-    latency, worst first. A few bursts mean stalls; many single orders, a spread-out tail."""
+    latency, worst first. A few bursts mean stalls; many single orders, a spread-out tail.
+    With `first_hop` (start -> that order's first-hop latency, ms), each burst's worst first hop:
+    near the worst latency, the stall was upstream of profile's event (ingest); far below it,
+    downstream (lifecycle, scoring, their relays)."""
     if not timed:
         return []
     first = min(start for start, _ in timed)
@@ -479,10 +485,20 @@ def tail_bursts(
             "span_s": round(run[-1][0] - run[0][0], 2),
             "orders": len(run),
             "worst_ms": round(max(latency for _, latency in run), 1),
+            **_worst_first_hop(run, first_hop),
         }
         for run in bursts
     ]
     return sorted(found, key=lambda burst: burst["worst_ms"], reverse=True)
+
+
+def _worst_first_hop(
+    run: Sequence[tuple[float, float]], first_hop: Callable[[float], float | None] | None
+) -> dict[str, float]:
+    if first_hop is None:
+        return {}
+    hops = [h for h in (first_hop(start) for start, _ in run) if h is not None]
+    return {"first_hop_worst_ms": round(max(hops), 1)} if hops else {}
 
 
 def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, Any]:
@@ -491,6 +507,9 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
         (t, (watch.growth[c] - t) * 1000) for c, t in starts.items() if c in watch.growth
     ]
     growth = [latency for _, latency in growth_timed]
+    first_hop = {
+        t: (watch.recorded[c] - t) * 1000 for c, t in starts.items() if c in watch.recorded
+    }
     recorded = [(watch.recorded[c] - t) * 1000 for c, t in starts.items() if c in watch.recorded]
     scored_by = watch.first_scored_after()
     scored_timed = []
@@ -510,8 +529,8 @@ def latency_summary(starts: dict[str, float], watch: EventWatch) -> dict[str, An
         "missing_value_scored": len(starts) - len(scored),
         # Where the slowest 1% sit in time: stalls or a spread-out tail.
         "tail_bursts": {
-            "stage_changed": tail_bursts(growth_timed),
-            "value_scored": tail_bursts(scored_timed),
+            "stage_changed": tail_bursts(growth_timed, first_hop=first_hop.get),
+            "value_scored": tail_bursts(scored_timed, first_hop=first_hop.get),
         },
     }
 

@@ -58,7 +58,12 @@ def latency_line(summary: dict[str, Any]) -> str:
             line += f"\n    slowest 1% of {kind}: {sum(b['orders'] for b in bursts)} orders in " + (
                 f"{len(bursts)} bursts; worst: "
                 + ", ".join(
-                    f"at {b['at_s']:g} s ({b['orders']} over {b['span_s']:g} s, {_num(b['worst_ms'])} ms)"
+                    f"at {b['at_s']:g} s ({b['orders']} over {b['span_s']:g} s, {_num(b['worst_ms'])} ms"
+                    + (
+                        f", first hop {_num(b['first_hop_worst_ms'])} ms)"
+                        if "first_hop_worst_ms" in b
+                        else ")"
+                    )
                     for b in bursts[:4]
                 )
             )

@@ -211,6 +211,9 @@ def test_tail_bursts_group_the_slowest_orders_by_when_they_started() -> None:
     assert bursts[0]["span_s"] == pytest.approx(0.1)
     assert bursts[0]["epoch"] == pytest.approx(105.0)
     assert tail_bursts([]) == []
+    first_hop = {105.0: 350.0, 105.1: 40.0}  # the stall was upstream; 115.0's hop unknown
+    with_hops = tail_bursts(timed, share=0.015, first_hop=first_hop.get)
+    assert [b.get("first_hop_worst_ms") for b in with_hops] == [350.0, None]
 
 
 def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
