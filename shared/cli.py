@@ -62,6 +62,7 @@ def serve(
     """Run one service: its HTTP API, its worker (consumers, relay, schedules), or both."""
     import uvicorn
 
+    from shared.observability.gc_pauses import watch_gc_pauses
     from shared.platform import DEFAULT_PORTS
     from shared.runtime import Role
 
@@ -76,6 +77,7 @@ def serve(
     # by reference counting; collecting the youngest generation every 700 of them (the default)
     # cost the lifecycle consumer a further fifth of its CPU (0.129 -> 0.104 ms per event).
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    watch_gc_pauses(service)
     uvicorn.run(
         application,
         host=host,

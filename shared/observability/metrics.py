@@ -63,3 +63,10 @@ MESSAGING_ROWS_PRUNED = Counter(
 SLA_BREACHES = Counter(
     "crm_sla_breaches_total", "Complaint SLA breaches detected", ["service", "clock"]
 )
+
+GC_PAUSE = Histogram(
+    "crm_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector (every task of the process waits), by generation",
+    ["service", "generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
