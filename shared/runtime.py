@@ -235,7 +235,12 @@ class ServiceRuntime:
             if self.stop_event.is_set():
                 return
             try:
-                async with self.engine.connect() as conn:
+                async with self.engine.connect() as connection:
+                    # The lock is the session's, taken outside a transaction: one opened for it
+                    # would stay "idle in transaction" for as long as the job works on its own
+                    # connections (a minute for a large recompute), which monitoring flags and
+                    # an idle_in_transaction_session_timeout ends, the lock with it.
+                    conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
                     got = (
                         await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
                     ).scalar()
@@ -248,7 +253,6 @@ class ServiceRuntime:
                         log.info("job.done", job=name, result=str(result)[:300])
                     finally:
                         await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        await conn.commit()
             except Exception:
                 metrics.JOB_RUNS.labels(self.service, name, "error").inc()
                 log.exception("job.failed", job=name)

@@ -15,6 +15,7 @@ from services.complaints import worker
 from shared.events import new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.messaging.outbox import advisory_key
 
 pytestmark = pytest.mark.integration
 
@@ -237,6 +238,41 @@ async def test_scheduled_checker_escalates_on_its_own(complaints: Any) -> None:
         job.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await job
+
+
+async def test_a_scheduled_job_holds_its_lock_outside_a_transaction(complaints: Any) -> None:
+    """The job's session lock must not keep a transaction open while the job runs (it would
+    show as idle in transaction, and a session timeout for those would end it)."""
+    runtime = complaints.client._transport.app.state.runtime  # type: ignore[attr-defined]
+    key = advisory_key(f"job:{runtime.service}:lock-test")
+    seen: list[list[tuple[str, bool]]] = []
+
+    async def job() -> None:
+        async with runtime.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT a.state, l.granted FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND (l.classid::int8 << 32 | l.objid::int8) = CAST(:key AS int8)"
+                ),
+                {"key": key},
+            )
+            seen.append([(r.state, r.granted) for r in rows])
+
+    task = asyncio.create_task(runtime.run_periodic("lock-test", 0.05, job))
+    try:
+
+        async def ran() -> bool:
+            return bool(seen)
+
+        await _eventually(ran)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert seen[0] == [("idle", True)]
 
 
 # --- helpers -------------------------------------------------------------------------------------
