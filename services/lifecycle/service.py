@@ -941,7 +941,7 @@ async def evaluate(
     as_of: datetime,
     requested_by: str,
     now: datetime,
-    chunk_size: int = 5_000,
+    chunk_size: int = 50_000,
 ) -> EvaluationRead:
     """Apply the lapsing and inactivity rules to every customer due before ``as_of``.
 
