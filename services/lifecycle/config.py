@@ -15,7 +15,9 @@ class LifecycleSettings(ServiceSettings):
     sweep_interval_seconds: float = Field(
         60.0, gt=0, le=86_400, validation_alias="LIFECYCLE_SWEEP_INTERVAL_SECONDS"
     )
-    # Customers moved per sweep transaction: bounds lock time against the consumers.
+    # Customers moved per sweep transaction: bounds how long a consumer batch can wait for a
+    # customer the sweep holds, and how many sweep events the relay publishes before the
+    # batches' (the sweep pauses between chunks as long as a chunk took).
     sweep_chunk_size: int = Field(
-        50_000, ge=100, le=1_000_000, validation_alias="LIFECYCLE_SWEEP_CHUNK_SIZE"
+        1_000, ge=100, le=1_000_000, validation_alias="LIFECYCLE_SWEEP_CHUNK_SIZE"
     )

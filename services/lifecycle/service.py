@@ -4,13 +4,16 @@ Who writes a customer's row and how they stay out of each other's way:
 - the consumer batch (``apply_events``) locks the batch's rows ``FOR UPDATE`` in customer-id
   order, after the runner's per-customer advisory locks;
 - the sweep (``evaluate``) is set-based SQL that locks each chunk's rows in customer-id order
-  too, so the two never deadlock and a customer's outbox events keep their commit order;
+  too, so the two never deadlock and a customer's outbox events keep their commit order. It
+  skips the rows a batch holds rather than wait behind the batch with its chunk's locks held
+  (every batch behind it would wait too), and takes them in a last pass;
 - a policy change holds the policy lock exclusively while it recomputes the due columns;
   batches and sweeps hold it shared, so none of them works with a policy being replaced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import defaultdict
@@ -831,7 +834,7 @@ def _history(recorded: Sequence[_Recorded]) -> tuple[list[list[Any]], list[Cloud
 # Each statement moves one chunk of due customers (ids sorted, joined as a table: a large
 # `= ANY(array)` parameter is not hashed in a generic plan): it locks them in customer-id
 # order (the consumers' order), re-checks under the lock, moves them and writes the history
-# and the outbox. The payload is the CloudEvent JSON of crm.lifecycle.stage_changed.v1; every
+# and the outbox. `{lock}` is SKIP LOCKED in the first pass, waits in the last. The payload is the CloudEvent JSON of crm.lifecycle.stage_changed.v1; every
 # value in it is a uuid, a stage, a reason or a timestamp, so no JSON escaping is needed.
 _SWEEP_SQL = """
 WITH chunk AS (
@@ -839,7 +842,7 @@ WITH chunk AS (
 ), locked AS (
     SELECT c.customer_id FROM customer_lifecycles c JOIN chunk USING (customer_id)
     WHERE c.{due_column} < :as_of AND c.stage IN ({from_stages})
-    ORDER BY c.customer_id FOR UPDATE OF c
+    ORDER BY c.customer_id FOR UPDATE OF c {lock}
 ), moved AS (
     UPDATE customer_lifecycles c
     SET stage = CAST(:to_stage AS text), reason = CAST(:reason AS text),
@@ -881,7 +884,8 @@ WHERE {due_column} < :as_of AND stage IN ({from_stages}) ORDER BY customer_id
 @dataclass(frozen=True)
 class _TimeRule:
     due: Any  # the sorted ids of the customers due
-    move: Any  # one chunk of them
+    move: Any  # one chunk of them, skipping those a consumer batch holds
+    move_waiting: Any  # the same, waiting for them
     to_stage: Stage
     reason: Reason
 
@@ -896,17 +900,22 @@ def _time_rule(
     churn_due_update: str,
     from_stage_returned: str,
 ) -> _TimeRule:
-    return _TimeRule(
-        due=text(_DUE_SQL.format(due_column=due_column, from_stages=from_stages)),
-        move=text(
+    def move(lock: str) -> Any:
+        return text(
             _SWEEP_SQL.format(
                 due_column=due_column,
                 from_stages=from_stages,
                 stage_before=stage_before,
                 churn_due_update=churn_due_update,
                 from_stage_returned=from_stage_returned,
+                lock=lock,
             )
-        ),
+        )
+
+    return _TimeRule(
+        due=text(_DUE_SQL.format(due_column=due_column, from_stages=from_stages)),
+        move=move("SKIP LOCKED"),
+        move_waiting=move(""),
         to_stage=to_stage,
         reason=reason,
     )
@@ -941,42 +950,65 @@ async def evaluate(
     as_of: datetime,
     requested_by: str,
     now: datetime,
-    chunk_size: int = 50_000,
+    chunk_size: int = 1_000,
+    pause_ratio: float = 1.0,
 ) -> EvaluationRead:
     """Apply the lapsing and inactivity rules to every customer due before ``as_of``.
 
     The due columns were computed by ``domain.due_times`` (a rule fires iff its due time is
     strictly before ``as_of``, the change is dated at the due time), so this is the pure
-    ``domain.evaluate`` done set-based. One transaction per chunk.
+    ``domain.evaluate`` done set-based. One transaction per chunk; after each chunk the sweep
+    pauses ``pause_ratio`` times the chunk's own time, so that the consumers' batches (which
+    wait for the rows a chunk holds) and the relay (which publishes the chunk's events before
+    theirs) keep going while a large sweep runs. Customers a batch held during their chunk
+    are moved in a last pass, which waits for them: the run moves everyone due.
     """
     started = time.perf_counter()
     run_id = uuid.uuid4()
     moved: dict[tuple[str, Stage, Reason], int] = defaultdict(int)
     version = 0
-    for rule in _TIME_RULES:
+    chunks, chunk_seconds, last_pass = 0, 0.0, 0
+
+    async def move(rule: _TimeRule, statement: Any, ids: list[uuid.UUID]) -> None:
+        async with transaction(sessions) as session:
+            await policy_in_force(session)  # a policy change waits for this chunk
+            counts = (
+                await session.execute(
+                    statement,
+                    {
+                        "ids": ids,
+                        "as_of": as_of,
+                        "to_stage": rule.to_stage.value,
+                        "reason": rule.reason.value,
+                        "run_id": run_id,
+                        "event_type": ev.STAGE_CHANGED,
+                        "topic": ev.topic_for(ev.STAGE_CHANGED),
+                        "source": SOURCE,
+                    },
+                )
+            ).all()
+        for row in counts:
+            moved[(row.from_stage, rule.to_stage, rule.reason)] += row.customers
+
+    async def still_due(rule: _TimeRule) -> list[uuid.UUID]:
+        nonlocal version
         async with transaction(sessions) as session:
             version = (await policy_in_force(session)).version
-            due = list((await session.execute(rule.due, {"as_of": as_of})).scalars())
+            return list((await session.execute(rule.due, {"as_of": as_of})).scalars())
+
+    for rule in _TIME_RULES:
+        due = await still_due(rule)
         for start in range(0, len(due), chunk_size):
-            async with transaction(sessions) as session:
-                await policy_in_force(session)  # a policy change waits for this chunk
-                counts = (
-                    await session.execute(
-                        rule.move,
-                        {
-                            "ids": due[start : start + chunk_size],
-                            "as_of": as_of,
-                            "to_stage": rule.to_stage.value,
-                            "reason": rule.reason.value,
-                            "run_id": run_id,
-                            "event_type": ev.STAGE_CHANGED,
-                            "topic": ev.topic_for(ev.STAGE_CHANGED),
-                            "source": SOURCE,
-                        },
-                    )
-                ).all()
-            for row in counts:
-                moved[(row.from_stage, rule.to_stage, rule.reason)] += row.customers
+            if chunks and pause_ratio:
+                await asyncio.sleep(chunk_seconds * pause_ratio)
+            chunk_started = time.perf_counter()
+            await move(rule, rule.move, due[start : start + chunk_size])
+            chunk_seconds = time.perf_counter() - chunk_started
+            chunks += 1
+        if due and (skipped := await still_due(rule)):
+            last_pass += len(skipped)
+            for start in range(0, len(skipped), chunk_size):
+                await move(rule, rule.move_waiting, skipped[start : start + chunk_size])
     result = EvaluationRead(
         run_id=run_id,
         as_of=as_of,
@@ -1001,7 +1033,13 @@ async def evaluate(
             )
         )
     log.info(
-        "lifecycle.evaluated", run_id=str(run_id), moved=result.total_moved, as_of=as_of.isoformat()
+        "lifecycle.evaluated",
+        run_id=str(run_id),
+        moved=result.total_moved,
+        as_of=as_of.isoformat(),
+        seconds=result.seconds,
+        chunks=chunks,
+        last_pass=last_pass,
     )
     return result
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable
 from datetime import datetime
 
 import pytest
@@ -129,6 +131,47 @@ async def test_a_sweep_as_of_200_days_declines_and_later_churns_a_growth_custome
     ]
     assert published[3]["data"]["evaluation_run_id"] is not None
     assert datetime.fromisoformat(published[3]["time"]) == day(250)
+
+
+async def test_a_sweep_goes_around_a_customer_a_batch_holds_and_moves_them_last(
+    lifecycle: Lifecycle,
+) -> None:
+    held, free = await lifecycle.register(day(0)), await lifecycle.register(day(0))
+    await lifecycle.purchase(held, day(10))
+    await lifecycle.purchase(free, day(10))
+    await lifecycle.wait_for(held, "growth")
+    await lifecycle.wait_for(free, "growth")  # both lapse at day 130
+
+    async def stage(customer: uuid.UUID) -> str:
+        body = await lifecycle.lifecycle(customer)
+        assert body is not None
+        return str(body["stage"])
+
+    async with lifecycle.engine.connect() as batch:  # what a consumer batch holds
+        await batch.execute(
+            text("SELECT 1 FROM customer_lifecycles WHERE customer_id = :c FOR UPDATE"),
+            {"c": held},
+        )
+        sweep = asyncio.create_task(lifecycle.evaluate(day(140)))
+        # The free customer's chunk commits while the batch still holds the other one.
+        await eventually(
+            lambda: _is(stage(free), "decline"), timeout=10, what="free customer swept"
+        )
+        assert await stage(held) == "growth"
+        await asyncio.sleep(0.2)
+        assert not sweep.done()  # the last pass waits for the held customer
+        await batch.rollback()
+    run = await asyncio.wait_for(sweep, timeout=10)
+    assert await stage(held) == "decline"
+    assert run["total_moved"] >= 2
+    for customer in (held, free):
+        body = await lifecycle.lifecycle(customer)
+        assert body is not None
+        assert body["history"][-1]["evaluation_run_id"] == run["run_id"]
+
+
+async def _is(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected
 
 
 async def test_one_sweep_takes_an_idle_customer_through_decline_to_churned(
