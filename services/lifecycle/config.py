@@ -17,7 +17,7 @@ class LifecycleSettings(ServiceSettings):
     )
     # Customers moved per sweep transaction: bounds how long a consumer batch can wait for a
     # customer the sweep holds, and how many sweep events the relay publishes before the
-    # batches' (the sweep pauses between chunks as long as a chunk took).
+    # batches' (the scheduled sweep pauses between chunks as long as a chunk took).
     sweep_chunk_size: int = Field(
         1_000, ge=100, le=1_000_000, validation_alias="LIFECYCLE_SWEEP_CHUNK_SIZE"
     )

@@ -82,6 +82,7 @@ async def evaluate(
         requested_by=principal.subject,
         now=now,
         chunk_size=settings.sweep_chunk_size,
+        pause_ratio=0.0,  # asked for and waited on: no pauses (the scheduled sweep makes them)
     )
 
 
