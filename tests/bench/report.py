@@ -73,7 +73,27 @@ def latency_line(summary: dict[str, Any]) -> str:
             f"{where} " + ", ".join(f"{k.removesuffix('_ms')} {v:g}" for k, v in figures.items())
             for where, figures in sorted(hops.items())
         )
+        if behind := behind_consumers(hops):
+            line += "\n    NOT AT HALF LOAD: over the capacity of " + ", ".join(
+                f"{where} (its batches started {_num(age)} ms after their oldest event)"
+                for where, age in behind
+            )
     return line
+
+
+# A consumer whose batches start this long after their oldest event, on average, is not
+# keeping up with the offered rate (read-model consumers linger 200 ms by design).
+BEHIND_MS = 1_000.0
+
+
+def behind_consumers(hops: dict[str, dict[str, float]]) -> list[tuple[str, float]]:
+    """The consumers that fell behind during a latency run, with their mean oldest event age:
+    that run's latencies are of a backlog, not of the rate it was meant to measure."""
+    return [
+        (where, figures["oldest_event_age_ms"])
+        for where, figures in sorted(hops.items())
+        if figures.get("oldest_event_age_ms", 0.0) > BEHIND_MS
+    ]
 
 
 def _verdict(ok: bool | None) -> str:

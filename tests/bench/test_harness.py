@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import loadgen
+from bench import loadgen, report
 from bench.common import percentiles
 from bench.e2e import (
     EventWatch,
@@ -27,6 +27,7 @@ from bench.population import (
     seasonality,
     simulate_summary,
 )
+from bench.report import behind_consumers
 
 END = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
 
@@ -230,6 +231,20 @@ def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
         "lifecycle/lifecycle": {"batch_ms": 50.0, "batches": 4.0, "oldest_event_age_ms": 100.0},
         "profile/profile-ingest": {"batch_ms": 30.0, "batches": 2.0},
     }
+
+
+def test_a_latency_run_over_a_consumers_capacity_says_so() -> None:
+    hops = {
+        "lifecycle/lifecycle": {"batch_ms": 105.3, "batches": 179.0, "oldest_event_age_ms": 1201.1},
+        "profile/profile": {"batch_ms": 89.0, "batches": 172.0, "oldest_event_age_ms": 307.1},
+        "profile/relay": {"relay_ms": 102.8},
+    }
+    assert behind_consumers(hops) == [("lifecycle/lifecycle", 1201.1)]
+    line = report.latency_line({"hops": hops, "offered_rps": 1119})
+    assert "NOT AT HALF LOAD: over the capacity of lifecycle/lifecycle" in line
+    hops["lifecycle/lifecycle"]["oldest_event_age_ms"] = 164.1
+    assert behind_consumers(hops) == []
+    assert "NOT AT HALF LOAD" not in report.latency_line({"hops": hops, "offered_rps": 986})
 
 
 async def _serve(responses: list[bytes]) -> tuple[asyncio.Server, int]:
