@@ -834,8 +834,8 @@ def _history(recorded: Sequence[_Recorded]) -> tuple[list[list[Any]], list[Cloud
 # Each statement moves one chunk of due customers (ids sorted, joined as a table: a large
 # `= ANY(array)` parameter is not hashed in a generic plan): it locks them in customer-id
 # order (the consumers' order), re-checks under the lock, moves them and writes the history
-# and the outbox. `{lock}` is SKIP LOCKED in the first pass, waits in the last. The payload is the CloudEvent JSON of crm.lifecycle.stage_changed.v1; every
-# value in it is a uuid, a stage, a reason or a timestamp, so no JSON escaping is needed.
+# and the outbox. `{lock}` is SKIP LOCKED in the first pass, waits in the last. The payload
+# is the CloudEvent JSON of crm.lifecycle.stage_changed.v1; every value in it is a uuid, a stage, a reason or a timestamp, so no JSON escaping is needed.
 _SWEEP_SQL = """
 WITH chunk AS (
     SELECT unnest(CAST(:ids AS uuid[])) AS customer_id
@@ -969,7 +969,7 @@ async def evaluate(
     version = 0
     chunks, chunk_seconds, last_pass = 0, 0.0, 0
 
-    async def move(rule: _TimeRule, statement: Any, ids: list[uuid.UUID]) -> None:
+    async def move(rule: _TimeRule, statement: Any, ids: list[uuid.UUID]) -> int:
         async with transaction(sessions) as session:
             await policy_in_force(session)  # a policy change waits for this chunk
             counts = (
@@ -989,6 +989,7 @@ async def evaluate(
             ).all()
         for row in counts:
             moved[(row.from_stage, rule.to_stage, rule.reason)] += row.customers
+        return sum(row.customers for row in counts)
 
     async def still_due(rule: _TimeRule) -> list[uuid.UUID]:
         nonlocal version
@@ -998,14 +999,17 @@ async def evaluate(
 
     for rule in _TIME_RULES:
         due = await still_due(rule)
+        moved_now = 0
         for start in range(0, len(due), chunk_size):
             if chunks and pause_ratio:
                 await asyncio.sleep(chunk_seconds * pause_ratio)
             chunk_started = time.perf_counter()
-            await move(rule, rule.move, due[start : start + chunk_size])
+            moved_now += await move(rule, rule.move, due[start : start + chunk_size])
             chunk_seconds = time.perf_counter() - chunk_started
             chunks += 1
-        if due and (skipped := await still_due(rule)):
+        # All moved: none skipped, no second look. Otherwise some were skipped, or a batch
+        # moved them first (the statement re-checks), and the second look tells which.
+        if moved_now < len(due) and (skipped := await still_due(rule)):
             last_pass += len(skipped)
             for start in range(0, len(skipped), chunk_size):
                 await move(rule, rule.move_waiting, skipped[start : start + chunk_size])
