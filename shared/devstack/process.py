@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,34 @@ _spawner_lock = threading.Lock()
 
 class DevstackError(RuntimeError):
     """A development server could not be prepared, started or stopped."""
+
+
+class Stop(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C as an exception: it leaves an event loop at once, and the `finally`
+    blocks on its way stop what was started."""
+
+
+def stop_on_signals() -> None:
+    """From now on SIGTERM and SIGINT raise `Stop` (in the main thread; call it from there)."""
+
+    def on_signal(signum: int, _: Any) -> None:
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """While stopping: another Ctrl-C or SIGTERM must not cut the clean-up short. After it,
+    the signals do what they do by default."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

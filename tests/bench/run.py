@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import platform as host_platform
-import signal
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ from bench.common import Helper, consumer_lag, token  # noqa: E402
 from bench.population import Population, generate  # noqa: E402
 from bench.profiling import Observation, diagnosis  # noqa: E402
 from bench.stack import BENCH_DATABASE, HARNESS_ROLE, BenchStack  # noqa: E402
+from shared.devstack.process import Stop, signals_held, stop_on_signals  # noqa: E402
 
 SECTIONS = (
     "baselines",
@@ -119,10 +119,6 @@ FULL = Sizes(
 WARMUP_SETTLED_JIT_SHARE = 0.03
 # In the half-load latency run, one order in PROBE_EVERY is a new customer's first (the timed ones).
 PROBE_EVERY = 10
-
-
-class Stop(KeyboardInterrupt):
-    """SIGTERM or Ctrl-C: a KeyboardInterrupt, so that it leaves the event loop at once."""
 
 
 def commit_id() -> str | None:
@@ -666,11 +662,7 @@ def main() -> int:
     if args.ingest_rates:
         sizes = dataclasses.replace(sizes, ingest_rates=args.ingest_rates)
 
-    def on_signal(signum: int, _: Any) -> None:
-        raise Stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals()
     started = time.perf_counter()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -714,13 +706,10 @@ def main() -> int:
         results["error"] = f"{type(error).__name__}: {error}"
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        echo("stopping the services and the infrastructure ...")
-        stack.stop()
-        work_lock.close()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with signals_held():
+            echo("stopping the services and the infrastructure ...")
+            stack.stop()
+            work_lock.close()
     results["duration_s"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"

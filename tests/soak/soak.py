@@ -54,6 +54,7 @@ from chaos.load import (  # noqa: E402
 from chaos.reconcile import group_lag  # noqa: E402
 
 from shared.db import asyncpg_dsn  # noqa: E402
+from shared.devstack.process import Stop, signals_held, stop_on_signals  # noqa: E402
 from shared.platform import SERVICES  # noqa: E402
 
 
@@ -345,13 +346,17 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a series grows")
     args = parser.parse_args()
 
+    stop_on_signals()  # Ctrl-C or SIGTERM: stop the services, the broker and PostgreSQL
     with tempfile.TemporaryDirectory(prefix="crm-soak-") as work:
         work_dir = Path(work)
         infra = Infrastructure(work_dir, kafka_kind=args.kafka)
-        print(f"starting PostgreSQL and {type(infra.kafka).__name__} in {work_dir} ...", flush=True)
-        infra.start()
         services: Services | None = None
         try:
+            print(
+                f"starting PostgreSQL and {type(infra.kafka).__name__} in {work_dir} ...",
+                flush=True,
+            )
+            infra.start()
             database_urls = provision(
                 infra.postgres, infra.bootstrap_servers, suffix=f"soak{uuid.uuid4().hex[:6]}"
             )
@@ -366,10 +371,14 @@ def main() -> int:
             services.start(timeout=180)
             urls = {s: database_urls[f"{s.upper()}_DATABASE_URL"] for s in SERVICES}
             report = asyncio.run(soak(args, infra, services, urls))
+        except (Stop, KeyboardInterrupt) as stop:
+            print(f"\ninterrupted ({stop}): stopping ...", flush=True)
+            return 130
         finally:
-            if services is not None:
-                services.stop()
-            infra.stop()
+            with signals_held():
+                if services is not None:
+                    services.stop()
+                infra.stop()
 
     rows = drift(report["samples"])
     report["drift"] = rows
