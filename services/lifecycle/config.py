@@ -21,3 +21,8 @@ class LifecycleSettings(ServiceSettings):
     sweep_chunk_size: int = Field(
         1_000, ge=100, le=1_000_000, validation_alias="LIFECYCLE_SWEEP_CHUNK_SIZE"
     )
+    # How often the worker looks for runs asked for with `Prefer: respond-async` (and for runs
+    # a stopped process left unfinished).
+    evaluation_poll_seconds: float = Field(
+        2.0, gt=0, le=3_600, validation_alias="LIFECYCLE_EVALUATION_POLL_SECONDS"
+    )

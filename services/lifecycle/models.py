@@ -144,17 +144,34 @@ class PolicyVersion(Base):
 
 
 class EvaluationRun(Base):
-    """One run of the time rules (scheduled sweep or POST /v1/lifecycle/evaluate)."""
+    """One run of the time rules: the scheduled sweep, or `POST /v1/lifecycle/evaluate` (waited
+    on, or run by the worker when asked with `Prefer: respond-async`).
+
+    Written when the run starts (or is asked for) and again in each chunk's transaction, so its
+    counts are always those of the moves committed; the process running it holds a session
+    advisory lock on the run (`run_lock_key`) for as long as it runs.
+    """
 
     __tablename__ = "evaluation_runs"
+    __table_args__ = (
+        Index("ix_evaluation_runs_status_requested_at", "status", "requested_at"),
+        Index("ix_evaluation_runs_requested_at_run_id", "requested_at", "run_id"),
+    )
 
     run_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))  # pending, running, succeeded, failed
+    trigger: Mapped[str] = mapped_column(String(20))  # schedule, request, async_request
     as_of: Mapped[datetime] = mapped_column(Timestamp)
-    started_at: Mapped[datetime] = mapped_column(Timestamp)
-    finished_at: Mapped[datetime] = mapped_column(Timestamp)
-    policy_version: Mapped[int] = mapped_column(Integer)
-    moved: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    requested_at: Mapped[datetime] = mapped_column(Timestamp)
     requested_by: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    policy_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    moved: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+    chunks: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_pass: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 # State rebuilt by `crm replay lifecycle` (policies and evaluation runs are not in the log).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
 from services.lifecycle import service
@@ -14,6 +16,8 @@ from services.lifecycle.schemas import (
     DistributionRead,
     EvaluateRequest,
     EvaluationRead,
+    EvaluationRunRead,
+    EvaluationStatus,
     LifecycleRead,
     PolicyRead,
     PolicyUpdate,
@@ -68,22 +72,110 @@ async def read_distribution(
         return await service.distribution(session, as_of=as_of, now=rt.clock.now())
 
 
-@router.post("/lifecycle/evaluate", response_model=EvaluationRead)
+def _respond_async(prefer: str | None) -> bool:
+    """Whether a `Prefer` header (RFC 7240) asks for `respond-async`."""
+    if not prefer:
+        return False
+    names = (part.split(";")[0].split("=")[0].strip().lower() for part in prefer.split(","))
+    return "respond-async" in names
+
+
+Prefer = Annotated[
+    str | None,
+    Header(
+        description="`respond-async`: answer 202 at once and run it in the worker (backfills); "
+        "follow the `Location` to see where it stands"
+    ),
+]
+
+
+@router.post(
+    "/lifecycle/evaluate",
+    response_model=EvaluationRead,
+    responses={
+        202: {
+            "model": EvaluationRunRead,
+            "description": "Asked with `Prefer: respond-async`: the run, pending; its `Location` "
+            "says where it stands",
+        }
+    },
+)
 async def evaluate(
-    rt: Runtime, principal: CanAdmin, body: EvaluateRequest | None = None
-) -> EvaluationRead:
-    """Run the time rules (lapsing, inactivity) now, or `as_of` a given business time."""
+    rt: Runtime,
+    principal: CanAdmin,
+    body: EvaluateRequest | None = None,
+    prefer: Prefer = None,
+) -> EvaluationRead | JSONResponse:
+    """Run the time rules (lapsing, inactivity) now, or `as_of` a given business time.
+
+    Waited on by default (a run of a million changes takes about a minute); with
+    `Prefer: respond-async` the worker runs it and the answer is 202 with the run."""
     settings = rt.settings
     assert isinstance(settings, LifecycleSettings)
     now = rt.clock.now()
+    as_of = (body.as_of if body else None) or now
+    if _respond_async(prefer):
+        async with transaction(rt.sessions) as session:
+            run = await service.request_evaluation(
+                session, as_of=as_of, requested_by=principal.subject, now=now
+            )
+        return JSONResponse(
+            run.model_dump(mode="json"),
+            status_code=202,
+            headers={
+                "Location": f"/v1/lifecycle/evaluations/{run.run_id}",
+                "Preference-Applied": "respond-async",
+                "Vary": "Prefer",
+            },
+        )
     return await service.evaluate(
         rt.sessions,
-        as_of=(body.as_of if body else None) or now,
+        as_of=as_of,
         requested_by=principal.subject,
         now=now,
         chunk_size=settings.sweep_chunk_size,
         pause_ratio=0.0,  # asked for and waited on: no pauses (the scheduled sweep makes them)
     )
+
+
+@router.get("/lifecycle/evaluations/{run_id}", response_model=EvaluationRunRead)
+async def read_evaluation(run_id: uuid.UUID, rt: Runtime, _: CanRead) -> EvaluationRunRead:
+    """A run of the time rules and where it stands (pending, running, succeeded, failed)."""
+    async with transaction(rt.sessions) as session:
+        return await service.evaluation_run(session, run_id=run_id)
+
+
+@router.get("/lifecycle/evaluations", response_model=Page[EvaluationRunRead])
+async def list_evaluations(
+    rt: Runtime,
+    _: CanRead,
+    page: Annotated[PageParams, Depends(page_params)],
+    status: Annotated[EvaluationStatus | None, Query(description="Only runs in this state")] = None,
+) -> Page[EvaluationRunRead]:
+    """Runs of the time rules (scheduled sweeps and requested ones), newest first."""
+    before = None
+    if page.cursor is not None:
+        try:
+            before = (
+                datetime.fromisoformat(page.cursor["requested_at"]),
+                uuid.UUID(page.cursor["run_id"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from exc
+        if before[0].tzinfo is None:
+            raise InvalidInput.field("query.cursor", "not a cursor returned by this API")
+    async with transaction(rt.sessions) as session:
+        items = await service.evaluation_runs(
+            session, limit=page.limit, status=status, before=before
+        )
+    next_cursor = (
+        encode_cursor(
+            {"requested_at": items[-1].requested_at.isoformat(), "run_id": str(items[-1].run_id)}
+        )
+        if len(items) == page.limit
+        else None
+    )
+    return Page[EvaluationRunRead](items=items, next_cursor=next_cursor)
 
 
 @router.get("/lifecycle/policy", response_model=PolicyRead)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -72,6 +73,40 @@ class EvaluationRead(BaseModel):
     moved: list[MovedCount]
     total_moved: int
     seconds: float
+
+
+class EvaluationStatus(StrEnum):
+    PENDING = "pending"  # asked for with `Prefer: respond-async`; the worker will run it
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EvaluationTrigger(StrEnum):
+    SCHEDULE = "schedule"  # the worker's scheduled sweep
+    REQUEST = "request"  # POST /v1/lifecycle/evaluate, waited on
+    ASYNC_REQUEST = "async_request"  # the same with `Prefer: respond-async`, run by the worker
+
+
+class EvaluationRunRead(BaseModel):
+    """A run of the time rules and where it stands; its counts are those of committed moves."""
+
+    run_id: uuid.UUID
+    status: EvaluationStatus
+    trigger: EvaluationTrigger
+    as_of: datetime = Field(description="The business time the rules were applied at")
+    requested_at: datetime
+    requested_by: str
+    started_at: datetime | None
+    updated_at: datetime | None = Field(description="When it last committed a chunk")
+    finished_at: datetime | None
+    policy_version: int | None
+    moved: list[MovedCount] = Field(description="Customers moved so far, by move")
+    total_moved: int
+    chunks: int = Field(description="Transactions committed so far")
+    last_pass: int = Field(description="Customers a consumer batch held, moved at the end")
+    seconds: float | None = Field(description="From start to finish, once finished")
+    error: str | None = Field(description="Why it failed")
 
 
 class PolicyUpdate(LifecyclePolicy):

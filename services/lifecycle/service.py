@@ -14,17 +14,19 @@ Who writes a customer's row and how they stay out of each other's way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,19 +56,24 @@ from services.lifecycle.models import (
 from services.lifecycle.schemas import (
     DistributionRead,
     EvaluationRead,
+    EvaluationRunRead,
+    EvaluationStatus,
+    EvaluationTrigger,
     LifecycleRead,
     MovedCount,
     PolicyRead,
     StageCount,
     TransitionRead,
 )
+from shared.clock import Clock
 from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
-from shared.messaging.outbox import outbox_arrays, outbox_insert
+from shared.messaging.consumer import is_transient
+from shared.messaging.outbox import advisory_key, outbox_arrays, outbox_insert
 from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
@@ -944,34 +951,158 @@ _TIME_RULES = (
 )
 
 
+def run_lock_key(run_id: uuid.UUID) -> int:
+    """The session advisory lock held by the process running this evaluation run."""
+    return advisory_key(f"lifecycle:evaluation:{run_id}")
+
+
+@asynccontextmanager
+async def _holding_run(sessions: SessionFactory, run_id: uuid.UUID) -> AsyncIterator[None]:
+    """Hold the run's lock on a connection of its own, outside any transaction, while it runs:
+    a run marked running whose lock is free was cut short (`run_requested_evaluations`)."""
+    async with sessions() as session:
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        key = run_lock_key(run_id)
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection has released it already
+                await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def _moved_reads(moved: Mapping[tuple[str, Stage, Reason], int]) -> list[MovedCount]:
+    return [
+        MovedCount(from_stage=Stage(frm), to_stage=to, reason=reason, customers=n)
+        for (frm, to, reason), n in sorted(moved.items())
+    ]
+
+
+def _moved_json(moved: Mapping[tuple[str, Stage, Reason], int]) -> str:
+    return orjson.dumps([m.model_dump(mode="json") for m in _moved_reads(moved)]).decode()
+
+
+_RUN_PROGRESS_SQL = text("""
+UPDATE evaluation_runs
+SET moved = CAST(:moved AS jsonb), chunks = :chunks, last_pass = :last_pass,
+    policy_version = :policy_version, updated_at = :at
+WHERE run_id = :run_id
+""")
+
+
+@dataclass
+class _RunProgress:
+    """What a run has committed: its counts, chunks and customers moved in the last pass."""
+
+    moved: dict[tuple[str, Stage, Reason], int]
+    chunks: int = 0
+    last_pass: int = 0
+    policy_version: int = 0
+
+    @classmethod
+    def of(cls, run: EvaluationRun) -> _RunProgress:
+        moved = {
+            (m["from_stage"], Stage(m["to_stage"]), Reason(m["reason"])): int(m["customers"])
+            for m in run.moved
+        }
+        return cls(moved, run.chunks, run.last_pass, run.policy_version or 0)
+
+
 async def evaluate(
     sessions: SessionFactory,
     *,
     as_of: datetime,
     requested_by: str,
     now: datetime,
+    trigger: EvaluationTrigger = EvaluationTrigger.REQUEST,
     chunk_size: int = 1_000,
     pause_ratio: float = 1.0,
 ) -> EvaluationRead:
-    """Apply the lapsing and inactivity rules to every customer due before ``as_of``.
+    """Apply the lapsing and inactivity rules to every customer due before ``as_of``, as a
+    run recorded in ``evaluation_runs`` from its start (see ``_sweep``).
+
+    A run that fails is marked failed with the error; one cut short (the process stopped) is
+    marked failed by the worker's next look at the runs (``run_requested_evaluations``). The
+    customers it moved stay moved, and the next run moves the rest.
+    """
+    run_id = uuid.uuid4()
+    async with _holding_run(sessions, run_id):
+        async with transaction(sessions) as session:
+            session.add(
+                EvaluationRun(
+                    run_id=run_id,
+                    status=EvaluationStatus.RUNNING,
+                    trigger=trigger,
+                    as_of=as_of,
+                    requested_at=now,
+                    requested_by=requested_by,
+                    started_at=now,
+                    updated_at=now,
+                    moved=[],
+                    chunks=0,
+                    last_pass=0,
+                )
+            )
+        try:
+            return await _sweep(
+                sessions,
+                run_id=run_id,
+                as_of=as_of,
+                now=now,
+                progress=_RunProgress({}),
+                chunk_size=chunk_size,
+                pause_ratio=pause_ratio,
+            )
+        except Exception as exc:
+            await _fail_run(sessions, run_id, error=f"{type(exc).__name__}: {exc}", at=now)
+            raise
+
+
+async def _fail_run(
+    sessions: SessionFactory, run_id: uuid.UUID, *, error: str, at: datetime
+) -> None:
+    try:
+        async with transaction(sessions) as session:
+            await session.execute(
+                update(EvaluationRun)
+                .where(EvaluationRun.run_id == run_id)
+                .values(status=EvaluationStatus.FAILED, error=error[:2000], finished_at=at)
+            )
+    except Exception:  # the database is away: the next look at the runs marks it
+        log.warning("lifecycle.evaluation_not_marked_failed", run_id=str(run_id), exc_info=True)
+
+
+async def _sweep(
+    sessions: SessionFactory,
+    *,
+    run_id: uuid.UUID,
+    as_of: datetime,
+    now: datetime,
+    progress: _RunProgress,
+    chunk_size: int,
+    pause_ratio: float,
+) -> EvaluationRead:
+    """The time rules for one run (``progress``: what it committed before, when resumed).
 
     The due columns were computed by ``domain.due_times`` (a rule fires iff its due time is
     strictly before ``as_of``, the change is dated at the due time), so this is the pure
-    ``domain.evaluate`` done set-based. One transaction per chunk; after each chunk the sweep
-    pauses ``pause_ratio`` times the chunk's own time, so that the consumers' batches (which
-    wait for the rows a chunk holds) and the relay (which publishes the chunk's events before
-    theirs) keep going while a large sweep runs. Customers a batch held during their chunk
-    are moved in a last pass, which waits for them: the run moves everyone due.
+    ``domain.evaluate`` done set-based. One transaction per chunk, which also writes the run's
+    counts; after each chunk the sweep pauses ``pause_ratio`` times the chunk's own time, so
+    that the consumers' batches (which wait for the rows a chunk holds) and the relay (which
+    publishes the chunk's events before theirs) keep going while a large sweep runs. Customers
+    a batch held during their chunk are moved in a last pass, which waits for them: the run
+    moves everyone due.
     """
     started = time.perf_counter()
-    run_id = uuid.uuid4()
-    moved: dict[tuple[str, Stage, Reason], int] = defaultdict(int)
-    version = 0
-    chunks, chunk_seconds, last_pass = 0, 0.0, 0
+    moved = progress.moved
+    chunk_seconds, chunks_before = 0.0, progress.chunks
 
-    async def move(rule: _TimeRule, statement: Any, ids: list[uuid.UUID]) -> int:
+    def at() -> datetime:  # business-clock time: the caller's now plus the time spent
+        return now + timedelta(seconds=time.perf_counter() - started)
+
+    async def move(rule: _TimeRule, statement: Any, ids: list[uuid.UUID], *, last: bool) -> int:
         async with transaction(sessions) as session:
-            await policy_in_force(session)  # a policy change waits for this chunk
+            progress.policy_version = (await policy_in_force(session)).version  # a change waits
             counts = (
                 await session.execute(
                     statement,
@@ -987,65 +1118,229 @@ async def evaluate(
                     },
                 )
             ).all()
-        for row in counts:
-            moved[(row.from_stage, rule.to_stage, rule.reason)] += row.customers
-        return sum(row.customers for row in counts)
+            after = dict(moved)
+            for row in counts:
+                key = (row.from_stage, rule.to_stage, rule.reason)
+                after[key] = after.get(key, 0) + row.customers
+            n = int(sum(row.customers for row in counts))
+            await session.execute(
+                _RUN_PROGRESS_SQL,
+                {
+                    "moved": _moved_json(after),
+                    "chunks": progress.chunks + 1,
+                    "last_pass": progress.last_pass + (n if last else 0),
+                    "policy_version": progress.policy_version,
+                    "at": at(),
+                    "run_id": run_id,
+                },
+            )
+        moved.clear()
+        moved.update(after)  # committed
+        progress.chunks += 1
+        progress.last_pass += n if last else 0
+        return n
 
     async def still_due(rule: _TimeRule) -> list[uuid.UUID]:
-        nonlocal version
         async with transaction(sessions) as session:
-            version = (await policy_in_force(session)).version
+            progress.policy_version = (await policy_in_force(session)).version
             return list((await session.execute(rule.due, {"as_of": as_of})).scalars())
 
     for rule in _TIME_RULES:
         due = await still_due(rule)
         moved_now = 0
         for start in range(0, len(due), chunk_size):
-            if chunks and pause_ratio:
+            if progress.chunks > chunks_before and pause_ratio:
                 await asyncio.sleep(chunk_seconds * pause_ratio)
             chunk_started = time.perf_counter()
-            moved_now += await move(rule, rule.move, due[start : start + chunk_size])
+            moved_now += await move(rule, rule.move, due[start : start + chunk_size], last=False)
             chunk_seconds = time.perf_counter() - chunk_started
-            chunks += 1
         # All moved: none skipped, no second look. Otherwise some were skipped, or a batch
         # moved them first (the statement re-checks), and the second look tells which.
         if moved_now < len(due) and (skipped := await still_due(rule)):
-            last_pass += len(skipped)
             for start in range(0, len(skipped), chunk_size):
-                await move(rule, rule.move_waiting, skipped[start : start + chunk_size])
+                await move(rule, rule.move_waiting, skipped[start : start + chunk_size], last=True)
+    seconds = round(time.perf_counter() - started, 3)
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(EvaluationRun)
+            .where(EvaluationRun.run_id == run_id)
+            .values(
+                status=EvaluationStatus.SUCCEEDED,
+                policy_version=progress.policy_version,
+                finished_at=now + timedelta(seconds=seconds),
+                updated_at=now + timedelta(seconds=seconds),
+            )
+        )
     result = EvaluationRead(
         run_id=run_id,
         as_of=as_of,
-        policy_version=version,
-        moved=[
-            MovedCount(from_stage=Stage(frm), to_stage=to, reason=reason, customers=n)
-            for (frm, to, reason), n in sorted(moved.items())
-        ],
+        policy_version=progress.policy_version,
+        moved=_moved_reads(moved),
         total_moved=sum(moved.values()),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=seconds,
     )
-    async with transaction(sessions) as session:
-        session.add(
-            EvaluationRun(
-                run_id=run_id,
-                as_of=as_of,
-                started_at=now,
-                finished_at=now + timedelta(seconds=result.seconds),
-                policy_version=version,
-                moved=[m.model_dump(mode="json") for m in result.moved],
-                requested_by=requested_by,
-            )
-        )
     log.info(
         "lifecycle.evaluated",
         run_id=str(run_id),
         moved=result.total_moved,
         as_of=as_of.isoformat(),
-        seconds=result.seconds,
-        chunks=chunks,
-        last_pass=last_pass,
+        seconds=seconds,
+        chunks=progress.chunks,
+        last_pass=progress.last_pass,
     )
     return result
+
+
+# --- evaluations asked for with `Prefer: respond-async`, run by the worker ----------------------
+
+_ABANDONED = (
+    "abandoned: the process running it stopped before it finished; the customers it moved "
+    "stay moved, and the next run moves the rest"
+)
+
+
+async def request_evaluation(
+    session: AsyncSession, *, as_of: datetime, requested_by: str, now: datetime
+) -> EvaluationRunRead:
+    """Record a run for the worker to do (`run_requested_evaluations`)."""
+    run = EvaluationRun(
+        run_id=uuid.uuid4(),
+        status=EvaluationStatus.PENDING,
+        trigger=EvaluationTrigger.ASYNC_REQUEST,
+        as_of=as_of,
+        requested_at=now,
+        requested_by=requested_by,
+        moved=[],
+        chunks=0,
+        last_pass=0,
+    )
+    session.add(run)
+    await session.flush()
+    log.info("lifecycle.evaluation_requested", run_id=str(run.run_id), as_of=as_of.isoformat())
+    return _run_read(run)
+
+
+async def _claim_run(
+    sessions: SessionFactory, *, now: datetime
+) -> tuple[EvaluationRun, bool] | None:
+    """The next run to do, and whether it resumes one cut short; marks a waited-on or scheduled
+    run that was cut short as failed on the way (its caller is gone)."""
+    async with transaction(sessions) as session:
+        runs = (
+            await session.execute(
+                select(EvaluationRun)
+                .where(
+                    EvaluationRun.status.in_([EvaluationStatus.RUNNING, EvaluationStatus.PENDING])
+                )
+                .order_by(EvaluationRun.requested_at, EvaluationRun.run_id)
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+        for run in runs:
+            if run.status == EvaluationStatus.PENDING:
+                run.status, run.started_at, run.updated_at = EvaluationStatus.RUNNING, now, now
+                return run, False
+            lock = select(func.pg_try_advisory_xact_lock(run_lock_key(run.run_id)))
+            if not (await session.execute(lock)).scalar():
+                continue  # its process is at it
+            if run.trigger == EvaluationTrigger.ASYNC_REQUEST:
+                log.warning("lifecycle.evaluation_resumed", run_id=str(run.run_id))
+                return run, True
+            run.status, run.error, run.finished_at = EvaluationStatus.FAILED, _ABANDONED, now
+            log.warning("lifecycle.evaluation_abandoned", run_id=str(run.run_id))
+    return None
+
+
+async def run_requested_evaluations(
+    sessions: SessionFactory,
+    *,
+    clock: Clock,
+    chunk_size: int,
+    pause_ratio: float = 1.0,
+    limit: int = 10,
+) -> int:
+    """Worker job (one replica at a time): the runs asked for, oldest first, each resumed where
+    it stood if a process running it stopped. Returns how many finished."""
+    done = 0
+    for _ in range(limit):  # bounded per tick; more wait for the next tick
+        claimed = await _claim_run(sessions, now=clock.now())
+        if claimed is None:
+            break
+        run, _resumed = claimed
+        async with _holding_run(sessions, run.run_id):
+            try:
+                await _sweep(
+                    sessions,
+                    run_id=run.run_id,
+                    as_of=run.as_of,
+                    now=clock.now(),
+                    progress=_RunProgress.of(run),
+                    chunk_size=chunk_size,
+                    pause_ratio=pause_ratio,
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    raise  # left running: resumed once the database is back
+                log.exception("lifecycle.evaluation_failed", run_id=str(run.run_id))
+                await _fail_run(
+                    sessions, run.run_id, error=f"{type(exc).__name__}: {exc}", at=clock.now()
+                )
+                continue
+        done += 1
+    return done
+
+
+def _run_read(run: EvaluationRun) -> EvaluationRunRead:
+    moved = _RunProgress.of(run).moved
+    return EvaluationRunRead(
+        run_id=run.run_id,
+        status=EvaluationStatus(run.status),
+        trigger=EvaluationTrigger(run.trigger),
+        as_of=run.as_of,
+        requested_at=run.requested_at,
+        requested_by=run.requested_by,
+        started_at=run.started_at,
+        updated_at=run.updated_at,
+        finished_at=run.finished_at,
+        policy_version=run.policy_version,
+        moved=_moved_reads(moved),
+        total_moved=sum(moved.values()),
+        chunks=run.chunks,
+        last_pass=run.last_pass,
+        seconds=(
+            round((run.finished_at - run.started_at).total_seconds(), 3)
+            if run.finished_at is not None and run.started_at is not None
+            else None
+        ),
+        error=run.error,
+    )
+
+
+async def evaluation_run(session: AsyncSession, *, run_id: uuid.UUID) -> EvaluationRunRead:
+    run = await session.get(EvaluationRun, run_id)
+    if run is None:
+        raise NotFound(f"No evaluation run {run_id}")
+    return _run_read(run)
+
+
+async def evaluation_runs(
+    session: AsyncSession,
+    *,
+    limit: int,
+    status: EvaluationStatus | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[EvaluationRunRead]:
+    """Runs, newest first (`before`: the last one of the previous page)."""
+    query = select(EvaluationRun)
+    if status is not None:
+        query = query.where(EvaluationRun.status == status)
+    if before is not None:
+        query = query.where(
+            tuple_(EvaluationRun.requested_at, EvaluationRun.run_id)
+            < tuple_(literal(before[0]), literal(before[1]))
+        )
+    query = query.order_by(EvaluationRun.requested_at.desc(), EvaluationRun.run_id.desc())
+    return [_run_read(run) for run in (await session.execute(query.limit(limit))).scalars()]
 
 
 # --- queries ------------------------------------------------------------------------------------

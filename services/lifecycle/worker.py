@@ -1,5 +1,5 @@
-"""Lifecycle worker: outbox relay, the consumer, the scheduled sweep of the time rules
-(`crm serve lifecycle --role worker`)."""
+"""Lifecycle worker: outbox relay, the consumer, the scheduled sweep of the time rules and the
+runs asked for with `Prefer: respond-async` (`crm serve lifecycle --role worker`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from services.lifecycle import service
 from services.lifecycle.config import LifecycleSettings
 from services.lifecycle.handlers import HANDLERS, PROCESS
-from services.lifecycle.schemas import EvaluationRead
+from services.lifecycle.schemas import EvaluationRead, EvaluationTrigger
 from shared.events import registry
 from shared.runtime import ServiceRuntime
 
 SWEEP = "lifecycle-sweep"
+REQUESTED = "lifecycle-requested-evaluations"
 
 
 def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]]:
@@ -27,10 +28,25 @@ def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]
             as_of=now,
             requested_by=SWEEP,
             now=now,
+            trigger=EvaluationTrigger.SCHEDULE,
             chunk_size=settings.sweep_chunk_size,
         )
 
     return sweep
+
+
+def requested_evaluations_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[int]]:
+    """The runs asked for with `Prefer: respond-async`, paced like the scheduled sweep (nobody
+    waits on them, and the consumers keep going)."""
+    settings = runtime.settings
+    assert isinstance(settings, LifecycleSettings)
+
+    async def requested() -> int:
+        return await service.run_requested_evaluations(
+            runtime.sessions, clock=runtime.clock, chunk_size=settings.sweep_chunk_size
+        )
+
+    return requested
 
 
 def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
@@ -44,4 +60,7 @@ def start(runtime: ServiceRuntime) -> Sequence[Awaitable[None]]:
             topics=topics, handlers=HANDLERS, process=PROCESS, shared_locks=[service.POLICY_LOCK]
         ),
         runtime.run_periodic(SWEEP, settings.sweep_interval_seconds, sweep_job(runtime)),
+        runtime.run_periodic(
+            REQUESTED, settings.evaluation_poll_seconds, requested_evaluations_job(runtime)
+        ),
     ]

@@ -53,6 +53,11 @@ LEFT_AT_DEFAULT: dict[str, tuple[frozenset[str], str]] = {
         EVERYWHERE,
         "how soon a requested recompute starts: an internal latency, not an operating choice",
     ),
+    "LIFECYCLE_EVALUATION_POLL_SECONDS": (
+        EVERYWHERE,
+        "how soon an evaluation asked for with `Prefer: respond-async` starts: an internal "
+        "latency, not an operating choice",
+    ),
 }
 # Read by libraries, not by our settings classes.
 LIBRARY_VARIABLES = {"PGSSLROOTCERT": "asyncpg: the CA for ?ssl=verify-full database URLs"}

@@ -22,7 +22,12 @@ async def lifecycle(
     service_settings: Callable[..., Any], kafka_broker: Broker
 ) -> AsyncIterator[Lifecycle]:
     # The scheduled sweep is driven explicitly (POST evaluate) except in its own test.
-    settings = service_settings("lifecycle", consumer_batch_size=200, sweep_interval_seconds=3600)
+    settings = service_settings(
+        "lifecycle",
+        consumer_batch_size=200,
+        sweep_interval_seconds=3600,
+        evaluation_poll_seconds=0.3,  # runs asked for with `Prefer: respond-async`
+    )
     clock = FixedClock(T0)
     app = create_app(settings=settings, configure_logs=False, clock=clock)
     engine = create_async_engine(settings.database_url, pool_size=2)
