@@ -190,18 +190,34 @@ def refit_and_score(
 
 
 async def claim_pending_run(sessions: SessionFactory, *, now: datetime) -> uuid.UUID | None:
+    """The next run: first one left running by a worker that stopped, then the oldest pending.
+
+    Called under the recompute job's lock (`run_periodic`), which the worker running a run holds
+    until it ends: a run still marked running here was cut short (a crash, a kill, a shutdown).
+    It is run again from the start; a recompute is a refit and a re-score of everyone, so doing
+    it again gives the same values.
+    """
     async with transaction(sessions) as session:
         run = (
             await session.execute(
                 select(RecomputeRun)
-                .where(RecomputeRun.status == "pending")
-                .order_by(RecomputeRun.requested_at)
+                .where(RecomputeRun.status.in_(("running", "pending")))
+                .order_by((RecomputeRun.status == "running").desc(), RecomputeRun.requested_at)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
         ).scalar_one_or_none()
         if run is None:
             return None
+        if run.status == "running":
+            log.warning(
+                "recompute.restarted",
+                run_id=str(run.id),
+                phase=run.phase,
+                started_at=run.started_at.isoformat() if run.started_at else None,
+                why="left running by a worker that stopped; run again from the start",
+            )
+            run.customers_scored = run.events_published = 0
         run.status, run.started_at, run.phase = "running", now, "loading facts"
         return run.id
 

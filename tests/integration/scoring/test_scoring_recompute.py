@@ -252,3 +252,25 @@ async def test_the_latest_due_nightly_run_is_requested_once_even_before_its_hour
             text("DELETE FROM recompute_runs WHERE trigger = 'nightly' AND as_of < :t"),
             {"t": T0 - timedelta(days=800)},
         )
+
+
+async def test_a_recompute_left_running_by_a_worker_that_stopped_is_run_again(
+    scoring: Scoring,
+) -> None:
+    """A worker killed mid-run leaves its run `running`; the next holder of the recompute job's
+    lock (which the stopped worker held) runs it again from the start."""
+    run_id = uuid.uuid4()
+    async with scoring.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO recompute_runs (id, status, trigger, as_of, time_unit, requested_at,"
+                " started_at, phase, customers_total, customers_scored, events_published)"
+                " VALUES (:id, 'running', 'api', :t, 'day', :t, :t, 'writing values', 300, 120, 7)"
+            ),
+            {"id": run_id, "t": T0},
+        )
+    run = await scoring.run_finished(f"/v1/value/recompute/{run_id}")
+    assert run["phase"] == "done" and run["progress"] == 1.0
+    assert run["customers_scored"] >= 250  # everyone, counted from zero again
+    model = (await scoring.client.get("/v1/value/model", headers=READER)).json()["current"]
+    assert model["version"] == run["model_version"]
