@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -55,6 +56,29 @@ async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """One use case, one transaction: commit on success, roll back on any error."""
     async with factory() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def held_while_running(factory: SessionFactory, key: int) -> AsyncIterator[None]:
+    """Hold the session advisory lock `key` on a connection of its own, outside any transaction,
+    while the block runs: a long job's sign that it is at work. When its process stops, the
+    connection closes and the lock is free, which `nobody_holds` tells; take it before the job's
+    row says `running`."""
+    async with factory() as session:
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a lost connection has released it already
+                await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+async def nobody_holds(session: AsyncSession, key: int) -> bool:
+    """Whether no process holds the lock `key` of `held_while_running` (tried for the rest of
+    this transaction only)."""
+    taken = await session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key})
+    return bool(taken.scalar())
 
 
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:

@@ -14,19 +14,17 @@ Who writes a customer's row and how they stay out of each other's way:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import delete, func, literal, select, text, tuple_, update
+from sqlalchemy import delete, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,7 +64,13 @@ from services.lifecycle.schemas import (
     TransitionRead,
 )
 from shared.clock import Clock
-from shared.db import SessionFactory, driver_connection, transaction
+from shared.db import (
+    SessionFactory,
+    driver_connection,
+    held_while_running,
+    nobody_holds,
+    transaction,
+)
 from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
@@ -952,23 +956,9 @@ _TIME_RULES = (
 
 
 def run_lock_key(run_id: uuid.UUID) -> int:
-    """The session advisory lock held by the process running this evaluation run."""
+    """The lock the process running this evaluation run holds (`held_while_running`): a run
+    marked running whose lock is free was cut short (`run_requested_evaluations`)."""
     return advisory_key(f"lifecycle:evaluation:{run_id}")
-
-
-@asynccontextmanager
-async def _holding_run(sessions: SessionFactory, run_id: uuid.UUID) -> AsyncIterator[None]:
-    """Hold the run's lock on a connection of its own, outside any transaction, while it runs:
-    a run marked running whose lock is free was cut short (`run_requested_evaluations`)."""
-    async with sessions() as session:
-        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        key = run_lock_key(run_id)
-        await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):  # a lost connection has released it already
-                await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
 def _moved_reads(moved: Mapping[tuple[str, Stage, Reason], int]) -> list[MovedCount]:
@@ -1026,7 +1016,7 @@ async def evaluate(
     customers it moved stay moved, and the next run moves the rest.
     """
     run_id = uuid.uuid4()
-    async with _holding_run(sessions, run_id):
+    async with held_while_running(sessions, run_lock_key(run_id)):
         async with transaction(sessions) as session:
             session.add(
                 EvaluationRun(
@@ -1240,8 +1230,7 @@ async def _claim_run(
             if run.status == EvaluationStatus.PENDING:
                 run.status, run.started_at, run.updated_at = EvaluationStatus.RUNNING, now, now
                 return run, False
-            lock = select(func.pg_try_advisory_xact_lock(run_lock_key(run.run_id)))
-            if not (await session.execute(lock)).scalar():
+            if not await nobody_holds(session, run_lock_key(run.run_id)):
                 continue  # its process is at it
             if run.trigger == EvaluationTrigger.ASYNC_REQUEST:
                 log.warning("lifecycle.evaluation_resumed", run_id=str(run.run_id))
@@ -1267,7 +1256,7 @@ async def run_requested_evaluations(
         if claimed is None:
             break
         run, _resumed = claimed
-        async with _holding_run(sessions, run.run_id):
+        async with held_while_running(sessions, run_lock_key(run.run_id)):
             try:
                 await _sweep(
                     sessions,

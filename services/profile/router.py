@@ -546,5 +546,5 @@ async def import_purchases(request: Request, rt: Runtime, principal: CanWrite) -
 )
 async def read_import(import_id: uuid.UUID, rt: Runtime, _: CanRead) -> ImportRead:
     async with transaction(rt.sessions) as session:
-        run = await service.get_import(session, import_id=import_id)
+        run = await service.get_import(session, import_id=import_id, now=rt.clock.now())
     return schemas.import_read(run)

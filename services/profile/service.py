@@ -50,13 +50,25 @@ from services.profile.schemas import (
     RefundCreate,
 )
 from shared.clock import utc
-from shared.db import SessionFactory, driver_connection, transaction
+from shared.db import (
+    SessionFactory,
+    driver_connection,
+    held_while_running,
+    nobody_holds,
+    transaction,
+)
 from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
-from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers, outbox_arrays
+from shared.messaging.outbox import (
+    add_events,
+    advisory_key,
+    customer_lock_keys,
+    lock_customers,
+    outbox_arrays,
+)
 from shared.observability.logging import get_logger
 
 SOURCE = "/crm/profile"
@@ -1118,45 +1130,77 @@ async def import_purchases(
     """Parse the CSV, then write its orders chunk by chunk (one transaction each), creating the
     customers it names by external_ref (registered at their first purchase in the file)."""
     import_id = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            PurchaseImport(
-                id=import_id,
-                status="running",
-                actor=actor[:200],
-                started_at=now,
-                rows_read=0,
-                orders_total=0,
-                orders_done=0,
-                purchases_created=0,
-                duplicates=0,
-                customers_created=0,
-                rejected=0,
-                rejections=[],
+    # Held while it runs: an import whose process stopped shows as failed (`get_import`).
+    async with held_while_running(sessions, import_lock_key(import_id)):
+        async with transaction(sessions) as session:
+            session.add(
+                PurchaseImport(
+                    id=import_id,
+                    status="running",
+                    actor=actor[:200],
+                    started_at=now,
+                    rows_read=0,
+                    orders_total=0,
+                    orders_done=0,
+                    purchases_created=0,
+                    duplicates=0,
+                    customers_created=0,
+                    rejected=0,
+                    rejections=[],
+                )
             )
-        )
+        try:
+            parsed = domain.parse_purchase_csv(
+                io.StringIO(csv_text, newline=""),
+                base_currency=settings.base_currency,
+                now=now,
+                max_clock_skew=settings.max_clock_skew,
+            )
+        except domain.CsvHeaderError as error:
+            await _import_failed(sessions, import_id, error=str(error), now=now)
+            raise
+        # The parsed file is hundreds of thousands of long-lived objects that the cyclic GC
+        # would rescan on every collection while the chunks run (a third of the import's time).
+        gc.freeze()
+        try:
+            return await _write_import(
+                sessions, import_id=import_id, parsed=parsed, settings=settings
+            )
+        except Exception as error:
+            await _import_failed(
+                sessions,
+                import_id,
+                error=f"{type(error).__name__}: {error}. {_IMPORT_AGAIN}",
+                now=now,
+            )
+            raise
+        finally:
+            gc.unfreeze()
+
+
+_IMPORT_AGAIN = (
+    "The orders written so far (orders_done) stay recorded; importing the same file again "
+    "records the rest (orders already recorded count as duplicates)"
+)
+
+
+def import_lock_key(import_id: uuid.UUID) -> int:
+    """The lock the process running this import holds (`held_while_running`)."""
+    return advisory_key(f"profile:import:{import_id}")
+
+
+async def _import_failed(
+    sessions: SessionFactory, import_id: uuid.UUID, *, error: str, now: datetime
+) -> None:
     try:
-        parsed = domain.parse_purchase_csv(
-            io.StringIO(csv_text, newline=""),
-            base_currency=settings.base_currency,
-            now=now,
-            max_clock_skew=settings.max_clock_skew,
-        )
-    except domain.CsvHeaderError as error:
         async with transaction(sessions) as session:
             await session.execute(
                 update(PurchaseImport)
                 .where(PurchaseImport.id == import_id)
-                .values(status="failed", finished_at=now, error=str(error))
+                .values(status="failed", finished_at=now, error=error[:2000])
             )
-        raise
-    # The parsed file is hundreds of thousands of long-lived objects that the cyclic GC would
-    # rescan on every collection while the chunks run (a third of the import's time).
-    gc.freeze()
-    try:
-        return await _write_import(sessions, import_id=import_id, parsed=parsed, settings=settings)
-    finally:
-        gc.unfreeze()
+    except Exception:  # the database is away: a read of the import will tell it stopped
+        log.warning("import.not_marked_failed", import_id=str(import_id), exc_info=True)
 
 
 async def _write_import(
@@ -1332,10 +1376,19 @@ async def _customers_by_ref(session: AsyncSession, refs: Sequence[str]) -> dict[
     return {ref: customer_id for ref, customer_id in rows if ref is not None}
 
 
-async def get_import(session: AsyncSession, *, import_id: uuid.UUID) -> PurchaseImport:
+async def get_import(
+    session: AsyncSession, *, import_id: uuid.UUID, now: datetime
+) -> PurchaseImport:
+    """The import; one still marked running whose process stopped is marked failed here."""
     found = await session.get(PurchaseImport, import_id)
     if found is None:
         raise NotFound(f"No import {import_id}")
+    if found.status == "running" and await nobody_holds(session, import_lock_key(import_id)):
+        found.status, found.finished_at = "failed", now
+        found.error = (
+            f"abandoned: the process running it stopped before it finished. {_IMPORT_AGAIN}"
+        )
+        log.warning("import.abandoned", import_id=str(import_id), orders_done=found.orders_done)
     return found
 
 

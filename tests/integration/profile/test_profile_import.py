@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
-from integration.profile.profile_helpers import READER, WRITER, Profile, read_events
+from integration.profile.profile_helpers import READER, WRITER, Profile, read_events, rows
 from sqlalchemy import text
 
+from services.profile import service
 from shared.events import registry as ev
 from shared.events import topics
 
@@ -129,3 +131,84 @@ async def test_a_file_without_a_usable_header_is_refused_whole(profile: Profile)
         headers={**WRITER, "Content-Type": "text/csv"},
     )
     assert latin1.status_code == 422 and "not UTF-8" in latin1.json()["detail"]
+
+
+async def test_an_import_that_fails_says_so_and_what_to_do(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = uuid.uuid4().hex[:8]
+    csv_text = HEADER + "".join(
+        f"fail-{m},{m}-{n},2023-01-0{n}T10:00:00Z,10.00,USD,TEE-1,apparel,1\n" for n in (1, 2, 3)
+    )
+
+    async def chunk_fails(*args: Any) -> Any:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(service, "_import_chunk", chunk_fails)
+    failed = await profile.client.post(
+        "/v1/imports/purchases",
+        content=csv_text.encode(),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert failed.status_code == 500
+    monkeypatch.undo()
+    (import_id,) = (
+        await rows(
+            profile.engine,
+            "SELECT id FROM purchase_imports WHERE rows_read = 3 AND orders_total = 3"
+            " AND started_at > now() - interval '1 minute' ORDER BY started_at DESC LIMIT 1",
+        )
+    )[0]
+    response = await profile.client.get(f"/v1/imports/{import_id}", headers=READER)
+    summary = response.json()
+    assert (summary["status"], summary["orders_done"], summary["purchases_created"]) == (
+        "failed",
+        0,
+        0,
+    )
+    assert summary["finished_at"] is not None
+    assert summary["error"].startswith("RuntimeError: the disk is full")
+    assert "importing the same file again records the rest" in summary["error"]
+
+    again = await profile.client.post(
+        "/v1/imports/purchases",
+        content=csv_text.encode(),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert again.status_code == 200, again.text
+    assert (again.json()["purchases_created"], again.json()["duplicates"]) == (3, 0)
+
+
+async def _running_import(profile: Profile) -> uuid.UUID:
+    import_id = uuid.uuid4()
+    async with profile.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO purchase_imports (id, status, actor, started_at, rows_read,"
+                " orders_total, orders_done) VALUES (:id, 'running', 'ops', now(), 10, 10, 4)"
+            ),
+            {"id": import_id},
+        )
+    return import_id
+
+
+async def test_an_import_whose_process_stopped_shows_as_failed(profile: Profile) -> None:
+    stopped, busy = await _running_import(profile), await _running_import(profile)
+    async with profile.engine.connect() as holder:  # the process still importing `busy`
+        await holder.execute(
+            text("SELECT pg_advisory_lock(:k)"), {"k": service.import_lock_key(busy)}
+        )
+        at_work = (await profile.client.get(f"/v1/imports/{busy}", headers=READER)).json()
+        assert (at_work["status"], at_work["error"]) == ("running", None)
+        await holder.execute(
+            text("SELECT pg_advisory_unlock(:k)"), {"k": service.import_lock_key(busy)}
+        )
+    summary = (await profile.client.get(f"/v1/imports/{stopped}", headers=READER)).json()
+    assert (summary["status"], summary["orders_done"]) == ("failed", 4)
+    assert summary["error"].startswith("abandoned: the process running it stopped")
+    assert summary["finished_at"] is not None
+    # Recorded, not only answered: a plain read of the row says so too.
+    (status,) = (
+        await rows(profile.engine, "SELECT status FROM purchase_imports WHERE id = :i", i=stopped)
+    )[0]
+    assert status == "failed"
