@@ -151,8 +151,13 @@ async def list_evaluations(
     _: CanRead,
     page: Annotated[PageParams, Depends(page_params)],
     status: Annotated[EvaluationStatus | None, Query(description="Only runs in this state")] = None,
+    moved_customers: Annotated[
+        bool | None,
+        Query(description="Only runs that moved somebody (true) or nobody (false)"),
+    ] = None,
 ) -> Page[EvaluationRunRead]:
-    """Runs of the time rules (scheduled sweeps and requested ones), newest first."""
+    """Runs of the time rules (scheduled sweeps and requested ones), newest first; the sweep
+    runs every minute, so `moved_customers=true` leaves out the ones that found nobody due."""
     before = None
     if page.cursor is not None:
         try:
@@ -166,7 +171,11 @@ async def list_evaluations(
             raise InvalidInput.field("query.cursor", "not a cursor returned by this API")
     async with transaction(rt.sessions) as session:
         items = await service.evaluation_runs(
-            session, limit=page.limit, status=status, before=before
+            session,
+            limit=page.limit,
+            status=status,
+            moved_customers=moved_customers,
+            before=before,
         )
     next_cursor = (
         encode_cursor(

@@ -1317,12 +1317,17 @@ async def evaluation_runs(
     *,
     limit: int,
     status: EvaluationStatus | None = None,
+    moved_customers: bool | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[EvaluationRunRead]:
-    """Runs, newest first (`before`: the last one of the previous page)."""
+    """Runs, newest first (`before`: the last one of the previous page); `moved_customers`:
+    only those that moved somebody (True) or nobody (False)."""
     query = select(EvaluationRun)
     if status is not None:
         query = query.where(EvaluationRun.status == status)
+    if moved_customers is not None:
+        nobody = EvaluationRun.moved == text("'[]'::jsonb")
+        query = query.where(~nobody if moved_customers else nobody)
     if before is not None:
         query = query.where(
             tuple_(EvaluationRun.requested_at, EvaluationRun.run_id)

@@ -216,3 +216,31 @@ async def test_a_run_cut_short_is_resumed_if_asked_for_async_else_marked_failed(
 
     stopped = await _finished(lifecycle, busy)
     assert stopped["status"] == "failed" and stopped["error"].startswith("abandoned")
+
+
+async def _listed(lifecycle: Lifecycle, **params: Any) -> set[str]:
+    ids: set[str] = set()
+    cursor: str | None = None
+    for _ in range(100):
+        query = {**params, "limit": 200, **({"cursor": cursor} if cursor else {})}
+        response = await lifecycle.client.get(
+            "/v1/lifecycle/evaluations", params=query, headers=READER
+        )
+        assert response.status_code == 200, response.text
+        ids |= {r["run_id"] for r in response.json()["items"]}
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return ids
+    raise AssertionError("more pages than expected")
+
+
+async def test_runs_that_moved_nobody_can_be_left_out(lifecycle: Lifecycle) -> None:
+    await _lapsing_customer(lifecycle)
+    mover = await lifecycle.evaluate(day(150))
+    idle = await lifecycle.evaluate(day(150))  # the same run again: nobody left to move
+    assert mover["total_moved"] >= 1 and idle["total_moved"] == 0
+    moved = await _listed(lifecycle, moved_customers="true")
+    nobody = await _listed(lifecycle, moved_customers="false")
+    assert mover["run_id"] in moved and mover["run_id"] not in nobody
+    assert idle["run_id"] in nobody and idle["run_id"] not in moved
+    assert moved | nobody == await _listed(lifecycle)
