@@ -1210,11 +1210,9 @@ async def request_evaluation(
     return _run_read(run)
 
 
-async def _claim_run(
-    sessions: SessionFactory, *, now: datetime
-) -> tuple[EvaluationRun, bool] | None:
-    """The next run to do, and whether it resumes one cut short; marks a waited-on or scheduled
-    run that was cut short as failed on the way (its caller is gone)."""
+async def _claim_run(sessions: SessionFactory, *, now: datetime) -> EvaluationRun | None:
+    """The next run to do (pending, or asked for asynchronously and cut short); marks a
+    waited-on or scheduled run that was cut short as failed on the way (its caller is gone)."""
     async with transaction(sessions) as session:
         runs = (
             await session.execute(
@@ -1229,12 +1227,12 @@ async def _claim_run(
         for run in runs:
             if run.status == EvaluationStatus.PENDING:
                 run.status, run.started_at, run.updated_at = EvaluationStatus.RUNNING, now, now
-                return run, False
+                return run
             if not await nobody_holds(session, run_lock_key(run.run_id)):
                 continue  # its process is at it
             if run.trigger == EvaluationTrigger.ASYNC_REQUEST:
                 log.warning("lifecycle.evaluation_resumed", run_id=str(run.run_id))
-                return run, True
+                return run
             run.status, run.error, run.finished_at = EvaluationStatus.FAILED, _ABANDONED, now
             log.warning("lifecycle.evaluation_abandoned", run_id=str(run.run_id))
     return None
@@ -1252,10 +1250,9 @@ async def run_requested_evaluations(
     it stood if a process running it stopped. Returns how many finished."""
     done = 0
     for _ in range(limit):  # bounded per tick; more wait for the next tick
-        claimed = await _claim_run(sessions, now=clock.now())
-        if claimed is None:
+        run = await _claim_run(sessions, now=clock.now())
+        if run is None:
             break
-        run, _resumed = claimed
         async with held_while_running(sessions, run_lock_key(run.run_id)):
             try:
                 await _sweep(
