@@ -24,7 +24,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +61,50 @@ def stop_on_signals() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_signals() -> AsyncIterator[None]:
+    """Inside a running loop: SIGTERM or Ctrl-C cancel the task that entered, so that the tasks
+    it started are stopped by its `finally` blocks like on any cancellation (their producers and
+    connections closed), and then `Stop` is raised from here.
+
+    `Stop` raised by a signal handler lands in whichever task runs at that moment: the event
+    loop then cancels every task at once, and a `finally` that waits for another task is cut
+    short. On the way out the handlers of `stop_on_signals` are back; further signals while the
+    cancelled task cleans up are ignored (a second Ctrl-C must not cut that short either)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signal.Signals(signum).name)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if received:
+            raise Stop(received[0]) from None
+        raise
+    else:
+        if received:  # after the body's last wait: its cancellation has not been delivered
+            task.uncancel()
+            raise Stop(received[0])
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        stop_on_signals()
+
+
+async def stoppable(work: Awaitable[T]) -> T:
+    """`work` under `cancel_on_signals`: `asyncio.run(stoppable(main()))`."""
+    async with cancel_on_signals():
+        return await work
 
 
 @contextlib.contextmanager

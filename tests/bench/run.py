@@ -35,7 +35,7 @@ from bench.common import Helper, consumer_lag, token  # noqa: E402
 from bench.population import Population, generate  # noqa: E402
 from bench.profiling import Observation, diagnosis  # noqa: E402
 from bench.stack import BENCH_DATABASE, HARNESS_ROLE, BenchStack  # noqa: E402
-from shared.devstack.process import Stop, signals_held, stop_on_signals  # noqa: E402
+from shared.devstack.process import Stop, signals_held, stop_on_signals, stoppable  # noqa: E402
 
 SECTIONS = (
     "baselines",
@@ -695,7 +695,7 @@ def main() -> int:
         }
         results["sampled_by_py_spy"] = "every step" if args.profile else "the sweeps' extra steps"
         bench = Bench(stack, sizes, args.seed, results, sample_every_step=args.profile)
-        asyncio.run(bench.measure(set(args.only)))
+        asyncio.run(stoppable(bench.measure(set(args.only))))
     except (Stop, KeyboardInterrupt) as stop:
         echo(f"\ninterrupted ({stop}): stopping ...")
         results["interrupted"] = True

@@ -54,7 +54,7 @@ from chaos.load import (  # noqa: E402
 from chaos.reconcile import group_lag  # noqa: E402
 
 from shared.db import asyncpg_dsn  # noqa: E402
-from shared.devstack.process import Stop, signals_held, stop_on_signals  # noqa: E402
+from shared.devstack.process import Stop, signals_held, stop_on_signals, stoppable  # noqa: E402
 from shared.platform import SERVICES  # noqa: E402
 
 
@@ -370,7 +370,8 @@ def main() -> int:
             services = Services(env=env, log_dir=work_dir / "logs", split=False)
             services.start(timeout=180)
             urls = {s: database_urls[f"{s.upper()}_DATABASE_URL"] for s in SERVICES}
-            report = asyncio.run(soak(args, infra, services, urls))
+            # A signal now stops the load's tasks cleanly, then raises Stop.
+            report = asyncio.run(stoppable(soak(args, infra, services, urls)))
         except (Stop, KeyboardInterrupt) as stop:
             print(f"\ninterrupted ({stop}): stopping ...", flush=True)
             return 130
