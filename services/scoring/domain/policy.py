@@ -22,7 +22,8 @@ def _check_sums_to_one(model: BaseModel, what: str) -> None:
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No inf or NaN: a JSON body may carry them (Infinity, 1e999) and JSONB cannot store them.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DimensionWeights(_Settings):

@@ -86,6 +86,34 @@ async def test_invalid_policy_is_refused_and_nothing_changes(scoring: Scoring) -
     assert after.headers["ETag"] == before.headers["ETag"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"loyalty": {"tenure_saturation_days": Infinity}}',
+        b'{"growth": {"category_saturation": 1e999}}',
+        b'{"loyalty": {"referral_saturation": NaN}}',
+    ],
+)
+async def test_a_non_finite_policy_value_is_a_422_and_nothing_changes(
+    scoring: Scoring, body: bytes
+) -> None:
+    # JSON parsers in front of FastAPI accept Infinity, NaN and overflowing numbers: a bound
+    # without an upper limit let inf through to the JSONB column (a 500).
+    before = await scoring.client.get("/v1/value/model", headers=READER)
+    response = await scoring.client.put(
+        "/v1/value/model",
+        content=body,
+        headers=ADMIN | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["errors"][0]["field"].startswith("body.")
+    after = await scoring.client.get("/v1/value/model", headers=READER)
+    assert after.status_code == 200
+    assert after.json()["policy"] == before.json()["policy"]
+    assert after.headers["ETag"] == before.headers["ETag"]
+
+
 async def test_a_new_policy_needs_the_current_etag_and_rescores_everyone(scoring: Scoring) -> None:
     read = await scoring.client.get("/v1/value/model", headers=READER)
     policy = read.json()["policy"]

@@ -59,6 +59,22 @@ def test_tier_cutoffs_must_be_ordered() -> None:
         ValueModelPolicy.model_validate({"weights": {"loyalty": 0.2}, "unknown": 1})
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"loyalty": {"tenure_saturation_days": float("inf")}},
+        {"loyalty": {"category_saturation": float("inf")}},
+        {"loyalty": {"referral_saturation": float("inf")}},
+        {"growth": {"category_saturation": float("inf")}},
+        {"loyalty": {"referral_saturation": float("nan")}},
+    ],
+)
+def test_a_policy_refuses_values_that_are_not_finite(document: dict[str, object]) -> None:
+    # The policy is stored as JSONB, which has no inf or NaN: refused here, a 422 at the edge.
+    with pytest.raises(ValidationError, match="finite"):
+        ValueModelPolicy.model_validate(document)
+
+
 def test_percentile_of_a_small_population_is_its_rank_share() -> None:
     population = [40.0, 10.0, 30.0, 20.0, 50.0]
     points = quantile_breakpoints(population, resolution=200)
