@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
-from pydantic import AwareDatetime
 
 from services.complaints import service
 from services.complaints.domain import ComplaintPolicy, Severity, Status
@@ -16,6 +15,7 @@ from services.complaints.schemas import (
     AcknowledgeBody,
     Analytics,
     AwaitCustomerBody,
+    BusinessTime,
     CloseBody,
     ComplaintCreate,
     ComplaintDetail,
@@ -71,10 +71,10 @@ async def analytics(
     rt: Runtime,
     _: CanRead,
     period_from: Annotated[
-        AwareDatetime | None, Query(alias="from", description="Received at or after")
+        BusinessTime | None, Query(alias="from", description="Received at or after")
     ] = None,
     period_to: Annotated[
-        AwareDatetime | None, Query(alias="to", description="Received before")
+        BusinessTime | None, Query(alias="to", description="Received before")
     ] = None,
 ) -> Analytics:
     now = rt.clock.now()

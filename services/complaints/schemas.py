@@ -7,10 +7,10 @@ it is masked in responses without the `pii:read` scope and deleted when the cust
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.complaints.domain import (
     Action,
@@ -26,8 +26,34 @@ from services.complaints.domain import (
 
 MASK = "***"
 
-Text = Annotated[str, Field(min_length=1, max_length=10_000)]
-Note = Annotated[str | None, Field(None, max_length=10_000, description="Internal note")]
+
+def _storable_text(value: str) -> str:
+    """PostgreSQL text and jsonb cannot hold U+0000: refused here (422), not by the database (500)."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+# Business times leave the SLA arithmetic (targets and pauses, each under a year) far from the
+# end of Python's datetimes; the time must also exist in UTC (PostgreSQL stores it so).
+LATEST_BUSINESS_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _storable_time(value: datetime) -> datetime:
+    """`0001-01-01T00:00:00+01:00` is valid RFC 3339 but has no UTC datetime: 422, not a 500."""
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+    if in_utc >= LATEST_BUSINESS_TIME:
+        raise ValueError(f"must be before {LATEST_BUSINESS_TIME.isoformat()}")
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable_text)]
+BusinessTime = Annotated[AwareDatetime, AfterValidator(_storable_time)]
+Text = Annotated[StorableText, Field(min_length=1, max_length=10_000)]
+Note = Annotated[StorableText | None, Field(None, max_length=10_000, description="Internal note")]
 
 
 class ComplaintCreate(BaseModel):
@@ -37,10 +63,10 @@ class ComplaintCreate(BaseModel):
     channel: Channel
     category: Category
     severity: Severity
-    subject: str = Field(min_length=1, max_length=300)
+    subject: StorableText = Field(min_length=1, max_length=300)
     description: Text
-    order_id: str | None = Field(None, min_length=1, max_length=200)
-    received_at: AwareDatetime | None = Field(
+    order_id: StorableText | None = Field(None, min_length=1, max_length=200)
+    received_at: BusinessTime | None = Field(
         None, description="When the complaint reached us (intake from other channels); default now"
     )
 
@@ -183,7 +209,7 @@ class ComplaintDetail(ComplaintRead):
 class SlaEvaluate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    as_of: AwareDatetime | None = Field(
+    as_of: BusinessTime | None = Field(
         None, description="Business time to evaluate at; default now"
     )
 

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
@@ -556,8 +556,9 @@ async def list_complaints(
         query = query.where(clause if breached_now else ~clause)
     if cursor is not None:
         try:
-            after = (datetime.fromisoformat(cursor["r"]), uuid.UUID(cursor["i"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            # in UTC here: a time without a UTC datetime (year 1 at +01:00) would fail in the driver
+            after = (datetime.fromisoformat(cursor["r"]).astimezone(UTC), uuid.UUID(cursor["i"]))
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from exc
         query = query.where(tuple_(Complaint.received_at, Complaint.id) < after)
     rows = list(

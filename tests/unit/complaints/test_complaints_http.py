@@ -112,3 +112,59 @@ def test_domain_events_become_contract_cloud_events() -> None:
         "level": 1,
         "reason": "manual",
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_args", "field"),
+    [
+        ("post", "/v1/complaints", {"json": {"subject": "a\x00b"}}, "body.subject"),
+        (
+            "post",
+            f"/v1/complaints/{UUID(int=1)}/escalate",
+            {"json": {"reason": "\x00"}},
+            "body.reason",
+        ),
+        (
+            "post",
+            f"/v1/complaints/{UUID(int=1)}/investigate",
+            {"json": {"note": "a\x00"}},
+            "body.note",
+        ),
+        (
+            "post",
+            "/v1/complaints",
+            {"json": {"received_at": "0001-01-01T00:00:00+01:00"}},
+            "body.received_at",
+        ),
+        (
+            "post",
+            "/v1/complaints/sla/evaluate",
+            {"json": {"as_of": "9999-12-31T23:00:00-05:00"}},
+            "body.as_of",
+        ),
+        (
+            "post",
+            "/v1/complaints/sla/evaluate",
+            {"json": {"as_of": "9999-12-31T23:00:00Z"}},
+            "body.as_of",
+        ),
+        (
+            "get",
+            "/v1/complaints/analytics",
+            {"params": {"from": "0001-01-01T00:00:00+01:00"}},
+            "query.from",
+        ),
+    ],
+)
+async def test_what_the_database_cannot_store_is_refused_at_the_edge(  # type: ignore[no-untyped-def]
+    app, method: str, path: str, request_args: dict[str, object], field: str
+) -> None:
+    # U+0000 in text, and times with no UTC datetime (or at the end of time), used to reach
+    # PostgreSQL or the SLA arithmetic and come back as 500
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(
+            method, path, headers=auth("complaints:read", "complaints:write"), **request_args
+        )
+    assert response.status_code == 422, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
