@@ -612,8 +612,12 @@ def _apply(
                 root_causes=policy.root_causes,
             )
         case CloseBody():
-            return domain.close(
-                complaint, at=at, satisfaction=body.satisfaction, feedback=body.feedback
+            return domain.close_after_clocks(
+                complaint,
+                at=at,
+                satisfaction=body.satisfaction,
+                feedback=body.feedback,
+                policy=policy.sla,
             )
         case ReopenBody():
             return domain.reopen(complaint, at=at)
@@ -661,16 +665,23 @@ async def take_step(
     facts = {k: v for k, v in step_fields.items() if k in FACT_FIELDS}
     texts = {k: v for k, v in step_fields.items() if k not in FACT_FIELDS}
     new_escalations = after.escalations[len(before.escalations) :]
-    for escalation in new_escalations:
-        facts |= {"level": escalation.level}
-        session.add(
-            ComplaintEscalation(
-                complaint_id=row.id,
-                level=escalation.level,
-                reason=escalation.reason.value,
-                at=escalation.at,
-                actor=actor,
+    if action is Action.escalate:
+        for escalation in new_escalations:
+            facts |= {"level": escalation.level}
+            session.add(
+                ComplaintEscalation(
+                    complaint_id=row.id,
+                    level=escalation.level,
+                    reason=escalation.reason.value,
+                    at=escalation.at,
+                    actor=actor,
+                )
             )
+    elif (
+        new_escalations
+    ):  # the clocks' (see `domain.close_after_clocks`), as the checker writes them
+        await _record_clock_escalations(
+            session, complaint_id=row.id, status=before.status.value, escalations=new_escalations
         )
     session.add(
         ComplaintStep(
@@ -771,6 +782,40 @@ ORDER BY n
 )
 
 
+async def _record_clock_escalations(
+    session: AsyncSession,
+    *,
+    complaint_id: uuid.UUID,
+    status: str,
+    escalations: Sequence[domain.Escalation],
+) -> None:
+    """One complaint's escalations raised by its clocks, written as `_escalate_batch` writes them."""
+    columns = {
+        "ids": [complaint_id] * len(escalations),
+        "levels": [e.level for e in escalations],
+        "reasons": [e.reason.value for e in escalations],
+        "ats": [e.at for e in escalations],
+    }
+    await session.execute(_ADD_ESCALATIONS, columns)
+    await session.execute(
+        _ADD_ESCALATION_STEPS,
+        {
+            **columns,
+            "statuses": [status] * len(escalations),
+            "action": Action.escalate.value,
+            "actor": SLA_CHECKER,
+        },
+    )
+    _count_breaches([e.level for e in escalations])
+
+
+def _count_breaches(levels: list[int]) -> None:
+    for clock, level in (("first_response", 1), ("resolution", 2)):
+        breaches = levels.count(level)
+        if breaches:
+            metrics.SLA_BREACHES.labels(SERVICE, clock).inc(breaches)
+
+
 @dataclass
 class _Raised:
     """What one checker batch writes, column by column (bound as arrays: one statement each)."""
@@ -858,10 +903,7 @@ async def _escalate_batch(
                 "actor": SLA_CHECKER,
             },
         )
-        for clock, level in (("first_response", 1), ("resolution", 2)):
-            breaches = out.escalation_levels.count(level)
-            if breaches:
-                metrics.SLA_BREACHES.labels(SERVICE, clock).inc(breaches)
+        _count_breaches(out.escalation_levels)
     await add_events(session, MESSAGING, out.events)
     return out.escalation_levels
 

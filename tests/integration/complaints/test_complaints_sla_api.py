@@ -278,6 +278,49 @@ async def test_a_scheduled_job_holds_its_lock_outside_a_transaction(complaints: 
 # --- helpers -------------------------------------------------------------------------------------
 
 
+async def test_closing_a_late_complaint_before_the_checker_runs_still_escalates_it(
+    complaints: Any,
+) -> None:
+    """Closed complaints are not escalated; a close that comes before the checker's next run
+    raises first what the clocks called for (dated at the breach), as the checker would have."""
+    received = datetime(2026, 2, 9, 8, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="high")  # 4 h, 72 h
+    cid = complaint["id"]
+    complaints.clock.set(received + 5 * H)  # first response late
+    await complaints.step(cid, "acknowledge", {"message": "Sorry for the wait"})
+    await complaints.step(cid, "investigate")
+    complaints.clock.set(received + 80 * H)  # resolution late
+    resolution = {"root_cause": "policy", "root_cause_detail": "d", "resolution": "r"}
+    await complaints.step(cid, "resolve", resolution)
+    closed = await complaints.step(cid, "close", {"satisfaction": 2, "feedback": "Too slow"})
+
+    assert closed["status"] == "closed"
+    assert closed["escalation_level"] == 2
+    assert [(e["level"], e["reason"], at(e["at"]), e["actor"]) for e in closed["escalations"]] == [
+        (1, "first_response_breached", received + 4 * H, None),
+        (2, "resolution_breached", received + 72 * H, None),
+    ]
+    detail = await complaints.client.get(f"/v1/complaints/{cid}", headers=_writer())
+    assert [(s["action"], s["actor"]) for s in detail.json()["history"]][-3:] == [
+        ("escalate", "sla-checker"),
+        ("escalate", "sla-checker"),
+        ("close", "agent-7"),
+    ]
+    await complaints.evaluate(received + 500 * H)  # nothing more once closed
+    assert await _level(complaints, cid) == 2
+    events = await complaints.events_of(cid, want=7)
+    assert [(e["type"].split(".")[2], e["data"].get("level")) for e in events] == [
+        ("opened", None),
+        ("acknowledged", None),
+        ("resolved", None),
+        ("escalated", 1),
+        ("escalated", 2),
+        ("closed", None),
+    ]
+
+
 def _writer() -> dict[str, str]:
     return auth("complaints:read", "complaints:write", "pii:read", subject="agent-7")
 

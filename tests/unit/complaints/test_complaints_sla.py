@@ -462,6 +462,34 @@ def test_closed_complaints_are_not_escalated() -> None:
     assert domain.escalations_due(complaint, T0 + 300 * H, POLICY) == []
 
 
+def test_closing_first_raises_what_the_clocks_called_for_whenever_the_checker_ran() -> None:
+    """Resolved late (due T0 + 120h) and closed before the checker's next run: the close raises
+    level 2 dated at the breach, as a checker run between resolve and close would have; then
+    nothing more is due. Resolved on time, closing raises nothing."""
+    late = resolve(investigating(), T0 + 130 * H)
+    outcome = domain.close_after_clocks(
+        late, at=T0 + 130 * H + 5 * US, satisfaction=2, feedback="slow", policy=POLICY
+    )
+    assert levels(outcome.complaint.escalations) == [(2, "resolution_breached", T0 + 120 * H)]
+    assert [type(e).__name__ for e in outcome.events] == ["ComplaintEscalated", "ComplaintClosed"]
+    assert outcome.complaint.status is Status.closed
+    assert domain.escalations_due(outcome.complaint, T0 + 1000 * H, POLICY) == []
+    # The same complaint with a checker run between resolve and close: the same escalations.
+    checked = domain.evaluate_sla(late, as_of=T0 + 130 * H + US, policy=POLICY).complaint
+    closed = domain.close_after_clocks(
+        checked, at=T0 + 130 * H + 5 * US, satisfaction=2, feedback="slow", policy=POLICY
+    )
+    assert levels(closed.complaint.escalations) == levels(outcome.complaint.escalations)
+    assert [type(e).__name__ for e in closed.events] == ["ComplaintClosed"]
+
+    on_time = resolve(investigating(), T0 + 100 * H)
+    outcome = domain.close_after_clocks(
+        on_time, at=T0 + 200 * H, satisfaction=5, feedback="ok", policy=POLICY
+    )
+    assert outcome.complaint.escalations == ()
+    assert [type(e).__name__ for e in outcome.events] == ["ComplaintClosed"]
+
+
 def test_a_paused_complaint_is_not_escalated_for_resolution() -> None:
     complaint = domain.await_customer(investigating(), at=T0 + 100 * H).complaint
     assert domain.escalations_due(complaint, T0 + 1000 * H, POLICY) == []
