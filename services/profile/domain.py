@@ -137,6 +137,23 @@ def _has_control_characters(text: str) -> bool:
     return any(unicodedata.category(char) in _CONTROL_CATEGORIES for char in text)
 
 
+#: Line breaks and tabs are fine in free text (summaries, reasons); other control characters
+#: are not, NUL above all: PostgreSQL can store it in neither text nor JSON.
+_LINE_BREAKS = str.maketrans("", "", "\n\r\t")
+
+
+def _has_control_characters_besides_line_breaks(text: str) -> bool:
+    return _has_control_characters(text.translate(_LINE_BREAKS))
+
+
+def search_term_problems(term: str, loc: Loc = ("q",)) -> list[FieldProblem]:
+    """A search term can match nothing stored when it holds control characters (names, e-mails,
+    references and phones refuse them), and PostgreSQL cannot take NUL in a query at all."""
+    if _has_control_characters(term):
+        return [FieldProblem(loc, "must not contain control characters")]
+    return []
+
+
 def normalise_email(raw: str) -> str:
     """Trim, validate (syntax only, no DNS) and lower-case the whole address.
 
@@ -257,7 +274,19 @@ def validate_custom_attributes(
         raise RuleViolation.single(loc, f"takes {size} bytes as JSON; at most {max_bytes} allowed")
     if any(not isinstance(key, str) or not key.strip() for key in attributes):
         raise RuleViolation.single(loc, "keys must be non-empty strings")
+    if _holds_nul(attributes):  # PostgreSQL's jsonb cannot hold it
+        raise RuleViolation.single(loc, "must not contain the NUL character (\\u0000)")
     return dict(attributes)
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _json_depth(value: object) -> int:
@@ -296,6 +325,8 @@ def normalise_address(address: Address, *, loc: Loc = ("address",)) -> Address:
             problems.append(
                 FieldProblem((*loc, name), f"must be at most {MAX_NAME_LENGTH} characters")
             )
+        elif _has_control_characters(text):
+            problems.append(FieldProblem((*loc, name), "must not contain control characters"))
         return text
 
     def optional(value: str | None, name: str) -> str | None:
@@ -451,6 +482,8 @@ def change_consents(
     source_label = source.strip()
     if not source_label or len(source_label) > MAX_CONSENT_SOURCE_LENGTH:
         raise RuleViolation.single(("source",), f"must be 1-{MAX_CONSENT_SOURCE_LENGTH} characters")
+    if _has_control_characters(source_label):
+        raise RuleViolation.single(("source",), "must not contain control characters")
     changed_at = at.astimezone(UTC)
     new_state = dict(state)
     changes: list[ConsentChange] = []
@@ -596,6 +629,14 @@ def business_time_problems(
         _require_aware(moment, loc)
     except RuleViolation as error:
         return list(error.problems)
+    try:
+        moment.astimezone(UTC)  # stored and compared in UTC
+    except OverflowError:
+        return [
+            FieldProblem(
+                loc, f"{moment.isoformat()} is out of range: in UTC it falls outside years 1-9999"
+            )
+        ]
     if moment > now + max_clock_skew:
         return [
             FieldProblem(
@@ -733,6 +774,15 @@ def _check_item(item: LineItem, currency: str, loc: Loc) -> tuple[list[FieldProb
 MAX_REASON_LENGTH: Final = 500
 
 
+def normalise_order_id(raw: str, *, loc: Loc = ("order_id",)) -> str:
+    """An order id as purchases store it: trimmed, 1-200 characters, no control characters."""
+    order_id = raw.strip()
+    problems = _text_problems(order_id, loc, max_length=MAX_ORDER_ID_LENGTH)
+    if problems:
+        raise RuleViolation(problems)
+    return order_id
+
+
 @dataclass(frozen=True, slots=True)
 class Refund:
     order_id: str
@@ -777,6 +827,8 @@ def validate_refund(
         problems.append(
             FieldProblem(("reason",), f"must be at most {MAX_REASON_LENGTH} characters")
         )
+    elif reason_text and _has_control_characters_besides_line_breaks(reason_text):
+        problems.append(FieldProblem(("reason",), "must not contain control characters"))
     if problems:
         raise RuleViolation(problems)
     if amount > paid - already_refunded:
@@ -834,6 +886,8 @@ def validate_interaction(
         problems.append(
             FieldProblem(("summary",), f"must be at most {MAX_SUMMARY_LENGTH} characters")
         )
+    elif _has_control_characters_besides_line_breaks(summary):
+        problems.append(FieldProblem(("summary",), "must not contain control characters"))
     problems += business_time_problems(
         occurred_at, ("occurred_at",), now=now, max_clock_skew=max_clock_skew
     )
@@ -1211,6 +1265,16 @@ class IngestOrder(BaseModel):
     @classmethod
     def _blank_is_absent(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("external_ref")
+    @classmethod
+    def _normalise_external_ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalise_external_ref(value)
+        except RuleViolation as error:
+            raise ValueError(error.problems[0].message) from error
 
     @field_validator("email")
     @classmethod

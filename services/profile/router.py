@@ -71,7 +71,7 @@ def _expected_version(if_match: str | None) -> int:
             "Send If-Match with the ETag of the customer you read (lost updates are refused)"
         )
     tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    if not (tag.isascii() and tag.isdigit()):  # isdigit() alone takes "²", which int() refuses
         raise PreconditionFailed(f"If-Match {if_match!r} is not an ETag of this API")
     return int(tag)
 

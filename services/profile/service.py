@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, literal, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -235,9 +236,20 @@ async def register_customer(
     await _flush_unique(session, email=customer.email, external_ref=customer.external_ref)
     events = [registered_event(customer)]
     if data.consents:
-        outcome = domain.change_consents(
-            {}, data.consents, at=registered_at, source=data.consent_source
-        )
+        try:
+            outcome = domain.change_consents(
+                {}, data.consents, at=registered_at, source=data.consent_source
+            )
+        except domain.RuleViolation as error:  # the request names it `consent_source`
+            raise domain.RuleViolation(
+                [
+                    domain.FieldProblem(
+                        ("consent_source",) if problem.loc == ("source",) else problem.loc,
+                        problem.message,
+                    )
+                    for problem in error.problems
+                ]
+            ) from error
         events += await _store_consent_changes(session, customer.id, outcome)
     await add_events(session, MESSAGING, events)
     return customer
@@ -335,6 +347,11 @@ async def erase_customer(session: AsyncSession, *, customer_id: uuid.UUID, now: 
         ComplaintProjection,
     ):
         await session.execute(delete(table).where(table.customer_id == customer_id))
+    # Refunds stay with their amounts only: a reason is free text about the person.
+    await session.execute(
+        update(Refund).where(Refund.customer_id == customer_id).values(reason=None)
+    )
+    await _forget_stored_answers(session, customer_id)
     await add_events(
         session,
         MESSAGING,
@@ -346,6 +363,45 @@ async def erase_customer(session: AsyncSession, *, customer_id: uuid.UUID, now: 
                 data=p.CustomerErased(customer_id=customer_id),
             )
         ],
+    )
+
+
+#: What a stored registration answer keeps after an erasure: the fields erasure clears, cleared.
+_ERASED_ANSWER: dict[str, Any] = {
+    "name": None,
+    "email": None,
+    "phone": None,
+    "addresses": [],
+    "external_ref": None,
+    "tags": [],
+    "custom_attributes": {},
+    "source_channel": None,
+}
+
+
+async def _forget_stored_answers(session: AsyncSession, customer_id: uuid.UUID) -> None:
+    """Idempotency-Key answers are replayed as stored: those about an erased customer must not
+    hand its personal data back. A retried refund or interaction then meets the erasure (404);
+    a retried registration still gets its answer, with the personal fields cleared."""
+    keys = MESSAGING.idempotency
+    await session.execute(
+        delete(keys).where(
+            keys.c.scope.in_(
+                [f"profile:refund:{customer_id}", f"profile:interaction:{customer_id}"]
+            )
+        )
+    )
+    await session.execute(
+        update(keys)
+        .where(
+            keys.c.scope.startswith("profile:register:", autoescape=True),
+            keys.c.response["id"].astext == str(customer_id),
+        )
+        .values(
+            response=keys.c.response.op("||", return_type=JSONB)(
+                literal(_ERASED_ANSWER, type_=JSONB)
+            )
+        )
     )
 
 
@@ -367,6 +423,8 @@ async def search_customers(
     query = select(Customer).where(Customer.erased_at.is_(None))
     if q and q.strip():
         term = q.strip()
+        if problems := domain.search_term_problems(term):
+            raise InvalidInput.field("query.q", problems[0].message)
         escaped = _like_escape(term.lower())
         matches = [
             func.lower(Customer.name).like(f"%{escaped}%", escape="\\"),
@@ -726,11 +784,12 @@ async def record_refund(
     settings: ProfileSettings,
     now: datetime,
 ) -> tuple[Refund, Purchase]:
+    order_id = domain.normalise_order_id(data.order_id)
     await lock_customers(session, [customer_id])
     await get_customer(session, customer_id=customer_id)
     purchase = await session.scalar(
         select(Purchase)
-        .where(Purchase.order_id == data.order_id.strip(), Purchase.customer_id == customer_id)
+        .where(Purchase.order_id == order_id, Purchase.customer_id == customer_id)
         .with_for_update()
     )
     if purchase is None:
@@ -800,6 +859,8 @@ async def record_interaction(
     settings: ProfileSettings,
     now: datetime,
 ) -> Interaction:
+    # Held to the commit: an erasure (which deletes interactions) cannot pass in between.
+    await lock_customers(session, [customer_id])
     await get_customer(session, customer_id=customer_id)
     interaction = domain.validate_interaction(
         channel=data.channel,
@@ -1092,10 +1153,13 @@ async def ingest_orders(
             db, purchase_ids, owners, purchases, events, about, created=created, origin="ingest"
         )
     }
+    # Every order not inserted is checked against what is recorded, an order_id the batch
+    # itself repeats included: one differing from the first is a conflict, as one by one.
+    inserted_ids = set(inserted.values())
     repeated = [
         (owner, purchase)
-        for owner, purchase in zip(owners, purchases, strict=True)
-        if purchase.order_id not in inserted
+        for purchase_id, owner, purchase in zip(purchase_ids, owners, purchases, strict=True)
+        if purchase_id not in inserted_ids
     ]
     if repeated:
         recorded = {
@@ -1184,6 +1248,11 @@ _IMPORT_AGAIN = (
 )
 
 
+def _storable(text: str | None) -> str | None:
+    """A rejected row's text as jsonb can hold it (no NUL), escaped as the reasons show it."""
+    return text.replace("\x00", "\\x00") if text else text
+
+
 def import_lock_key(import_id: uuid.UUID) -> int:
     """The lock the process running this import holds (`held_while_running`)."""
     return advisory_key(f"profile:import:{import_id}")
@@ -1211,7 +1280,7 @@ async def _write_import(
     settings: ProfileSettings,
 ) -> PurchaseImport:
     rejections = [
-        {"line": r.line, "order_id": r.order_id, "reason": r.reason}
+        {"line": r.line, "order_id": _storable(r.order_id), "reason": r.reason}
         for r in parsed.rejections[:MAX_REJECTIONS_KEPT]
     ]
     async with transaction(sessions) as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 import pytest
 from integration.profile.profile_helpers import PII_READER, READER, WRITER, Profile, read_events
@@ -280,3 +281,53 @@ async def test_erasure_forgets_personal_data_and_tells_the_others(profile: Profi
         types={ev.CUSTOMER_ERASED},
     )
     assert events[0]["data"] == {"customer_id": customer["id"]}
+
+
+async def test_erasure_leaves_no_free_text_in_refunds_or_replayable_answers(
+    profile: Profile,
+) -> None:
+    """Refunds stay with their amounts only; an Idempotency-Key replay after the erasure does
+    not hand back the personal data the first answer carried."""
+    writer_with_pii = auth("customers:read", "customers:write", "pii:read", subject="desk")
+    registration = {"name": "Forget Me Too", "email": f"{uuid.uuid4().hex[:10]}@example.com"}
+    registered = await profile.client.post(
+        "/v1/customers",
+        json=registration,
+        headers={**writer_with_pii, "Idempotency-Key": (register_key := uuid.uuid4().hex)},
+    )
+    assert registered.status_code == 201 and registered.json()["name"] == "Forget Me Too"
+    url = f"/v1/customers/{registered.json()['id']}"
+    order = {"order_id": f"E-{uuid.uuid4().hex[:8]}", "amount": "10.00", "currency": "USD"}
+    assert (await profile.client.post(url + "/purchases", json=order, headers=WRITER)).is_success
+    refund = {**order, "amount": "4.00", "reason": "Forget Me Too of 1 High St: mug broke"}
+    refund_headers = {**WRITER, "Idempotency-Key": uuid.uuid4().hex}
+    assert (
+        await profile.client.post(url + "/refunds", json=refund, headers=refund_headers)
+    ).status_code == 201
+    call = {"channel": "phone", "direction": "inbound", "summary": "Forget Me Too rang"}
+    call_headers = {**WRITER, "Idempotency-Key": uuid.uuid4().hex}
+    assert (
+        await profile.client.post(url + "/interactions", json=call, headers=call_headers)
+    ).status_code == 201
+
+    assert (await profile.client.delete(url, headers=WRITER)).status_code == 204
+
+    async with profile.engine.connect() as conn:
+        kept = (
+            await conn.execute(
+                text("SELECT amount, reason FROM refunds WHERE customer_id = :id"),
+                {"id": registered.json()["id"]},
+            )
+        ).all()
+    assert [tuple(row) for row in kept] == [(Decimal("4.00"), None)]
+    replays = [
+        await profile.client.post(
+            "/v1/customers",
+            json=registration,
+            headers={**writer_with_pii, "Idempotency-Key": register_key},
+        ),
+        await profile.client.post(url + "/refunds", json=refund, headers=refund_headers),
+        await profile.client.post(url + "/interactions", json=call, headers=call_headers),
+    ]
+    for replay in replays:
+        assert "Forget Me Too" not in replay.text, replay.text

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from support import eventually, waiting_for_advisory_lock
 
 from services.profile import domain, service
 from shared.db import session_factory, transaction
+from shared.errors import Conflict
 from shared.events import registry as ev
 from shared.events import topics
 from shared.messaging.outbox import advisory_key
@@ -286,3 +288,43 @@ async def test_an_ingested_batch_waits_for_a_writer_holding_its_customer(profile
             )
         ).all()
     assert [(str(r[0]), r[1], r[2]) for r in recorded] == [(customer["id"], "BOOK-1", 1)] * 2
+
+
+async def test_a_batch_repeating_an_order_id_differently_is_refused_as_one_by_one_would(
+    profile: Profile,
+) -> None:
+    """Within one batch, an order_id again with another amount or for another customer is the
+    conflict it is across batches: the batch fails (the consumer then redoes it message by
+    message, which dead-letters the culprit), instead of dropping the second order silently."""
+    marker = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+
+    def parsed(**fields: Any) -> tuple[domain.IngestOrder, domain.Purchase]:
+        return domain.parse_ingest_order(
+            orjson.dumps(ingest_order(**fields)),
+            base_currency="USD",
+            now=now,
+            max_clock_skew=timedelta(minutes=5),
+        )
+
+    same_customer = {"external_ref": f"dup-{marker}"}
+    for n, second in enumerate(
+        [
+            {**same_customer, "amount": "30.00", "items": []},
+            {"external_ref": f"other-{marker}"},
+        ]
+    ):
+        order_id = f"{marker}-{n}"
+        batch = [
+            parsed(order_id=order_id, **same_customer),
+            parsed(order_id=order_id, **second),
+        ]
+        with pytest.raises(Conflict, match=order_id):
+            async with transaction(session_factory(profile.engine)) as session:
+                await service.ingest_orders(session, orders=batch)
+        assert await purchase_of(profile, order_id) is None
+    # the same order twice, as it was, is still a plain duplicate
+    same = parsed(order_id=f"{marker}-same", external_ref=f"dup-{marker}")
+    async with transaction(session_factory(profile.engine)) as session:
+        await service.ingest_orders(session, orders=[same, same])
+    assert (await purchase_of(profile, f"{marker}-same") or {})["amount"] == Decimal("25.00")

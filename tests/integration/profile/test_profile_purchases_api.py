@@ -9,9 +9,15 @@ from decimal import Decimal
 
 import pytest
 from integration.profile.profile_helpers import READER, WRITER, Profile, read_events, rows
+from support import eventually, waiting_for_advisory_lock
 
+from services.profile import service
+from services.profile.domain import InteractionDirection
+from services.profile.schemas import InteractionCreate
+from shared.db import session_factory, transaction
 from shared.events import registry as ev
 from shared.events import topics
+from shared.messaging.outbox import advisory_key
 
 pytestmark = pytest.mark.integration
 
@@ -276,3 +282,38 @@ async def test_interactions_are_recorded_and_listed(profile: Profile) -> None:
         url, json={"channel": "phone", "direction": "sideways", "summary": "x"}, headers=WRITER
     )
     assert bad.status_code == 422
+
+
+async def test_an_interaction_recorded_during_an_erasure_does_not_outlive_it(
+    profile: Profile,
+) -> None:
+    """An interaction's summary is free text about the person: erasure deletes them. One being
+    recorded while the customer is erased either lands first (and is deleted) or sees the
+    erasure (404); it never slips in behind the erasure's delete."""
+    customer = await profile.register()
+    customer_id = uuid.UUID(customer["id"])
+    key = advisory_key(f"customer:{customer_id}")
+    async with transaction(session_factory(profile.engine)) as session:
+        await service.record_interaction(
+            session,
+            customer_id=customer_id,
+            data=InteractionCreate(
+                channel="phone", direction=InteractionDirection.INBOUND, summary="Jane rang"
+            ),
+            recorded_by="clerk",
+            settings=profile.settings,
+            now=datetime.now(UTC),
+        )
+        erasure = asyncio.create_task(
+            profile.client.delete(f"/v1/customers/{customer_id}", headers=WRITER)
+        )
+
+        async def erased_or_waiting() -> bool | None:
+            return erasure.done() or await waiting_for_advisory_lock(profile.engine, key)
+
+        await eventually(erased_or_waiting, timeout=15, what="the erasure ended or waiting")
+    assert (await erasure).status_code == 204
+    left = await rows(
+        profile.engine, "SELECT summary FROM interactions WHERE customer_id = :c", c=customer_id
+    )
+    assert left == []

@@ -118,6 +118,19 @@ def test_business_rules_apply_after_the_shape() -> None:
     assert "in the future" in problems(payload(occurred_at=future))[("occurred_at",)]
 
 
+def test_a_time_whose_utc_form_leaves_the_calendar_is_a_rule_violation() -> None:
+    """00:00 of year 1 at +14:00 is in year 0 in UTC: a reason for the DLQ, not a crash."""
+    assert (
+        "out of range"
+        in problems(payload(occurred_at="0001-01-01T00:00:00+14:00"))[("occurred_at",)]
+    )
+
+
+def test_external_ref_with_control_characters_is_a_rule_violation() -> None:
+    """A NUL cannot be stored: refused with the reason, not a database error on every retry."""
+    assert "control characters" in problems(payload(external_ref="shop\x0042"))[("external_ref",)]
+
+
 def test_rule_violation_message_is_the_dlq_reason() -> None:
     with pytest.raises(RuleViolation) as caught:
         ingest(payload(currency="EUR", amount="1.001", items=[]))

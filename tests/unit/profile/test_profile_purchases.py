@@ -264,3 +264,45 @@ def test_interaction_without_summary_or_from_the_future_is_refused() -> None:
             now=NOW,
         )
     assert {problem.loc for problem in caught.value.problems} == {("summary",), ("occurred_at",)}
+
+
+def test_free_text_keeps_line_breaks_but_not_other_control_characters() -> None:
+    """Summaries and reasons may run over lines; a NUL (which PostgreSQL cannot store) or
+    another control character is refused on its field."""
+    kept = validate_interaction(
+        channel="phone",
+        direction=InteractionDirection.INBOUND,
+        summary="asked about delivery\r\n\tthen about returns",
+        occurred_at=NOW,
+        now=NOW,
+    )
+    assert kept.summary == "asked about delivery\r\n\tthen about returns"
+    with pytest.raises(RuleViolation) as caught:
+        validate_interaction(
+            channel="phone",
+            direction=InteractionDirection.INBOUND,
+            summary="asked\x00",
+            occurred_at=NOW,
+            now=NOW,
+        )
+    assert [problem.loc for problem in caught.value.problems] == [("summary",)]
+    with pytest.raises(RuleViolation) as refused:
+        validate_refund(
+            order_id="A-1",
+            amount=D("1.00"),
+            currency="USD",
+            refunded_at=NOW,
+            paid=D("10.00"),
+            already_refunded=D(0),
+            purchased_at=NOW - timedelta(days=1),
+            reason="broken\x1b[31m",
+            base_currency="USD",
+            now=NOW,
+        )
+    assert [problem.loc for problem in refused.value.problems] == [("reason",)]
+
+
+def test_a_time_outside_the_calendar_in_utc_is_refused_on_its_field() -> None:
+    """Year 1 at +14:00 is year 0 in UTC: a 422 on occurred_at, not an OverflowError."""
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    assert "out of range" in problems_of(occurred_at=early)[("occurred_at",)]
