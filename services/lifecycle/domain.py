@@ -29,7 +29,8 @@ Decisions recorded here (made with the lead; the tests pin every one of them):
   when the criteria hold (the churn was a mistake); a purchase older than a complaint in
   force does not end that complaint's decline, and a complaint seen before an older
   purchase declines the customer once that purchase arrives (trigger ``complaint_opened``);
-  a complaint or a P(alive) score older than the latest order moves nothing.
+  a complaint or a P(alive) score older than the latest order moves nothing, and a score
+  older than the current decline neither (in order it found the customer before it).
   The exception: a late purchase can shorten g so much that an earlier gap becomes
   churn-long in hindsight; in order that was a churn and a winback (growth), while the
   customer may already be ``mature``: they stay mature, since stages only move along the
@@ -779,8 +780,8 @@ def _apply_purchase(
     elif state.stage is Stage.DECLINE and _lapse_threshold_at(state, policy) > state.since:
         # Lapsing: with this purchase known, the lapse had not happened by its date.
         move(target, Reason.REACTIVATED)
-    elif state.stage is Stage.CHURNED and _purchase_ends_churn(state, policy):
-        late_correction = at < state.since and state.reason is Reason.INACTIVE
+    elif state.stage is Stage.CHURNED and _purchase_ends_churn(state, policy, at):
+        late_correction = at < state.since
         move(Stage.GROWTH, Reason.WINBACK)
         if late_correction and established:
             # In order the churn would not have happened: restore what reactivation gives.
@@ -803,11 +804,23 @@ def _apply_purchase(
     return state, changes
 
 
-def _purchase_ends_churn(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
+def _purchase_ends_churn(state: CustomerLifecycle, policy: LifecyclePolicy, at: datetime) -> bool:
     if state.reason is Reason.INACTIVE:
         # With this purchase known, would inactivity still have churned them by then?
         return _churn_threshold_at(state, policy) > state.since
-    return True  # model churn: a purchase is stronger evidence of life than the model
+    if at >= state.since:
+        return True  # a purchase after the model churn: a winback
+    # Older than the score (a model churn is dated at its score): in order the score found
+    # the customer after this purchase, and churned them only if they were declining still.
+    return not _declining_at(state, policy, state.since)
+
+
+def _declining_at(state: CustomerLifecycle, policy: LifecyclePolicy, at: datetime) -> bool:
+    """Whether, with the orders known, the customer was in decline at ``at``: lapsed before
+    it, or declined by a complaint opened since the latest order and not resolved."""
+    if _lapse_threshold_at(state, policy) < at:
+        return True
+    return any(state.complaints[cid].opened_at <= at for cid in _complaints_in_force(state, policy))
 
 
 def _complaints_in_force(state: CustomerLifecycle, policy: LifecyclePolicy) -> frozenset[str]:
@@ -1004,7 +1017,9 @@ def on_value_scored(
     """Model churn: decline -> churned when P(alive) < policy threshold.
 
     A score older than the latest order is stale (it did not see that order) and is
-    ignored. Scores for customers without state carry no fact we keep: the caller skips them.
+    ignored; so is one older than the current decline (in order it found the customer in
+    the stage before, where model churn moves nothing). Scores for customers without state
+    carry no fact we keep: the caller skips them.
     """
     _require_aware(at)
     if not 0.0 <= p_alive <= 1.0:
@@ -1013,16 +1028,25 @@ def on_value_scored(
     if latest_order is not None and latest_order > at:
         return Decision(state)
     current, changes = _enter(state, policy, at)
-    if current.stage is Stage.DECLINE and p_alive < policy.model_churn_p_alive:
+    if (
+        current.stage is Stage.DECLINE
+        and _in_force_at(current, at)
+        and p_alive < policy.model_churn_p_alive
+    ):
         current, change = _move(
-            current,
-            Stage.CHURNED,
-            Reason.MODEL_CHURN,
-            Trigger.VALUE_SCORED,
-            max(at, current.since),
+            current, Stage.CHURNED, Reason.MODEL_CHURN, Trigger.VALUE_SCORED, at
         )
         changes.append(change)
     return Decision(current, tuple(changes))
+
+
+def _in_force_at(state: CustomerLifecycle, at: datetime) -> bool:
+    """Whether an event at ``at`` finds the current stage (in order, not seen late).
+
+    A stage an event entered is in force from that instant on; one a time rule entered only
+    after it (a rule fires for times strictly after its due time, see :func:`evaluate`).
+    """
+    return state.since < at or (state.since == at and state.reason is not Reason.LAPSING)
 
 
 # --- time rules -------------------------------------------------------------------------

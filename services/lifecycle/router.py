@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from services.lifecycle import service
 from services.lifecycle.config import LifecycleSettings
@@ -26,28 +25,41 @@ from shared.db import transaction
 from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
+from shared.http.inputs import BusinessTime
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
+from shared.http.preconditions import etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
 
 CanRead = Annotated[Principal, Depends(require("lifecycle:read"))]
 CanAdmin = Annotated[Principal, Depends(require("lifecycle:admin"))]
-IfMatch = Annotated[
-    str | None, Header(description="ETag of the policy version this change is based on (optional)")
+IfMatchHeader = Annotated[
+    str | None,
+    Header(description="ETag(s) of the policy version this change is based on, or * (optional)"),
 ]
 
 
-def _etag(version: int) -> str:
-    return f'"{version}"'
+# The largest version a cursor may name (the column is a PostgreSQL integer).
+_MAX_VERSION = 2**31 - 1
 
 
-def _version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    raw = if_match.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit():
-        raise InvalidInput.field("header.if-match", "must be an ETag returned by this API")
-    return int(raw)
+def _not_a_cursor() -> InvalidInput:
+    return InvalidInput.field("query.cursor", "not a cursor returned by this API")
+
+
+def _runs_before(cursor: dict[str, Any]) -> tuple[datetime, uuid.UUID]:
+    """The last run of the previous page, from a cursor of `list_evaluations`."""
+    requested_at, run_id = cursor.get("requested_at"), cursor.get("run_id")
+    if not isinstance(requested_at, str) or not isinstance(run_id, str):
+        raise _not_a_cursor()
+    try:
+        before = datetime.fromisoformat(requested_at), uuid.UUID(run_id)
+        if before[0].tzinfo is None:
+            raise ValueError("naive")
+        before[0].astimezone(UTC)  # has a UTC form (PostgreSQL compares in UTC)
+    except (ValueError, OverflowError) as exc:
+        raise _not_a_cursor() from exc
+    return before
 
 
 @router.get("/customers/{customer_id}/lifecycle", response_model=LifecycleRead)
@@ -64,7 +76,7 @@ async def read_distribution(
     rt: Runtime,
     _: CanRead,
     as_of: Annotated[
-        AwareDatetime | None, Query(description="A past time: counts from the stage history")
+        BusinessTime | None, Query(description="A past time: counts from the stage history")
     ] = None,
 ) -> DistributionRead:
     """Customers per stage (the funnel) with the median time in stage."""
@@ -158,17 +170,7 @@ async def list_evaluations(
 ) -> Page[EvaluationRunRead]:
     """Runs of the time rules (scheduled sweeps and requested ones), newest first; the sweep
     runs every minute, so `moved_customers=true` leaves out the ones that found nobody due."""
-    before = None
-    if page.cursor is not None:
-        try:
-            before = (
-                datetime.fromisoformat(page.cursor["requested_at"]),
-                uuid.UUID(page.cursor["run_id"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from exc
-        if before[0].tzinfo is None:
-            raise InvalidInput.field("query.cursor", "not a cursor returned by this API")
+    before = _runs_before(page.cursor) if page.cursor is not None else None
     async with transaction(rt.sessions) as session:
         items = await service.evaluation_runs(
             session,
@@ -191,7 +193,7 @@ async def list_evaluations(
 async def read_policy(rt: Runtime, _: CanRead, response: Response) -> PolicyRead:
     async with transaction(rt.sessions) as session:
         current = await service.policy_in_force(session, shared_lock=False)
-    response.headers["ETag"] = _etag(current.version)
+    response.headers["ETag"] = etag(current.version)
     return service.policy_read(current)
 
 
@@ -201,17 +203,17 @@ async def replace_policy(
     rt: Runtime,
     principal: CanAdmin,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> PolicyRead:
     """Replace the thresholds; applies to evaluations from now on and is recorded as a version."""
     policy = await service.replace_policy(
         rt.sessions,
         policy=body,
-        if_match=_version(if_match),
+        if_match=parse_if_match(if_match, what="the lifecycle policy"),
         changed_by=principal.subject,
         now=rt.clock.now(),
     )
-    response.headers["ETag"] = _etag(policy.version)
+    response.headers["ETag"] = etag(policy.version)
     return policy
 
 
@@ -221,8 +223,9 @@ async def list_policy_versions(
 ) -> Page[PolicyRead]:
     """Every policy ever set, newest first."""
     before = page.cursor.get("version") if page.cursor else None
-    if before is not None and not isinstance(before, int):
-        raise InvalidInput.field("query.cursor", "not a cursor returned by this API")
+    # bool is an int to Python, not to SQL; and the column holds 32 bits.
+    if before is not None and (type(before) is not int or not 0 <= before <= _MAX_VERSION):
+        raise _not_a_cursor()
     async with transaction(rt.sessions) as session:
         items = await service.policy_versions(session, limit=page.limit, before=before)
     next_cursor = (

@@ -6,9 +6,10 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from services.lifecycle.domain import LifecyclePolicy, Reason, Stage
+from shared.http.inputs import BusinessTime
 
 
 class TransitionRead(BaseModel):
@@ -54,7 +55,7 @@ class DistributionRead(BaseModel):
 
 
 class EvaluateRequest(BaseModel):
-    as_of: AwareDatetime | None = Field(
+    as_of: BusinessTime | None = Field(
         None, description="Business time to evaluate at (backfills, tests); default: now"
     )
 

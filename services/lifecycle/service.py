@@ -76,6 +76,7 @@ from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
+from shared.http.preconditions import IfMatch
 from shared.messaging.consumer import is_transient
 from shared.messaging.outbox import advisory_key, outbox_arrays, outbox_insert
 from shared.observability.logging import get_logger
@@ -126,7 +127,7 @@ async def replace_policy(
     sessions: SessionFactory,
     *,
     policy: LifecyclePolicy,
-    if_match: int | None,
+    if_match: IfMatch | None,
     changed_by: str,
     now: datetime,
 ) -> PolicyRead:
@@ -138,9 +139,10 @@ async def replace_policy(
     async with transaction(sessions) as session:
         await session.execute(text(_POLICY_LOCK.format(mode="")))
         current = await policy_in_force(session, shared_lock=False)
-        if if_match is not None and if_match != current.version:
+        if if_match is not None and not if_match.admits(current.version):
             raise PreconditionFailed(
-                f"The policy is at version {current.version}, not {if_match}: reload and retry"
+                f"The policy is at version {current.version}, not {if_match.describe()}: "
+                "reload and retry"
             )
         version = current.version + 1
         session.add(

@@ -436,7 +436,38 @@ def test_a_score_older_than_the_latest_purchase_is_stale(journey) -> None:
     j.buy(day(5), order_id="late")  # late purchase, before the complaint: still in decline
     assert j.stage is Stage.DECLINE
     assert j.score(day(4), 0.01) == ()  # computed before the purchase of day 5
-    assert [c.at for c in j.score(day(6), 0.01)] == [day(10)]  # dated at the decline's start
+    assert j.score(day(6), 0.01) == ()  # in order it found a growth customer: no decline yet
+    assert [c.at for c in j.score(day(11), 0.01)] == [day(11)]
+
+
+@pytest.mark.parametrize("scored_at", [day(100), day(120)])
+def test_a_score_older_than_a_lapse_did_not_see_the_decline(scored_at, journey) -> None:
+    # In order the score found a growth customer (model churn moves only decline): the lapse
+    # due at day 120 happens for times after it, so a score at day 120 is before it too.
+    reference = journey()
+    reference.buy(day(0))
+    assert reference.score(scored_at, 0.01) == ()
+    reference.evaluate(day(130))
+    assert (reference.stage, reference.now.reason) == (Stage.DECLINE, Reason.LAPSING)
+    # The same score arriving after the sweep (a recompute `as_of` a past time, a slow
+    # consumer) ends where in-order processing does.
+    j = journey()
+    j.buy(day(0))
+    j.evaluate(day(130))
+    assert j.score(scored_at, 0.01) == ()
+    assert (j.stage, j.now.reason) == (Stage.DECLINE, Reason.LAPSING)
+    assert moves(j.score(day(121), 0.01)) == [
+        (Stage.DECLINE, Stage.CHURNED, Reason.MODEL_CHURN, day(121))
+    ]
+
+
+def test_a_score_at_the_instant_of_a_complaint_decline_sees_it(journey) -> None:
+    j = journey()
+    j.buy(day(0))
+    j.complain(day(10), "c1")
+    assert moves(j.score(day(10), 0.01)) == [
+        (Stage.DECLINE, Stage.CHURNED, Reason.MODEL_CHURN, day(10))
+    ]
 
 
 # --- winback ---------------------------------------------------------------------------
@@ -462,6 +493,47 @@ def test_winback_after_model_churn(journey) -> None:
     j.evaluate(day(130))
     j.score(day(131), 0.02)
     assert moves(j.buy(day(132))) == [(Stage.CHURNED, Stage.GROWTH, Reason.WINBACK, day(132))]
+
+
+def test_late_purchase_older_than_a_model_churn_it_would_not_have_prevented(journey) -> None:
+    # In order: days 0 and 10 give g = 10, so the lapse is at day 70; the score of day 140
+    # finds a declining customer and churns them. The purchase of day 10 arriving after the
+    # score is no sign of life at day 140.
+    reference = journey()
+    reference.buy(day(0))
+    reference.buy(day(10))
+    reference.evaluate(day(140))
+    reference.score(day(140), 0.02)
+    assert reference.stage is Stage.CHURNED
+    j = journey()
+    j.buy(day(0))
+    j.evaluate(day(130))
+    j.score(day(140), 0.02)
+    assert j.buy(day(10)) == ()
+    assert (j.stage, j.now.reason) == (Stage.CHURNED, Reason.MODEL_CHURN)
+
+
+def test_late_purchase_older_than_a_model_churn_it_would_have_prevented(journey) -> None:
+    # In order: days 0, 45, 90 (mature), 130 keep the customer mature (lapse due day 220),
+    # and the score of day 150 finds no decline. Out of order the churn is undone as such.
+    reference = journey()
+    for n in (0, 45, 90, 130):
+        reference.buy(day(n))
+    reference.score(day(150), 0.02)
+    assert reference.stage is Stage.MATURE
+    j = journey()
+    for n in (0, 45, 90):
+        j.buy(day(n))
+    j.evaluate(day(181))  # g = 45: lapsing max(60, 90) days after day 90, at day 180
+    j.score(day(185), 0.02)
+    assert j.stage is Stage.CHURNED
+    assert moves(j.buy(day(130))) == [
+        (Stage.CHURNED, Stage.GROWTH, Reason.WINBACK, day(185)),
+        (Stage.GROWTH, Stage.MATURE, Reason.ESTABLISHED, day(185)),
+    ]
+    assert d.due_times(j.now, POLICY) == d.due_times(
+        d.evaluate(reference.now, POLICY, as_of=day(185)).state, POLICY
+    )
 
 
 def test_a_won_back_customer_can_decline_and_churn_again(journey) -> None:
