@@ -15,7 +15,6 @@ from services.complaints.schemas import (
     AcknowledgeBody,
     Analytics,
     AwaitCustomerBody,
-    BusinessTime,
     CloseBody,
     ComplaintCreate,
     ComplaintDetail,
@@ -35,32 +34,22 @@ from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
+from shared.http.inputs import BusinessTime
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
+from shared.http.preconditions import etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["complaints"])
 
 CanRead = Annotated[Principal, Depends(require("complaints:read"))]
 CanWrite = Annotated[Principal, Depends(require("complaints:write"))]
-IfMatch = Annotated[
-    str | None, Header(description="ETag of the version this change is based on (optional)")
+IfMatchHeader = Annotated[
+    str | None,
+    Header(description="ETag(s) of the version this change is based on, or * (optional)"),
 ]
 IdempotencyKey = Annotated[
     str | None, Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried intake safe")
 ]
 ANALYTICS_DEFAULT_PERIOD = timedelta(days=90)
-
-
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    raw = if_match.strip().removeprefix("W/").strip('"')
-    if not raw.isdigit():
-        raise InvalidInput.field("header.if-match", "must be an ETag returned by this API")
-    return int(raw)
 
 
 # Static paths first: `/complaints/{complaint_id}` would otherwise swallow them.
@@ -93,7 +82,7 @@ async def analytics(
 async def read_policy(rt: Runtime, _: CanRead, response: Response) -> PolicyRead:
     async with transaction(rt.sessions) as session:
         policy, version = await service.load_policy(session)
-    response.headers["ETag"] = _etag(version)
+    response.headers["ETag"] = etag(version)
     return PolicyRead(**policy.model_dump(), version=version)
 
 
@@ -103,17 +92,17 @@ async def replace_policy(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> PolicyRead:
     async with transaction(rt.sessions) as session:
         version = await service.replace_policy(
             session,
             policy=body,
-            if_match=_version(if_match),
+            if_match=parse_if_match(if_match, what="the complaints policy"),
             actor=principal.subject,
             now=rt.clock.now(),
         )
-    response.headers["ETag"] = _etag(version)
+    response.headers["ETag"] = etag(version)
     return PolicyRead(**body.model_dump(), version=version)
 
 
@@ -164,7 +153,7 @@ async def open_complaint(
             else:
                 record = opened[0]
     response.headers["Location"] = f"/v1/complaints/{record.row.id}"
-    response.headers["ETag"] = _etag(record.row.version)
+    response.headers["ETag"] = etag(record.row.version)
     return service.complaint_read(record, as_of=now, pii=principal.has("pii:read"))
 
 
@@ -206,7 +195,7 @@ async def read_complaint(
 ) -> ComplaintDetail:
     async with transaction(rt.sessions) as session:
         record = await service.get_complaint(session, complaint_id=complaint_id, with_history=True)
-    response.headers["ETag"] = _etag(record.row.version)
+    response.headers["ETag"] = etag(record.row.version)
     return service.complaint_detail(record, as_of=rt.clock.now(), pii=principal.has("pii:read"))
 
 
@@ -229,10 +218,10 @@ async def _step(
             body=body,
             actor=principal.subject,
             now=now,
-            if_match=_version(if_match),
+            if_match=parse_if_match(if_match, what="the complaint"),
         )
         record = await service.get_complaint(session, complaint_id=complaint_id)
-    response.headers["ETag"] = _etag(record.row.version)
+    response.headers["ETag"] = etag(record.row.version)
     return service.complaint_read(record, as_of=now, pii=principal.has("pii:read"))
 
 
@@ -251,7 +240,7 @@ async def acknowledge(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     """First response to the customer (stops the first-response clock)."""
     return await _step(complaint_id, body, rt, principal, response, if_match)
@@ -266,7 +255,7 @@ async def investigate(
     principal: CanWrite,
     response: Response,
     body: InvestigateBody | None = None,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     return await _step(complaint_id, body or InvestigateBody(), rt, principal, response, if_match)
 
@@ -280,7 +269,7 @@ async def propose(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     return await _step(complaint_id, body, rt, principal, response, if_match)
 
@@ -296,7 +285,7 @@ async def await_customer(
     principal: CanWrite,
     response: Response,
     body: AwaitCustomerBody | None = None,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     """Wait for the customer: the resolution clock pauses until the next step."""
     return await _step(complaint_id, body or AwaitCustomerBody(), rt, principal, response, if_match)
@@ -311,7 +300,7 @@ async def resolve(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     return await _step(complaint_id, body, rt, principal, response, if_match)
 
@@ -325,7 +314,7 @@ async def close(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     return await _step(complaint_id, body, rt, principal, response, if_match)
 
@@ -339,7 +328,7 @@ async def reopen(
     principal: CanWrite,
     response: Response,
     body: ReopenBody | None = None,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     return await _step(complaint_id, body or ReopenBody(), rt, principal, response, if_match)
 
@@ -353,7 +342,7 @@ async def escalate(
     rt: Runtime,
     principal: CanWrite,
     response: Response,
-    if_match: IfMatch = None,
+    if_match: IfMatchHeader = None,
 ) -> ComplaintRead:
     """Manual escalation: one level up (at most 3)."""
     return await _step(complaint_id, body, rt, principal, response, if_match)

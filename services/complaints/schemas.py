@@ -7,10 +7,10 @@ it is masked in responses without the `pii:read` scope and deleted when the cust
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.complaints.domain import (
     Action,
@@ -23,35 +23,11 @@ from services.complaints.domain import (
     Status,
     Tier,
 )
+from shared.http.inputs import BusinessTime, StorableText
 
 MASK = "***"
 
 
-def _storable_text(value: str) -> str:
-    """PostgreSQL text and jsonb cannot hold U+0000: refused here (422), not by the database (500)."""
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    return value
-
-
-# Business times leave the SLA arithmetic (targets and pauses, each under a year) far from the
-# end of Python's datetimes; the time must also exist in UTC (PostgreSQL stores it so).
-LATEST_BUSINESS_TIME = datetime(9000, 1, 1, tzinfo=UTC)
-
-
-def _storable_time(value: datetime) -> datetime:
-    """`0001-01-01T00:00:00+01:00` is valid RFC 3339 but has no UTC datetime: 422, not a 500."""
-    try:
-        in_utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
-    if in_utc >= LATEST_BUSINESS_TIME:
-        raise ValueError(f"must be before {LATEST_BUSINESS_TIME.isoformat()}")
-    return value
-
-
-StorableText = Annotated[str, AfterValidator(_storable_text)]
-BusinessTime = Annotated[AwareDatetime, AfterValidator(_storable_time)]
 Text = Annotated[StorableText, Field(min_length=1, max_length=10_000)]
 Note = Annotated[StorableText | None, Field(None, max_length=10_000, description="Internal note")]
 

@@ -73,6 +73,7 @@ from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.events import CloudEvent, new_event
 from shared.events.registry import EVENTS
+from shared.http.preconditions import IfMatch
 from shared.messaging.outbox import add_events, lock_customers
 from shared.observability import metrics
 from shared.observability.logging import get_logger
@@ -112,15 +113,17 @@ async def replace_policy(
     session: AsyncSession,
     *,
     policy: ComplaintPolicy,
-    if_match: int | None,
+    if_match: IfMatch | None,
     actor: str,
     now: datetime,
 ) -> int:
     """Store a new policy (targets apply to complaints received from now on); returns its version."""
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('complaints:policy'))"))
     current, version = await load_policy(session)
-    if if_match is not None and if_match != version:
-        raise PreconditionFailed(f"The policy is at version {version}, not {if_match}")
+    if if_match is not None and not if_match.admits(version):
+        raise PreconditionFailed(
+            f"The policy is at version {version}, not {if_match.describe()}: reload and retry"
+        )
     document = policy.model_dump(mode="json")
     await session.execute(
         pg_insert(PolicyDocument)
@@ -633,7 +636,7 @@ async def take_step(
     body: StepBody,
     actor: str,
     now: datetime,
-    if_match: int | None = None,
+    if_match: IfMatch | None = None,
 ) -> None:
     """One workflow step: validated by the rules, recorded with actor, time and note."""
     owner = (
@@ -647,8 +650,11 @@ async def take_step(
     assert row is not None  # complaints are never deleted
     if row.customer_id is None:
         raise Conflict("The customer was erased: the complaint is an anonymous record now")
-    if if_match is not None and if_match != row.version:
-        raise PreconditionFailed(f"The complaint is at version {row.version}, not {if_match}")
+    if if_match is not None and not if_match.admits(row.version):
+        raise PreconditionFailed(
+            f"The complaint is at version {row.version}, not {if_match.describe()}: "
+            "read it again and re-apply your step"
+        )
     escalations = (await _escalations_of(session, [row.id]))[row.id]
     before = to_domain(row, escalations)
     policy, _ = await load_policy(session)

@@ -256,6 +256,24 @@ async def test_if_match_guards_a_step(complaints: Any) -> None:
     )
     assert fresh.status_code == 200
     assert fresh.headers["ETag"] == f'"{complaint["version"] + 1}"'
+    # RFC 9110: a list matches when any of its tags does, * whatever is current; a tag this
+    # API never issued matches nothing (412, with what to send), and changes nothing.
+    for if_match, expected in [
+        ('"abc"', 412),
+        ('"\u00b2"'.encode("latin-1"), 412),
+        (f'"99", {fresh.headers["ETag"]}', 200),
+        ("*", 200),
+    ]:
+        step = await complaints.client.post(
+            f"/v1/complaints/{cid}/escalate",
+            json={"reason": "Asked for a manager"},
+            headers={**WRITER, "If-Match": if_match},
+        )
+        assert step.status_code == expected, (if_match, step.text)
+        if expected == 412:
+            assert "send the ETag header of your last read" in step.json()["detail"]
+    detail = await complaints.client.get(f"/v1/complaints/{cid}", headers=WRITER)
+    assert detail.json()["escalation_level"] == 2
 
 
 async def test_reopen_goes_back_to_investigating(complaints: Any) -> None:
