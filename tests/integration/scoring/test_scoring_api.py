@@ -155,11 +155,18 @@ async def test_a_new_policy_needs_the_current_etag_and_rescores_everyone(scoring
     )
     assert value["score"] == pytest.approx(expected)
 
-    # Back to the defaults for the other tests.
+    # A tag this API never issued matches nothing (RFC 9110): 412 with what to send.
+    for never_issued in ('"7"', '"policy-\u00b2"'.encode("latin-1")):
+        refused = await scoring.client.put(
+            "/v1/value/model", json={}, headers=ADMIN | {"If-Match": never_issued}
+        )
+        assert refused.status_code == 412, refused.text
+        assert '"policy-1"' in refused.json()["detail"]
+    # Back to the defaults for the other tests, whatever the version is now (`*`).
     restore = await scoring.client.put(
-        "/v1/value/model", json={}, headers=ADMIN | {"If-Match": response.headers["ETag"]}
+        "/v1/value/model", json={}, headers=ADMIN | {"If-Match": "*"}
     )
-    assert restore.status_code == 200
+    assert restore.status_code == 200, restore.text
     await scoring.run_finished(f"/v1/value/recompute/{restore.json()['recompute']['id']}")
 
 
