@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.scoring.domain import TimeUnit, ValueModelPolicy
 from shared.events.payloads import Currency, Money, Tier
+from shared.http.inputs import BusinessTime
 
 
 class _Read(BaseModel):
@@ -139,7 +140,7 @@ class ParetoRead(BaseModel):
 class RecomputeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    as_of: AwareDatetime | None = Field(None, description="Calibration end; default now")
+    as_of: BusinessTime | None = Field(None, description="Calibration end; default now")
     time_unit: TimeUnit | None = Field(None, description="Default: the policy's time unit")
 
 

@@ -63,6 +63,20 @@ async def test_scopes_are_enforced(scoring: Scoring) -> None:
     assert put.status_code == 403
 
 
+@pytest.mark.parametrize("as_of", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_a_recompute_as_of_no_utc_datetime_is_a_422_and_queues_nothing(
+    scoring: Scoring, as_of: str
+) -> None:
+    # Valid RFC 3339, but outside the calendar in UTC: the driver overflowed (a 500).
+    before = await scoring.sql("SELECT count(*) FROM recompute_runs")
+    response = await scoring.client.post(
+        "/v1/value/recompute", json={"as_of": as_of}, headers=ADMIN
+    )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["body.as_of"]
+    assert await scoring.sql("SELECT count(*) FROM recompute_runs") == before
+
+
 async def test_invalid_policy_is_refused_and_nothing_changes(scoring: Scoring) -> None:
     before = await scoring.client.get("/v1/value/model", headers=READER)
     bad_weights = {
