@@ -26,3 +26,8 @@ class LifecycleSettings(ServiceSettings):
     evaluation_poll_seconds: float = Field(
         2.0, gt=0, le=3_600, validation_alias="LIFECYCLE_EVALUATION_POLL_SECONDS"
     )
+    # How long the scheduled sweeps that moved nobody stay listed (one a minute; the sweeps
+    # that moved customers, and requested runs, stay for good).
+    empty_sweep_retention_hours: int = Field(
+        168, ge=1, le=87_600, validation_alias="LIFECYCLE_EMPTY_SWEEP_RETENTION_HOURS"
+    )

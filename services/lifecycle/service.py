@@ -1336,6 +1336,37 @@ async def evaluation_runs(
     return [_run_read(run) for run in (await session.execute(query.limit(limit))).scalars()]
 
 
+#: Runs deleted per statement by `prune_empty_sweeps` (one a minute accumulate; a first prune
+#: of a long-running database goes over several sweeps).
+PRUNE_RUNS_PER_STATEMENT = 10_000
+
+
+async def prune_empty_sweeps(sessions: SessionFactory, *, before: datetime) -> int:
+    """Delete the scheduled sweeps requested before `before` that succeeded and moved nobody:
+    one a minute, they would outnumber every other run within days. Runs that moved customers
+    stay (their stage changes name them), and so do requested and failed ones."""
+    async with transaction(sessions) as session:
+        doomed = (
+            select(EvaluationRun.run_id)
+            .where(
+                EvaluationRun.status == EvaluationStatus.SUCCEEDED,
+                EvaluationRun.requested_at < before,
+                EvaluationRun.trigger == EvaluationTrigger.SCHEDULE,
+                EvaluationRun.moved == text("'[]'::jsonb"),
+            )
+            .order_by(EvaluationRun.requested_at)
+            .limit(PRUNE_RUNS_PER_STATEMENT)
+            .with_for_update(skip_locked=True)
+        )
+        result = await session.execute(
+            delete(EvaluationRun).where(EvaluationRun.run_id.in_(doomed.scalar_subquery()))
+        )
+    pruned = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if pruned:
+        log.info("lifecycle.empty_sweeps_pruned", runs=pruned, before=before.isoformat())
+    return pruned
+
+
 # --- queries ------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ runs asked for with `Prefer: respond-async` (`crm serve lifecycle --role worker`
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 
 from services.lifecycle import service
 from services.lifecycle.config import LifecycleSettings
@@ -21,9 +22,11 @@ def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]
     settings = runtime.settings
     assert isinstance(settings, LifecycleSettings)
 
+    retention = timedelta(hours=settings.empty_sweep_retention_hours)
+
     async def sweep() -> EvaluationRead:
         now = runtime.clock.now()
-        return await service.evaluate(
+        run = await service.evaluate(
             runtime.sessions,
             as_of=now,
             requested_by=SWEEP,
@@ -31,6 +34,8 @@ def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]
             trigger=EvaluationTrigger.SCHEDULE,
             chunk_size=settings.sweep_chunk_size,
         )
+        await service.prune_empty_sweeps(runtime.sessions, before=now - retention)
+        return run
 
     return sweep
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -59,3 +60,46 @@ async def test_the_scheduled_sweep_moves_customers_as_of_the_clock(swept: Lifecy
         ).one()
     assert run.requested_by == "lifecycle-sweep"
     assert run.as_of == day(140)
+
+
+async def test_the_sweep_prunes_its_empty_runs_past_their_retention(swept: Lifecycle) -> None:
+    """One sweep a minute that moves nobody is noise after a week; what moved customers, was
+    asked for or failed stays."""
+    now = day(400)
+    old, recent = now - timedelta(hours=200), now - timedelta(hours=1)
+    runs = {
+        "old empty sweep": ("schedule", "succeeded", "[]", old),
+        "recent empty sweep": ("schedule", "succeeded", "[]", recent),
+        "old sweep that moved": ("schedule", "succeeded", '[{"from": "growth"}]', old),
+        "old empty request": ("request", "succeeded", "[]", old),
+        "old failed sweep": ("schedule", "failed", "[]", old),
+    }
+    ids = {name: uuid.uuid4() for name in runs}
+    async with swept.engine.begin() as conn:
+        for name, (trigger, status, moved, at) in runs.items():
+            await conn.execute(
+                text(
+                    "INSERT INTO evaluation_runs (run_id, status, trigger, as_of, requested_at, "
+                    "requested_by, moved) VALUES (:id, :status, :trigger, :at, :at, 'test', "
+                    "CAST(:moved AS jsonb))"
+                ),
+                {"id": ids[name], "status": status, "trigger": trigger, "at": at, "moved": moved},
+            )
+
+    async def left() -> set[str] | None:
+        async with swept.engine.connect() as conn:
+            found = {
+                row[0]
+                for row in await conn.execute(
+                    text("SELECT run_id FROM evaluation_runs WHERE run_id = ANY(:ids)"),
+                    {"ids": list(ids.values())},
+                )
+            }
+        names = {name for name, run_id in ids.items() if run_id in found}
+        return names if "old empty sweep" not in names else None
+
+    assert swept.settings.empty_sweep_retention_hours == 168
+    swept.clock.set(now)
+    assert await eventually(left, timeout=20, what="the old empty sweep pruned") == set(runs) - {
+        "old empty sweep"
+    }
