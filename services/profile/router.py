@@ -214,14 +214,30 @@ async def search(
     principal: CanRead,
     paging: Paging,
     request: Request,
-    q: Annotated[str | None, Query(max_length=200, description="Search term")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description=(
+                "Search term. With `pii:read`: part of a name, the start of an e-mail, 4+ digits "
+                "of a phone, or an external_ref. Without it (the results are masked): a whole "
+                "name, e-mail, phone number with its country code, or an external_ref"
+            ),
+        ),
+    ] = None,
     stage: Annotated[Stage | None, Query(description="Lifecycle stage")] = None,
     tier: Annotated[Tier | None, Query(description="Value tier")] = None,
 ) -> Page[CustomerRead]:
     unmasked = principal.has("pii:read")
     async with transaction(rt.sessions) as session:
         rows, cursor = await service.search_customers(
-            session, q=q, stage=stage, tier=tier, limit=paging.limit, cursor=paging.cursor
+            session,
+            q=q,
+            stage=stage,
+            tier=tier,
+            limit=paging.limit,
+            cursor=paging.cursor,
+            partial_pii=unmasked,
         )
         if unmasked:
             await service.audit_pii_read(

@@ -418,23 +418,37 @@ async def search_customers(
     tier: p.Tier | None,
     limit: int,
     cursor: dict[str, Any] | None,
+    partial_pii: bool = True,
 ) -> tuple[list[Customer], dict[str, Any] | None]:
     """Newest-registered last, cursor on (created_at, id). `q` matches name (substring),
-    e-mail (prefix), external_ref (exact) and phone digits (substring, 4 digits or more)."""
+    e-mail (prefix), external_ref (exact) and phone digits (substring, 4 digits or more).
+
+    Without `partial_pii` (a reader without `pii:read`, who sees masked results) the personal
+    fields match whole values only: a partial match would let them read a masked e-mail or
+    phone back one character at a time, by which searches still find the customer."""
     query = select(Customer).where(Customer.erased_at.is_(None))
     if q and q.strip():
         term = q.strip()
         if problems := domain.search_term_problems(term):
             raise InvalidInput.field("query.q", problems[0].message)
-        escaped = _like_escape(term.lower())
-        matches = [
-            func.lower(Customer.name).like(f"%{escaped}%", escape="\\"),
-            Customer.email.like(f"{escaped}%", escape="\\"),
-            Customer.external_ref == term,
-        ]
         digits = re.sub(r"\D", "", term)
-        if len(digits) >= 4 and not re.search(r"[A-Za-z@]", term):
-            matches.append(Customer.phone.like(f"%{digits}%"))
+        phone_like = not re.search(r"[A-Za-z@]", term)
+        matches = [Customer.external_ref == term]
+        if partial_pii:
+            escaped = _like_escape(term.lower())
+            matches += [
+                func.lower(Customer.name).like(f"%{escaped}%", escape="\\"),
+                Customer.email.like(f"{escaped}%", escape="\\"),
+            ]
+            if len(digits) >= 4 and phone_like:
+                matches.append(Customer.phone.like(f"%{digits}%"))
+        else:
+            matches += [
+                func.lower(Customer.name) == " ".join(term.split()).lower(),
+                Customer.email == term.lower(),
+            ]
+            if digits and phone_like:  # E.164, typed with or without spaces and the +
+                matches.append(Customer.phone == f"+{digits}")
         query = query.where(or_(*matches))
     if stage is not None:
         query = query.join(StageProjection, StageProjection.customer_id == Customer.id).where(

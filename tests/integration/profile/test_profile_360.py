@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from integration.profile.profile_helpers import READER, WRITER, Profile, produce
+from integration.profile.profile_helpers import PII_READER, READER, WRITER, Profile, produce
 from pydantic import BaseModel
 from support import auth, event, eventually
 
@@ -303,7 +303,7 @@ async def test_stage_and_tier_filters_use_the_projections(profile: Profile) -> N
 
     async def found(params: dict[str, str]) -> list[str]:
         response = await profile.client.get(
-            "/v1/customers", params={"q": f"filter {marker}", **params}, headers=READER
+            "/v1/customers", params={"q": f"filter {marker}", **params}, headers=PII_READER
         )
         return [c["id"] for c in response.json()["items"]]
 
