@@ -1187,11 +1187,10 @@ async def ingest_orders(
         for owner, purchase in repeated:
             if recorded[purchase.order_id] != (owner, purchase.amount):
                 raise Conflict(f"order_id {purchase.order_id!r} is recorded differently")
-    kept = set(inserted.values())
     return [
         e
         for e, purchase_id in zip(events, about, strict=True)
-        if purchase_id in kept or purchase_id is None
+        if purchase_id in inserted_ids or purchase_id is None
     ]
 
 
