@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 # Purposes and statuses belong to the event contract (crm.customer.consent_changed.v1).
+from shared.clock import business_time_problem
 from shared.events.payloads import ConsentPurpose, ConsentStatus
 
 # ---------------------------------------------------------------------------------------
@@ -629,14 +630,8 @@ def business_time_problems(
         _require_aware(moment, loc)
     except RuleViolation as error:
         return list(error.problems)
-    try:
-        moment.astimezone(UTC)  # stored and compared in UTC
-    except OverflowError:
-        return [
-            FieldProblem(
-                loc, f"{moment.isoformat()} is out of range: in UTC it falls outside years 1-9999"
-            )
-        ]
+    if (problem := business_time_problem(moment)) is not None:  # stored and compared in UTC
+        return [FieldProblem(loc, f"{moment.isoformat()} {problem}")]
     if moment > now + max_clock_skew:
         return [
             FieldProblem(

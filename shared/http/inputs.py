@@ -8,14 +8,12 @@ a 422 naming the field.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime
 
-#: Business times stay well inside Python's datetimes, so that the rules' arithmetic (SLA
-#: targets, pauses, lapse thresholds: each under a few years) cannot leave them.
-LATEST_BUSINESS_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+from shared.clock import business_time_problem
 
 
 def storable_text(value: str) -> str:
@@ -25,17 +23,14 @@ def storable_text(value: str) -> str:
 
 
 def storable_time(value: datetime) -> datetime:
-    try:
-        in_utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
-    if in_utc >= LATEST_BUSINESS_TIME:
-        raise ValueError(f"must be before {LATEST_BUSINESS_TIME.isoformat()}")
+    problem = business_time_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
 #: Free text PostgreSQL can store (no U+0000).
 StorableText = Annotated[str, AfterValidator(storable_text)]
-#: A business time from a client (`as_of`, `received_at`, ...): with an offset, with a UTC
-#: datetime, before year 9000.
+#: A business time from a client (`as_of`, `received_at`, ...): with an offset, from 1900 and
+#: before year 9000 in UTC (`shared.clock.business_time_problem`).
 BusinessTime = Annotated[AwareDatetime, AfterValidator(storable_time)]

@@ -16,10 +16,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+from datetime import timedelta, timezone
 from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -44,6 +46,26 @@ AUTH = {
     "Authorization": "Bearer "
     + issue_dev_token(ServiceSettings(), scopes=list(SCOPES), subject="fuzz", ttl_seconds=6 * 3600)
 }
+
+
+# RFC 3339 times as a hostile client sends them: any offset within ±14 h, and often the edges
+# of the calendar, where a valid time has no UTC datetime (`0001-01-01T00:00:00+14:00`) and
+# arithmetic on it overflows. The default strategy stays near the present and in UTC, which is
+# how such times reached the database as 500s unnoticed.
+CALENDAR_EDGES = (
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-14:00",
+    "9999-12-31T23:59:59.999999Z",
+)
+_OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+DATE_TIMES = st.one_of(
+    st.sampled_from(CALENDAR_EDGES),
+    st.datetimes(timezones=_OFFSETS).map(lambda moment: moment.isoformat()),
+)
+schemathesis.openapi.format("date-time", DATE_TIMES)
 
 
 def openapi_document(service: str) -> dict[str, Any]:
