@@ -10,14 +10,79 @@ import gc
 import importlib
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Customer lifecycle platform command line.", no_args_is_help=True)
+
+def operational_error(exc: BaseException) -> str | None:
+    """What to tell the operator when a command fails on its environment (bad settings, a
+    database, broker or service that does not answer, a server that cannot start), not on a bug:
+    one line, not a traceback. None: a bug, whose traceback is shown."""
+    import asyncpg
+    import httpx
+    from aiokafka.errors import KafkaError
+    from pydantic import ValidationError
+    from sqlalchemy import exc as sa_exc
+
+    from shared.devstack import DevstackError
+
+    if isinstance(exc, ValidationError) and exc.title.endswith("Settings"):
+        # The messages only: pydantic's text repeats every input, secrets included.
+        reasons = [
+            ": ".join(
+                filter(None, [".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")])
+            )
+            for e in exc.errors()
+        ]
+        return "invalid settings: " + "; ".join(reasons)
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return f"the database refused: {exc.orig}"  # the driver's message, not the statement
+    if isinstance(exc, httpx.TransportError):
+        try:
+            where = f" from {exc.request.url}"
+        except RuntimeError:  # raised without a request
+            where = ""
+        return f"no answer{where}: {str(exc) or type(exc).__name__}"
+    if isinstance(exc, KafkaError):
+        return f"Kafka: {exc}"
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return f"cannot connect: {str(exc) or type(exc).__name__}"
+    if isinstance(exc, OSError | DevstackError):
+        return str(exc) or type(exc).__name__
+    connecting = (
+        asyncpg.InvalidAuthorizationSpecificationError,  # wrong role or password
+        asyncpg.InvalidCatalogNameError,  # no such database
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    )
+    if isinstance(exc, connecting):
+        return f"the database refused: {exc}"
+    return None
+
+
+class CrmCommands(TyperGroup):
+    """Turns failures on the environment into `Error: <what>` on stderr and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context is narrower than the base's Context
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = operational_error(exc)
+            if message is None:
+                raise
+            typer.echo(f"Error: {message}", err=True)
+            raise typer.Exit(1) from exc
+
+
+app = typer.Typer(
+    help="Customer lifecycle platform command line.", no_args_is_help=True, cls=CrmCommands
+)
 dlq_app = typer.Typer(
     help="Inspect and replay the dead-letter queue (crm.dlq.v1).", no_args_is_help=True
 )
@@ -57,7 +122,9 @@ def serve(
     role: Annotated[str, typer.Option(help="api | worker | all")] = "all",
     host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(help="Default: the service's contract port")] = None,
-    workers: Annotated[int, typer.Option(help="HTTP worker processes (api role)")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="HTTP worker processes: 1 (scale with more processes or replicas)")
+    ] = 1,
 ) -> None:
     """Run one service: its HTTP API, its worker (consumers, relay, schedules), or both."""
     import uvicorn
@@ -67,6 +134,12 @@ def serve(
     from shared.runtime import Role
 
     _check_service(service)
+    if workers != 1:
+        # Never passed to uvicorn before: `--workers 4` silently served with one process.
+        raise typer.BadParameter(
+            "one process per `crm serve`: run more of them (replicas) to scale",
+            param_hint="'--workers'",
+        )
     chosen = Role(role)
     module = importlib.import_module(f"services.{service}.main")
     application = module.create_app(role=chosen)
@@ -108,7 +181,7 @@ def migrate(
 def token(
     scopes: Annotated[str, typer.Option(help="Space-separated scopes")] = ALL_SCOPES,
     subject: Annotated[str, typer.Option(help="The `sub` claim (shown as the actor)")] = "dev-user",
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 12 * 3600,
+    ttl: Annotated[int, typer.Option(min=1, help="Lifetime in seconds")] = 12 * 3600,
 ) -> None:
     """Print a development token signed with JWT_SECRET (never for production)."""
     from shared.http.auth import SCOPES, issue_dev_token
@@ -207,7 +280,7 @@ def import_purchases(
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(help="At most this many")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many")] = 50,
     group: Annotated[str | None, typer.Option(help="Only those of this consumer group")] = None,
 ) -> None:
     """Show what is in the DLQ: origin, group, error (payloads are not printed: they may hold personal data)."""
@@ -237,14 +310,25 @@ def replay(
     from shared.messaging import replay as replay_mod
 
     _check_service(service)
-    summary = asyncio.run(replay_mod.rebuild(service, _settings(service), progress=typer.echo))
+    try:
+        summary = asyncio.run(replay_mod.rebuild(service, _settings(service), progress=typer.echo))
+    except replay_mod.ReplayRefused as refused:  # a worker runs, or its outbox is not empty
+        typer.echo(f"Error: {refused}", err=True)
+        raise typer.Exit(1) from refused
     typer.echo(json.dumps(summary))
+
+
+KAFKA_CHOICES = ("tansu", "apache", "auto", "external")
 
 
 @app.command()
 def up(
     kafka: Annotated[
-        str, typer.Option(help="tansu (embedded, default) | apache (jars; needs Java) | external")
+        str,
+        typer.Option(
+            help="tansu (embedded, default) | apache (jars; needs Java) | auto (apache when Java "
+            "is there) | external (KAFKA_BOOTSTRAP_SERVERS)"
+        ),
     ] = os.environ.get("CRM_KAFKA", "tansu"),
     data_dir: Annotated[Path, typer.Option(help="Where PostgreSQL keeps its data")] = REPO
     / ".data",
@@ -255,6 +339,15 @@ def up(
     from shared.platform import DATABASES, Platform, database_env
     from shared.stack import run_stack
 
+    if kafka not in KAFKA_CHOICES:
+        raise typer.BadParameter(
+            f"{kafka!r} is not one of: {', '.join(KAFKA_CHOICES)}", param_hint="'--kafka'"
+        )
+    if kafka == "external" and not os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        raise typer.BadParameter(
+            "external needs KAFKA_BOOTSTRAP_SERVERS (host:port[,host:port]) in the environment",
+            param_hint="'--kafka'",
+        )
     sys.exit(
         run_stack(
             kafka=kafka,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-insecure-secret-change-me-0123456789"
@@ -102,6 +102,22 @@ class ServiceSettings(BaseSettings):
             if isinstance(raw, str):
                 values[key] = [o.strip() for o in raw.split(",") if o.strip()]
         return values
+
+    @field_validator(
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "jwt_jwks_url",
+        "jwt_issuer",
+        "jwt_audience",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `JWT_JWKS_URL=` (a blank line in .env, an empty ConfigMap value) means unset: as "" it
+        # passed the production check below while tokens were verified with the dev secret.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Self:

@@ -13,7 +13,7 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from shared.errors import Forbidden, Unauthorized
+from shared.errors import Forbidden, ServiceUnavailable, Unauthorized
 from shared.settings import ServiceSettings
 
 SCOPES = (
@@ -99,6 +99,11 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("The token has expired; get a new one") from exc
+        except jwt.PyJWKClientConnectionError as exc:
+            # Our outage, not a bad token: a 401 would make clients throw valid tokens away.
+            raise ServiceUnavailable(
+                "The identity provider's keys (JWKS) cannot be fetched; retry shortly"
+            ) from exc
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"Invalid token: {exc}") from exc
         scope = claims.get("scope", "")
