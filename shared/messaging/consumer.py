@@ -48,6 +48,9 @@ from shared.observability.logging import get_logger
 
 log = get_logger(__name__)
 
+# The headers the DLQ adds to a dead letter; every other header is the message's own.
+DLQ_HEADER_PREFIX = "dlq."
+
 
 @dataclass
 class HandlerContext:
@@ -471,6 +474,9 @@ class ConsumerRunner:
             r = m.record
             event_type = m.event.type if m.event else "unreadable"
             headers = [
+                # The message's own headers (the structured-mode `content-type`, ...) stay with
+                # it: `crm dlq replay` puts them back on the origin topic. Ours are `dlq.*`.
+                *((k, v) for k, v in (r.headers or ()) if not k.startswith(DLQ_HEADER_PREFIX)),
                 ("dlq.origin.topic", r.topic.encode()),
                 ("dlq.origin.partition", str(r.partition).encode()),
                 ("dlq.origin.offset", str(r.offset).encode()),

@@ -1,7 +1,8 @@
 """The dead-letter queue: list what is there, replay it to its origin topic.
 
-Replay re-publishes each message (same key, same bytes, so the same event id) to the topic it
-came from; consumers whose inbox already holds the id skip it. A consumer group
+Replay re-publishes each message (same key, same bytes, so the same event id, and its own
+headers, such as the structured-mode `content-type`) to the topic it came from; consumers whose
+inbox already holds the id skip it. A consumer group
 `crm-dlq-replayer` remembers how far replay went, so nothing is replayed twice by accident.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import topics
+from shared.messaging.consumer import DLQ_HEADER_PREFIX
 from shared.messaging.kafka import client_options, partitions_of, start_producer
 from shared.settings import ServiceSettings
 
@@ -27,6 +29,8 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
+    # The original message's headers (all but the DLQ's `dlq.*`), as they were.
+    own_headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def origin_topic(self) -> str:
@@ -47,8 +51,10 @@ class DeadLetter:
 
 
 def _to_letter(record: Any) -> DeadLetter:
-    headers = {k: v.decode(errors="replace") for k, v in (record.headers or [])}
-    return DeadLetter(record.partition, record.offset, record.key, record.value, headers)
+    raw = record.headers or ()
+    headers = {k: v.decode(errors="replace") for k, v in raw}
+    own = tuple((k, v) for k, v in raw if not k.startswith(DLQ_HEADER_PREFIX))
+    return DeadLetter(record.partition, record.offset, record.key, record.value, headers, own)
 
 
 async def _drain(consumer: AIOKafkaConsumer, limit: int | None) -> list[Any]:
@@ -126,7 +132,10 @@ async def replay(
                     letter.origin_topic,
                     value=letter.value,
                     key=letter.key,
-                    headers=[("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode())],
+                    headers=[
+                        *letter.own_headers,  # content-type: a structured-mode CloudEvent again
+                        ("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode()),
+                    ],
                 )
         if records and not dry_run and group is None:
             last: dict[TopicPartition, int] = {}

@@ -4,8 +4,11 @@ The service declares in its models.py `REPLAY_TABLES` (its projection/state tabl
 first) and in handlers.py `HANDLERS` (and optionally `PROCESS`, `DECODERS`, `REPLAY_TOPICS`).
 The service's workers must be stopped: replay holds the outbox-relay lock while it runs and
 refuses to start when another process holds it or when the outbox still has unpublished events.
-Events the handlers emit during replay are re-derivations of events already published, so the
-outbox is emptied at the end instead of publishing them again.
+Events the handlers emit during replay are re-derivations of events already published: they must
+never be published again. The replay's connections write them to a temporary `outbox` of their
+own (see `_divert_outbox`), emptied at each commit, so they never reach the service's outbox: not
+when the replay is interrupted half-way (the next worker would publish them as new events), and
+what the service's API writes to its outbox meanwhile (the API may keep serving) stays there.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Session
 
-from shared.db import asyncpg_dsn, create_engine, session_factory
+from shared.db import SessionFactory, asyncpg_dsn, create_engine
 from shared.events import registry
 from shared.messaging.consumer import ConsumerRunner
 from shared.messaging.kafka import client_options, partitions_of, start_producer
@@ -29,6 +35,41 @@ from shared.settings import ServiceSettings
 
 class ReplayRefused(RuntimeError):
     pass
+
+
+# On each of the replay's connections, a temporary table named like the outbox: unqualified
+# `outbox` (every writer's, ORM or SQL) resolves to it, pg_temp coming first in the search path.
+_DIVERT_OUTBOX_SQL = (
+    "CREATE TEMP TABLE outbox (LIKE outbox INCLUDING DEFAULTS INCLUDING IDENTITY) "
+    "ON COMMIT DELETE ROWS"
+)
+_DIVERTED_SQL = "SELECT 'outbox'::regclass = 'pg_temp.outbox'::regclass"
+
+
+def _divert_outbox(engine: AsyncEngine) -> tuple[SessionFactory, list[int]]:
+    """Sessions whose outbox rows go to a temporary table of their connection, and the count of
+    the rows they committed (re-derived events, dropped)."""
+
+    def on_connect(dbapi_connection: Any, _: Any) -> None:
+        async def divert(conn: asyncpg.Connection) -> None:
+            await conn.execute(_DIVERT_OUTBOX_SQL)
+            if not await conn.fetchval(_DIVERTED_SQL):  # a search path that puts pg_temp last
+                raise ReplayRefused("the replay cannot shadow the outbox (check search_path)")
+
+        dbapi_connection.run_async(divert)
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+    dropped = [0]
+
+    class ReplaySession(Session):
+        pass
+
+    def before_commit(session: Session) -> None:
+        dropped[0] += session.execute(text("SELECT count(*) FROM pg_temp.outbox")).scalar_one()
+
+    event.listen(ReplaySession, "before_commit", before_commit)
+    sessions = async_sessionmaker(engine, expire_on_commit=False, sync_session_class=ReplaySession)
+    return sessions, dropped
 
 
 async def rebuild(
@@ -63,6 +104,7 @@ async def rebuild(
         engine = create_engine(
             settings.database_url, pool_size=4, application_name=f"crm-{service}-replay"
         )
+        sessions, dropped = _divert_outbox(engine)
         consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=None,
@@ -83,7 +125,7 @@ async def rebuild(
                 service=service,
                 consumer=consumer,
                 producer=producer,
-                sessions=session_factory(engine),
+                sessions=sessions,
                 tables=models_mod.MESSAGING,
                 handlers=handlers,
                 process=getattr(handlers_mod, "PROCESS", None),
@@ -98,8 +140,6 @@ async def rebuild(
                 await runner.run(stop, until=end)
             finally:
                 reporter.cancel()
-            emitted = await lock_conn.fetchval("SELECT count(*) FROM outbox")
-            await lock_conn.execute("DELETE FROM outbox")
         finally:
             await producer.stop()
             await consumer.stop()
@@ -109,7 +149,7 @@ async def rebuild(
     return {
         "service": service,
         "messages": runner.processed,
-        "rederived_events_dropped": emitted,
+        "rederived_events_dropped": dropped[0],
         "seconds": round(time.perf_counter() - started, 2),
     }
 
