@@ -9,6 +9,8 @@ inbox already holds the id skip it. A consumer group
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,19 +75,31 @@ async def _drain(consumer: AIOKafkaConsumer, limit: int | None) -> list[Any]:
             return records[:limit]
 
 
+@contextlib.asynccontextmanager
+async def _started(consumer: AIOKafkaConsumer) -> AsyncIterator[AIOKafkaConsumer]:
+    """The consumer started, and stopped afterwards: also when it could not start (a broker that
+    does not answer), which would otherwise leave its client open."""
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()
+        raise
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 async def read_all(
     *, settings: ServiceSettings | None = None, limit: int | None = None, group: str | None = None
 ) -> list[DeadLetter]:
     settings = settings or ServiceSettings()
     consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
+    async with _started(consumer):
         partitions = await partitions_of(consumer, topics.DLQ)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         letters = [_to_letter(r) for r in await _drain(consumer, None)]
-    finally:
-        await consumer.stop()
     if group is not None:
         letters = [
             letter for letter in letters if letter.headers.get("dlq.consumer.group") == group
@@ -104,45 +118,44 @@ async def replay(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
-    producer = await start_producer(settings)
     replayed = 0
-    try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while not consumer.assignment():
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("no DLQ partition assigned within 30 s")
-            await consumer.getmany(timeout_ms=200)
-        for tp in consumer.assignment():
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
-        records = await _drain(consumer, None)
-        for record in records:
-            letter = _to_letter(record)
-            if group is not None and letter.headers.get("dlq.consumer.group") != group:
-                continue
-            if not letter.origin_topic:
-                continue
-            replayed += 1
-            if not dry_run:
-                await producer.send_and_wait(
-                    letter.origin_topic,
-                    value=letter.value,
-                    key=letter.key,
-                    headers=[
-                        *letter.own_headers,  # content-type: a structured-mode CloudEvent again
-                        ("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode()),
-                    ],
-                )
-        if records and not dry_run and group is None:
-            last: dict[TopicPartition, int] = {}
+    async with _started(consumer):
+        producer = await start_producer(settings)
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while not consumer.assignment():
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError("no DLQ partition assigned within 30 s")
+                await consumer.getmany(timeout_ms=200)
+            for tp in consumer.assignment():
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+            records = await _drain(consumer, None)
             for record in records:
-                last[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            await consumer.commit(last)
-    finally:
-        await producer.stop()
-        await consumer.stop()
+                letter = _to_letter(record)
+                if group is not None and letter.headers.get("dlq.consumer.group") != group:
+                    continue
+                if not letter.origin_topic:
+                    continue
+                replayed += 1
+                if not dry_run:
+                    await producer.send_and_wait(
+                        letter.origin_topic,
+                        value=letter.value,
+                        key=letter.key,
+                        headers=[
+                            *letter.own_headers,  # content-type: a structured-mode CloudEvent again
+                            ("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode()),
+                        ],
+                    )
+            if records and not dry_run and group is None:
+                last: dict[TopicPartition, int] = {}
+                for record in records:
+                    last[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                await consumer.commit(last)
+        finally:
+            await producer.stop()
     return replayed
