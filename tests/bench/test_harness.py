@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import loadgen, report
-from bench.common import percentiles
+from bench.common import percentiles, run_json
 from bench.e2e import (
     EventWatch,
     Step,
@@ -277,3 +278,19 @@ def test_loadgen_refuses_other_hosts() -> None:
         asyncio.run(
             loadgen.run({"host": "example.com", "port": 80, "requests": "/dev/null", "duration": 1})
         )
+
+
+async def test_a_helper_result_larger_than_a_pipe_arrives_whole(tmp_path: Any) -> None:
+    """The HTTP latency step's acknowledgements (~130 KB) were cut at 64 KiB after uvloop ran:
+    `json.loads` failed and the whole latency section with it."""
+    script = tmp_path / "helper.py"
+    script.write_text(
+        "import asyncio, sys, uvloop\n"
+        f"sys.path.insert(0, {str(loadgen.__file__.rsplit('/', 1)[0])!r})\n"
+        "from loadgen import write_json_stdout\n"
+        "uvloop.install()\n"
+        "asyncio.run(asyncio.sleep(0))\n"
+        "write_json_stdout({'acks': [[i, 1.5] for i in range(40000)]})\n"
+    )
+    result = await run_json([sys.executable, str(script)], timeout=60)
+    assert len(result["acks"]) == 40000 and result["acks"][-1] == [39999, 1.5]
