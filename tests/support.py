@@ -91,6 +91,30 @@ async def skip_history(bootstrap_servers: str, group_id: str, topics: list[str])
         await consumer.stop()
 
 
+async def topic_records(
+    bootstrap_servers: str, topic: str, wanted: Callable[[Any], bool]
+) -> list[Any]:
+    """The records of `topic`, from its beginning to its end now, that `wanted` keeps."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shared.messaging.kafka import partitions_of
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await partitions_of(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        found = []
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                found += [r for r in records if wanted(r)]
+        return found
+    finally:
+        await consumer.stop()
+
+
 async def waiting_for_advisory_lock(engine: Any, key: int) -> bool | None:
     """True when some session waits for the advisory lock `key` (None otherwise, for
     `eventually`); a bigint key is stored in pg_locks as its high and low 32 bits."""

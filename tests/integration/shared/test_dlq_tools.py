@@ -6,34 +6,22 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from support import topic_records
 
 from shared.devstack import Broker
 from shared.events import topics
 from shared.messaging import dlq
-from shared.messaging.kafka import partitions_of
 from shared.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
 
 
 async def origin_messages(settings: ServiceSettings, topic: str, marker: bytes) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
+    records = await topic_records(
+        settings.kafka_bootstrap_servers, topic, lambda r: bool(r.value and marker in r.value)
     )
-    await consumer.start()
-    try:
-        tps = await partitions_of(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        found = []
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [r.value for r in records if r.value and marker in r.value]
-        return found
-    finally:
-        await consumer.stop()
+    return [r.value for r in records]
 
 
 async def test_dead_letters_are_listed_and_replayed_once(

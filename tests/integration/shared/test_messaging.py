@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import eventually, waiting_for_advisory_lock
+from support import eventually, topic_records, waiting_for_advisory_lock
 
 from shared.db import asyncpg_dsn, make_metadata, session_factory
 from shared.devstack import Broker, PostgresServer
@@ -947,22 +947,7 @@ async def _outbox_empty(engine: AsyncEngine) -> bool:
 
 
 async def _records_with_key(settings: ServiceSettings, topic: str, key: bytes) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = await partitions_of(consumer, topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        found = []
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [r for r in records if r.key == key]
-        return found
-    finally:
-        await consumer.stop()
+    return await topic_records(settings.kafka_bootstrap_servers, topic, lambda r: r.key == key)
 
 
 async def test_a_dead_letter_replayed_to_its_topic_is_still_a_structured_mode_cloudevent(
