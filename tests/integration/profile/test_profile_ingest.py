@@ -70,6 +70,16 @@ async def dead_letters(bootstrap: str, marker: str, want: int) -> list[dict[str,
     return found
 
 
+def _parsed(now: datetime, **fields: Any) -> tuple[domain.IngestOrder, domain.Purchase]:
+    """An ingest order as the consumer's decoder parses it."""
+    return domain.parse_ingest_order(
+        orjson.dumps(ingest_order(**fields)),
+        base_currency="USD",
+        now=now,
+        max_clock_skew=timedelta(minutes=5),
+    )
+
+
 async def test_order_for_a_known_customer_becomes_a_purchase(profile: Profile) -> None:
     customer = await profile.register()
     order = ingest_order(customer_id=customer["id"])
@@ -198,12 +208,7 @@ async def test_an_ingested_batch_publishes_each_new_customer_and_purchase_once(
     now = datetime.now(UTC)
 
     def parsed(**fields: Any) -> tuple[domain.IngestOrder, domain.Purchase]:
-        return domain.parse_ingest_order(
-            orjson.dumps(ingest_order(**fields)),
-            base_currency="USD",
-            now=now,
-            max_clock_skew=timedelta(minutes=5),
-        )
+        return _parsed(now, **fields)
 
     first = parsed(order_id=f"{marker}-1", external_ref=f"new-{marker}")
     orders = [
@@ -300,12 +305,7 @@ async def test_a_batch_repeating_an_order_id_differently_is_refused_as_one_by_on
     now = datetime.now(UTC)
 
     def parsed(**fields: Any) -> tuple[domain.IngestOrder, domain.Purchase]:
-        return domain.parse_ingest_order(
-            orjson.dumps(ingest_order(**fields)),
-            base_currency="USD",
-            now=now,
-            max_clock_skew=timedelta(minutes=5),
-        )
+        return _parsed(now, **fields)
 
     same_customer = {"external_ref": f"dup-{marker}"}
     for n, second in enumerate(
