@@ -50,6 +50,10 @@ log = get_logger(__name__)
 
 # The headers the DLQ adds to a dead letter; every other header is the message's own.
 DLQ_HEADER_PREFIX = "dlq."
+# On a message `crm dlq replay` put back on its topic: the consumer group that dead-lettered it.
+# Only that group applies it; the topic's other groups applied the original and skip the copy,
+# which their inboxes would drop only while they remember it (INBOX_RETENTION_HOURS).
+REPLAY_GROUP_HEADER = "dlq.replay.group"
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Message:
     error_type: str | None = None
     attempts: int = 0
     ignored_type: str | None = None  # a known event type this consumer has no handler for
+    replay_for: str | None = None  # a DLQ replay meant for another consumer group
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -156,12 +161,15 @@ class ConsumerRunner:
         emits: bool = True,
         shared_locks: Sequence[str] = (),
         producer_factory: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        every_replay: bool = False,
     ) -> None:
         """`producer` sends to the DLQ; with `producer_factory`, one that Kafka says is broken for
         good (see `producer_is_broken`) is replaced by a producer of the runner's own.
         `shared_locks`: advisory locks (by name, `hashtext`) that every batch's handlers take
         shared (a policy they read), taken by the runner after the customers' locks in the same
-        round trip; handlers see them in `HandlerContext.held_shared`."""
+        round trip; handlers see them in `HandlerContext.held_shared`.
+        `every_replay`: apply DLQ replays meant for any group (see REPLAY_GROUP_HEADER), as a
+        rebuild from the log does: it reads the originals too, and its inbox drops the copies."""
         self.service = service
         self.consumer = consumer
         self.producer = producer
@@ -180,6 +188,7 @@ class ConsumerRunner:
         self.emits = emits
         self.shared_locks = tuple(shared_locks)
         self.producer_factory = producer_factory
+        self._replays_for = None if every_replay else group_id.encode()
         self._own_producer = False
         self.batch_lock = asyncio.Lock()
         self.processed = 0
@@ -309,6 +318,11 @@ class ConsumerRunner:
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Message:
         message = Message(record)
+        if record.headers and self._replays_for is not None:
+            for name, value in record.headers:
+                if name == REPLAY_GROUP_HEADER and value != self._replays_for:
+                    message.replay_for = value.decode(errors="replace")
+                    return message
         try:
             if record.value is None:
                 raise EnvelopeError("empty message (tombstone)")
@@ -362,7 +376,11 @@ class ConsumerRunner:
         wanted = []
         ignored: Counter[str] = Counter()
         duplicates: Counter[str] = Counter()
+        replays: Counter[str] = Counter()
         for m in messages:
+            if m.replay_for is not None:
+                replays[m.replay_for] += 1
+                continue
             if m.ignored_type is not None:
                 ignored[m.ignored_type] += 1
                 continue
@@ -378,6 +396,11 @@ class ConsumerRunner:
             wanted.append(m)
         self._count_types(ignored, "ignored")
         self._count_types(duplicates, "duplicate")
+        for group, n in replays.items():
+            log.info("consumer.replay_for_another_group", replay_group=group, skipped=n)
+            metrics.EVENTS_CONSUMED.labels(
+                self.service, "dlq-replay", "replay_for_another_group"
+            ).inc(n)
         return wanted
 
     async def _fast(self, session: AsyncSession, wanted: list[Message]) -> None:

@@ -1,9 +1,11 @@
 """The dead-letter queue: list what is there, replay it to its origin topic.
 
 Replay re-publishes each message (same key, same bytes, so the same event id, and its own
-headers, such as the structured-mode `content-type`) to the topic it came from; consumers whose
-inbox already holds the id skip it. A consumer group
-`crm-dlq-replayer` remembers how far replay went, so nothing is replayed twice by accident.
+headers, such as the structured-mode `content-type`) to the topic it came from, addressed to
+the consumer group that dead-lettered it (header `dlq.replay.group`): the topic's other groups
+applied the original and skip the copy, however long ago that was; the group it is for applies
+it unless its inbox holds the id. A consumer group `crm-dlq-replayer` remembers how far replay
+went, so nothing is replayed twice by accident.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import topics
-from shared.messaging.consumer import DLQ_HEADER_PREFIX
+from shared.messaging.consumer import DLQ_HEADER_PREFIX, REPLAY_GROUP_HEADER
 from shared.messaging.kafka import client_options, partitions_of, start_producer
 from shared.settings import ServiceSettings
 
@@ -37,6 +39,18 @@ class DeadLetter:
     @property
     def origin_topic(self) -> str:
         return self.headers.get("dlq.origin.topic", "")
+
+    def replay_headers(self) -> list[tuple[str, bytes]]:
+        """The message's own headers (content-type: a structured-mode CloudEvent again), where it
+        came from, and the group it is for: the one that failed it."""
+        headers = [
+            *self.own_headers,
+            ("dlq.replayed_from", f"{self.partition}:{self.offset}".encode()),
+        ]
+        group = self.headers.get("dlq.consumer.group")
+        if group:
+            headers.append((REPLAY_GROUP_HEADER, group.encode()))
+        return headers
 
     def summary(self) -> dict[str, Any]:
         h = self.headers
@@ -146,10 +160,7 @@ async def replay(
                         letter.origin_topic,
                         value=letter.value,
                         key=letter.key,
-                        headers=[
-                            *letter.own_headers,  # content-type: a structured-mode CloudEvent again
-                            ("dlq.replayed_from", f"{letter.partition}:{letter.offset}".encode()),
-                        ],
+                        headers=letter.replay_headers(),
                     )
             if records and not dry_run and group is None:
                 last: dict[TopicPartition, int] = {}

@@ -133,6 +133,8 @@ async def rebuild(
                 group_id=f"{service}-replay",
                 commit_offsets=False,
                 batch_size=settings.consumer_batch_size,
+                # DLQ replays for each of the service's groups (it reads the originals too).
+                every_replay=True,
             )
             stop = asyncio.Event()
             reporter = asyncio.create_task(_report(runner, total, progress))

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import eventually, topic_records, waiting_for_advisory_lock
+from support import eventually, skip_history, topic_records, waiting_for_advisory_lock
 
 from shared.db import asyncpg_dsn, make_metadata, session_factory
 from shared.devstack import Broker, PostgresServer
@@ -120,9 +120,8 @@ class Worker:
             producer=producer,
             sessions=session_factory(engine),
             tables=TABLES,
-            handlers=HANDLERS,
             group_id=group,
-            **{"max_attempts": 2, "backoff": 0.01, **options},
+            **{"handlers": HANDLERS, "max_attempts": 2, "backoff": 0.01, **options},
         )
         self.consumer.subscribe([topics.PURCHASES], listener=self.runner.rebalance_listener())
         self.task: asyncio.Task[None] | None = None
@@ -989,5 +988,65 @@ async def test_a_dead_letter_replayed_to_its_topic_is_still_a_structured_mode_cl
         for copy in copies:
             assert dict(copy.headers)["content-type"] == CONTENT_TYPE.encode()
         assert "dlq.replayed_from" in dict(copies[1].headers)
+        assert dict(copies[1].headers)["dlq.replay.group"] == group.encode()
     finally:
         await producer.stop()
+
+
+async def test_a_dead_letter_replayed_long_after_is_applied_by_the_group_that_failed_it_alone(
+    settings: ServiceSettings, engine: AsyncEngine, postgres_server: PostgresServer
+) -> None:
+    """`crm dlq replay` puts a dead letter back on its topic, which every consumer group of the
+    topic reads. A group that applied the original drops the copy through its inbox only while
+    the inbox remembers the id (INBOX_RETENTION_HOURS): a replay after that, as an investigation
+    of a week may need, must still not apply it twice there. The group that failed it applies
+    it once its cause is fixed."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    event = purchase_event(customer, "needs-a-fix")
+    failing, applying = f"g-fails-{uuid.uuid4().hex}", f"g-applies-{uuid.uuid4().hex}"
+    broken = [True]
+
+    async def until_fixed(ctx: HandlerContext, e: CloudEvent[Any]) -> None:
+        if broken[0] and e.data.order_id == "needs-a-fix":
+            raise ValueError("a reference this service does not know yet")
+        await count_purchases(ctx, e)
+
+    def failing_worker() -> Worker:
+        handlers = {ev.PURCHASE_RECORDED: until_fixed}
+        return Worker(settings, engine, producer, failing, handlers=handlers, max_attempts=1)
+
+    async with messaging_database(postgres_server, METADATA, prefix="other") as other:
+        try:
+            for group in (failing, applying):  # the topic's earlier messages are not theirs
+                await skip_history(settings.kafka_bootstrap_servers, group, [topics.PURCHASES])
+            await producer.send_and_wait(
+                topics.PURCHASES, event.to_bytes(), key=str(customer).encode()
+            )
+            async with failing_worker(), Worker(settings, other, producer, applying):
+                await eventually(lambda: totals(other, customer), what="applied by one group")
+                await eventually(
+                    lambda: dlq.read_all(settings=settings, group=failing),
+                    timeout=30,
+                    what="dead-lettered by the other",
+                )
+                assert await totals(engine, customer) is None
+            async with other.begin() as conn:  # its inbox forgot the event (past its retention)
+                await conn.execute(text("DELETE FROM inbox WHERE event_id = :id"), {"id": event.id})
+
+            broken[0] = False  # the cause is fixed, and the dead letter replayed
+            assert await dlq.replay(settings=settings, group=failing) == 1
+            async with failing_worker(), Worker(settings, other, producer, applying) as applies:
+                applied = await eventually(lambda: totals(engine, customer), what="the replay")
+                await eventually(
+                    lambda: _when(_processed(applies), bool),
+                    what="the copy read by the group that had applied the original",
+                )
+            assert applied == (1, "needs-a-fix")
+            assert await totals(other, customer) == (1, "needs-a-fix")  # not applied twice
+        finally:
+            await producer.stop()
+
+
+async def _processed(worker: Worker) -> int:
+    return worker.runner.processed

@@ -303,7 +303,7 @@ def test_the_one_pass_read_agrees_with_the_two_step_read_on_mutated_events(raw: 
 # --- the consumer ---------------------------------------------------------------------------
 
 
-def runner(handled: set[str]) -> ConsumerRunner:
+def runner(handled: set[str], *, every_replay: bool = False) -> ConsumerRunner:
     async def handler(ctx: Any, event: Any) -> None:
         return None
 
@@ -315,10 +315,13 @@ def runner(handled: set[str]) -> ConsumerRunner:
         tables=cast(Any, None),
         handlers={t: handler for t in handled},
         group_id="g",
+        every_replay=every_replay,
     )
 
 
-def record(value: bytes | None, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
+def record(
+    value: bytes | None, offset: int = 0, headers: list[tuple[str, bytes]] | None = None
+) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(
         topic=topics.VALUE,
         partition=0,
@@ -330,7 +333,7 @@ def record(value: bytes | None, offset: int = 0) -> ConsumerRecord[bytes, bytes]
         checksum=None,
         serialized_key_size=1,
         serialized_value_size=len(value or b""),
-        headers=[],
+        headers=headers or [],
     )
 
 
@@ -393,6 +396,29 @@ def test_consumed_events_are_counted_per_type_and_outcome() -> None:
         (ev.STAGE_CHANGED, "ok"): 1.0,
         (ev.VALUE_SCORED, "ignored"): 2.0,
     }
+
+
+def test_a_dlq_replay_is_applied_by_the_group_it_is_for_alone() -> None:
+    """`crm dlq replay` addresses each copy to the group that failed it: the topic's other groups
+    read past it (also an unreadable one, which is not theirs to dead-letter again); a rebuild
+    from the log (`every_replay`) takes every group's."""
+    tier = orjson.dumps(envelope(ev.TIER_CHANGED, SAMPLES[ev.TIER_CHANGED]))
+    content = ("content-type", b"application/cloudevents+json")
+
+    def copy(raw: bytes, group: bytes) -> ConsumerRecord[bytes, bytes]:
+        return record(raw, headers=[content, ("dlq.replay.group", group)])
+
+    consumer = runner({ev.TIER_CHANGED})
+    assert consumer._decode(copy(tier, b"g")).event == two_step(tier)
+    for raw in (tier, b"{"):
+        skipped = consumer._decode(copy(raw, b"other"))
+        assert skipped.replay_for == "other" and skipped.event is None and skipped.error is None
+    before = consumed("dlq-replay", "replay_for_another_group")
+    assert consumer._wanted([consumer._decode(copy(tier, b"other"))]) == []
+    assert consumed("dlq-replay", "replay_for_another_group") == before + 1
+
+    rebuild = runner({ev.TIER_CHANGED}, every_replay=True)
+    assert rebuild._decode(copy(tier, b"other")).event == two_step(tier)
 
 
 # --- producing --------------------------------------------------------------------------------
