@@ -30,7 +30,9 @@ Decisions recorded here (made with the lead; the tests pin every one of them):
   force does not end that complaint's decline, and a complaint seen before an older
   purchase declines the customer once that purchase arrives (trigger ``complaint_opened``);
   a complaint or a P(alive) score older than the latest order moves nothing, and a score
-  older than the current decline neither (in order it found the customer before it).
+  older than the current decline neither (in order it found the customer before it), unless
+  the facts known now put the customer in decline at the score's time (then the churn is
+  dated at the decline's start).
   The exception: a late purchase can shorten g so much that an earlier gap becomes
   churn-long in hindsight; in order that was a churn and a winback (growth), while the
   customer may already be ``mature``: they stay mature, since stages only move along the
@@ -54,6 +56,16 @@ Decisions recorded here (made with the lead; the tests pin every one of them):
   closed again satisfied. While in a lapsing decline complaints neither move nor join.
   Low/medium complaints never move the stage. A reopened complaint counts as opened anew.
 * **Model churn** (``p_alive < model_churn_p_alive``) moves only ``decline -> churned``.
+  A score may arrive before the events that put the customer in decline at its time (the
+  value topic ran ahead: before the customer's first lifecycle event, or before an older
+  purchase that undoes an inactivity churn), so a low score is remembered in the state
+  (``low_scores``) until an order after it makes it stale, and every decision applies the
+  remembered scores again at their times (:func:`_settle`); a late purchase does not win back
+  a customer whom a remembered score churned in order. A low score for a customer without
+  state waits for their first event (the caller keeps it; :func:`with_low_scores`). "Low" is
+  judged by the policy in force when the score arrives: scores at or above it are not kept
+  (the hot path: nearly every order is scored), so a threshold raised later does not reach
+  back to them, while a lowered one stops the remembered scores above it from churning.
 * **Winback** always lands in ``growth`` (DOMAIN.md: won-back customers re-enter growth),
   except the late-purchase correction above. Maturity counts purchase days and tenure
   within the current relationship only (:func:`relationship_start`), so a won-back customer
@@ -68,7 +80,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -87,6 +99,7 @@ __all__ = [
     "IncompleteOrdersError",
     "InvalidLifecycleEventError",
     "LifecyclePolicy",
+    "LowScore",
     "Order",
     "OrderFacts",
     "Reason",
@@ -101,6 +114,7 @@ __all__ = [
     "evaluate",
     "idle_since",
     "is_established",
+    "low_score",
     "median_gap_days",
     "on_complaint_closed",
     "on_complaint_opened",
@@ -111,6 +125,7 @@ __all__ = [
     "on_value_scored",
     "order_facts",
     "relationship_start",
+    "with_low_scores",
     "with_order_facts",
 ]
 
@@ -337,6 +352,15 @@ class Complaint:
     satisfaction: int | None = None  # of the latest closure
 
 
+@dataclass(frozen=True, slots=True)
+class LowScore:
+    """A P(alive) below the model-churn threshold, remembered while it can still churn the
+    customer in business order: until an order after it makes it stale."""
+
+    at: datetime
+    p_alive: float
+
+
 @dataclass(frozen=True)
 class CustomerLifecycle:
     """One customer's lifecycle state: the stage plus the facts the rules need.
@@ -356,6 +380,9 @@ class CustomerLifecycle:
     pending_refunds: Mapping[str, Decimal] = field(default_factory=dict)
     complaints: Mapping[str, Complaint] = field(default_factory=dict)
     decline_causes: frozenset[str] = frozenset()
+    # Low scores not older than the latest order, by time: events arriving after them may
+    # re-decide the history so that, in business order, one of them churned the customer.
+    low_scores: tuple[LowScore, ...] = ()
 
     @cached_property
     def purchase_days(self) -> tuple[date, ...]:
@@ -748,6 +775,7 @@ def on_purchase(
     if order.counts_as_purchase:
         current, moved = _apply_purchase(current, policy, at)
         changes += moved
+    current, changes = _settle(current, policy, changes)
     return Decision(current, tuple(changes))
 
 
@@ -805,6 +833,8 @@ def _apply_purchase(
 
 
 def _purchase_ends_churn(state: CustomerLifecycle, policy: LifecyclePolicy, at: datetime) -> bool:
+    if at < state.since and _churned_by_a_low_score(state, policy):
+        return False  # in order a remembered score found them declining by then: churned
     if state.reason is Reason.INACTIVE:
         # With this purchase known, would inactivity still have churned them by then?
         return _churn_threshold_at(state, policy) > state.since
@@ -813,6 +843,19 @@ def _purchase_ends_churn(state: CustomerLifecycle, policy: LifecyclePolicy, at: 
     # Older than the score (a model churn is dated at its score): in order the score found
     # the customer after this purchase, and churned them only if they were declining still.
     return not _declining_at(state, policy, state.since)
+
+
+def _churned_by_a_low_score(state: CustomerLifecycle, policy: LifecyclePolicy) -> bool:
+    """Whether, with the orders known, a remembered low score not older than the latest order
+    found the customer declining by the time of their current stage: in order, a model churn."""
+    latest_order = state.latest_order_at
+    return any(
+        score.p_alive < policy.model_churn_p_alive
+        and (latest_order is None or score.at >= latest_order)
+        and score.at <= state.since
+        and _declining_at(state, policy, score.at)
+        for score in state.low_scores
+    )
 
 
 def _declining_at(state: CustomerLifecycle, policy: LifecyclePolicy, at: datetime) -> bool:
@@ -884,6 +927,7 @@ def on_refund(
     else:
         refunded = replace(order, refunded=max(order.refunded, refunded_total))
         current = replace(current, orders={**current.orders, order_id: refunded})
+    current, changes = _settle(current, policy, changes)
     return Decision(current, tuple(changes))
 
 
@@ -909,7 +953,8 @@ def on_complaint_opened(
     complaint = Complaint(severity=severity, opened_at=at, is_open=True)
     current = _evolve(current, complaints={**current.complaints, complaint_id: complaint})
     current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_OPENED)
-    return Decision(current, tuple(changes + moved))
+    current, changes = _settle(current, policy, changes + moved)
+    return Decision(current, tuple(changes))
 
 
 def on_complaint_reopened(
@@ -933,7 +978,8 @@ def on_complaint_reopened(
     )
     current = _evolve(current, complaints={**current.complaints, complaint_id: complaint})
     current, moved = _apply_complaint(current, policy, complaint_id, at, Trigger.COMPLAINT_REOPENED)
-    return Decision(current, tuple(changes + moved))
+    current, changes = _settle(current, policy, changes + moved)
+    return Decision(current, tuple(changes))
 
 
 def _apply_complaint(
@@ -980,6 +1026,7 @@ def on_complaint_closed(
     )
     current = _evolve(current, complaints={**current.complaints, complaint_id: closed})
     if not _recovered(current, policy, complaint_id):
+        current, changes = _settle(current, policy, changes)
         return Decision(current, tuple(changes))
     before = current.stage_before_decline
     if before not in (Stage.GROWTH, Stage.MATURE):
@@ -991,7 +1038,8 @@ def on_complaint_closed(
         Trigger.COMPLAINT_CLOSED,
         max(at, current.since),
     )
-    return Decision(moved, (*changes, change))
+    moved, changes = _settle(moved, policy, [*changes, change])
+    return Decision(moved, tuple(changes))
 
 
 def _recovered(state: CustomerLifecycle, policy: LifecyclePolicy, complaint_id: str) -> bool:
@@ -1017,9 +1065,18 @@ def on_value_scored(
     """Model churn: decline -> churned when P(alive) < policy threshold.
 
     A score older than the latest order is stale (it did not see that order) and is
-    ignored; so is one older than the current decline (in order it found the customer in
-    the stage before, where model churn moves nothing). Scores for customers without state
-    carry no fact we keep: the caller skips them.
+    ignored. One older than the current decline found, in order, the stage before, where
+    model churn moves nothing, unless the facts known now say the customer was declining
+    then (a late purchase moved the lapse earlier): then the churn is dated at the decline's
+    start, never before it.
+
+    A low score (below the threshold) is remembered until an order after it makes it stale
+    (:func:`low_score`): whenever a later-arriving event re-decides the history, every
+    decision applies the remembered scores again in business order (:func:`_settle`), so one
+    that moved nothing when it arrived (the customer not yet declining, or already churned
+    by inactivity) churns the customer if in order it would have. Other scores are not kept.
+    Scores for customers without state: the caller keeps the low ones for the customer's
+    first event (:func:`with_low_scores`).
     """
     _require_aware(at)
     if not 0.0 <= p_alive <= 1.0:
@@ -1028,16 +1085,90 @@ def on_value_scored(
     if latest_order is not None and latest_order > at:
         return Decision(state)
     current, changes = _enter(state, policy, at)
-    if (
-        current.stage is Stage.DECLINE
-        and _in_force_at(current, at)
-        and p_alive < policy.model_churn_p_alive
-    ):
-        current, change = _move(
-            current, Stage.CHURNED, Reason.MODEL_CHURN, Trigger.VALUE_SCORED, at
-        )
-        changes.append(change)
+    score = low_score(policy, p_alive=p_alive, at=at)
+    if score is None:
+        return Decision(current, tuple(changes))  # at or above the threshold: moves nothing
+    current = _evolve(current, low_scores=_with_low_score(current.low_scores, score))
+    current, changes = _settle(current, policy, changes)
     return Decision(current, tuple(changes))
+
+
+def low_score(policy: LifecyclePolicy, *, p_alive: float | None, at: datetime) -> LowScore | None:
+    """The score to remember if P(alive) is below the threshold of ``policy`` (the policy in
+    force when it arrives: a later, higher threshold does not bring back scores not kept)."""
+    if p_alive is None or p_alive >= policy.model_churn_p_alive:
+        return None
+    return LowScore(at, p_alive)
+
+
+def with_low_scores(
+    state: CustomerLifecycle, policy: LifecyclePolicy, scores: Iterable[LowScore]
+) -> Decision:
+    """The state of a customer's first event with the low scores that arrived before it (when
+    the customer had no state), remembered and applied in business order as if arrived now."""
+    remembered = state.low_scores
+    for score in scores:
+        remembered = _with_low_score(remembered, score)
+    if remembered == state.low_scores:
+        return Decision(state)
+    current, changes = _settle(_evolve(state, low_scores=remembered), policy, [])
+    return Decision(current, tuple(changes))
+
+
+# A churned customer is scored again by every recompute: the remembered scores are the latest
+# this many. A late purchase forgets those before it, so the latest are the ones that can still
+# find the customer declining; dropping the earliest can only date a churn later, never lose it
+# while one kept after the decline's start remains.
+LOW_SCORES_KEPT = 16
+
+
+def _with_low_score(scores: tuple[LowScore, ...], score: LowScore) -> tuple[LowScore, ...]:
+    """``scores`` with one more, by time, the latest ``LOW_SCORES_KEPT``; of two at the same
+    instant the lower is kept."""
+    same = next((s for s in scores if s.at == score.at), None)
+    if same is not None and same.p_alive <= score.p_alive:
+        return scores
+    others = (s for s in scores if s.at != score.at)
+    return tuple(sorted((*others, score), key=lambda s: s.at))[-LOW_SCORES_KEPT:]
+
+
+def _apply_score(
+    state: CustomerLifecycle, policy: LifecyclePolicy, p_alive: float, at: datetime
+) -> tuple[CustomerLifecycle, list[StageChange]]:
+    """One score at its business time: the time rules up to it, then model churn."""
+    latest_order = state.latest_order_at
+    if latest_order is not None and latest_order > at:
+        return state, []
+    current, changes = _enter(state, policy, at)
+    if current.stage is not Stage.DECLINE or p_alive >= policy.model_churn_p_alive:
+        return current, changes
+    if _in_force_at(current, at):
+        when = at
+    elif at < current.since and _declining_at(current, policy, at):
+        when = current.since  # in order churned at `at`; no change before the current stage
+    else:
+        return current, changes
+    current, change = _move(current, Stage.CHURNED, Reason.MODEL_CHURN, Trigger.VALUE_SCORED, when)
+    changes.append(change)
+    return current, changes
+
+
+def _settle(
+    state: CustomerLifecycle, policy: LifecyclePolicy, changes: list[StageChange]
+) -> tuple[CustomerLifecycle, list[StageChange]]:
+    """The end of every decision: remembered low scores that an order made stale are
+    forgotten, the others applied again at their times, in order. A no-op (the same state)
+    unless the decision re-decided the history before one of them, or has none."""
+    if not state.low_scores:
+        return state, changes
+    latest_order = state.latest_order_at
+    kept = tuple(s for s in state.low_scores if latest_order is None or s.at >= latest_order)
+    if len(kept) < len(state.low_scores):
+        state = _evolve(state, low_scores=kept)
+    for score in kept:
+        state, moved = _apply_score(state, policy, score.p_alive, score.at)
+        changes = [*changes, *moved]
+    return state, changes
 
 
 def _in_force_at(state: CustomerLifecycle, at: datetime) -> bool:

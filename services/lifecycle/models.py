@@ -42,7 +42,8 @@ class CustomerLifecycleRow(Base):
     The stage and what the set-based sweep touches are columns; so are the facts derived from
     all the customer's orders (``domain.OrderFacts``), kept up to date order by order so that
     a purchase does not read them all. The orders themselves are rows of ``lifecycle_orders``;
-    the rest the decision functions read (pending refunds, complaints) is ``facts`` (JSONB).
+    the rest the decision functions read (pending refunds, complaints, remembered low scores) is
+    ``facts`` (JSONB).
     """
 
     __tablename__ = "customer_lifecycles"
@@ -123,6 +124,18 @@ class StageTransition(Base):
     )
 
 
+class EarlyLowScore(Base):
+    """A P(alive) below the policy's model-churn threshold for a customer without a lifecycle
+    yet (the score's topic ran ahead): taken into their state by their first lifecycle event,
+    where in business order it may churn them (``domain.with_low_scores``)."""
+
+    __tablename__ = "early_low_scores"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    scored_at: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    p_alive: Mapped[float] = mapped_column(Float)
+
+
 class ErasedCustomer(Base):
     """Tombstones: events that arrive after an erasure must not bring the customer back."""
 
@@ -180,4 +193,5 @@ REPLAY_TABLES = [
     "lifecycle_orders",
     "stage_transitions",
     "erased_customers",
+    "early_low_scores",
 ]

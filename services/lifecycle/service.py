@@ -35,6 +35,7 @@ from services.lifecycle.domain import (
     Decision,
     IncompleteOrdersError,
     LifecyclePolicy,
+    LowScore,
     Order,
     OrderFacts,
     Reason,
@@ -45,6 +46,7 @@ from services.lifecycle.domain import (
 )
 from services.lifecycle.models import (
     CustomerLifecycleRow,
+    EarlyLowScore,
     ErasedCustomer,
     EvaluationRun,
     LifecycleOrder,
@@ -264,6 +266,10 @@ def _to_state(
             ).items()
         },
         decline_causes=frozenset(row["decline_causes"] or ()),
+        low_scores=tuple(
+            LowScore(datetime.fromisoformat(at), p_alive)
+            for at, p_alive in facts.get("low_scores", ())
+        ),
     )
     if not isinstance(orders, SomeOrders):
         return state
@@ -302,7 +308,7 @@ def _to_row(
     decline_due, churn_due = domain.due_times_for(
         stage=state.stage, since=state.since, idle_from=idle_from, gap_days=gap_days, policy=policy
     )
-    facts = {
+    facts: dict[str, Any] = {
         "pending_refunds": {k: str(v) for k, v in state.pending_refunds.items()},
         "complaints": {
             complaint_id: [
@@ -314,6 +320,8 @@ def _to_row(
             for complaint_id, c in state.complaints.items()
         },
     }
+    if state.low_scores:  # rare (only scores below the threshold), so only when there are some
+        facts["low_scores"] = [[s.at.isoformat(), s.p_alive] for s in state.low_scores]
     return {
         "customer_id": customer_id,
         "stage": state.stage.value,
@@ -457,9 +465,12 @@ async def apply_events(
     which puts the two topics a batch may mix (purchases, complaints) back in order.
 
     A fixed number of statements whatever the batch size, each bound to arrays on the driver
-    connection (no per-row statements, no SQLAlchemy compilation): the policy, the tombstones,
-    the rows (locked), the orders the batch needs, one write of the changed rows, their new
-    orders and their history.
+    connection (no per-row statements, no SQLAlchemy compilation): the policy, the tombstones
+    and the low scores waiting for a first event, the rows (locked), the orders the batch needs,
+    one write of the changed rows, their new orders and their history; and, only for a batch
+    with a low score of a customer without state or such a customer's first event, one write
+    of ``early_low_scores``. A score at or above the threshold adds nothing: read without facts
+    when it cannot move its customer, and never remembered.
 
     The orders: a purchase in business-time order is decided with the order facts stored in
     the row and only those of the batch's orders that may be stored (``SomeOrders``), so its
@@ -473,14 +484,20 @@ async def apply_events(
         by_customer[event.data.customer_id].append(event)
     ids = sorted(by_customer)
     db = await driver_connection(session)
+    # Those whose first lifecycle event may be in the batch: the low scores that came before it
+    # (early_low_scores) are read with the policy, for them only.
+    may_start = [cid for cid in ids if any(e.type != ev.VALUE_SCORED for e in by_customer[cid])]
     # A statement of its own (or, `policy_locked`, the consumer's inbox statement): the next one
     # reads under the lock, with a snapshot taken after it.
     if not policy_locked:
         await db.execute(_SHARED_POLICY_LOCK_SQL)
-    context = await db.fetchrow(_BATCH_CONTEXT_SQL, ids)
+    context = await db.fetchrow(_BATCH_CONTEXT_SQL, ids, may_start)
     assert context is not None
     policy, version = _policy_of(context["policy"]), context["version"]
     erased = set(context["erased"])
+    early: dict[uuid.UUID, list[LowScore]] = defaultdict(list)
+    for customer_id, scored_at, p_alive in context["early"]:
+        early[customer_id].append(LowScore(scored_at, p_alive))
     streams = {
         customer_id: sorted(stream, key=lambda e: e.time)
         for customer_id, stream in by_customer.items()
@@ -489,10 +506,11 @@ async def apply_events(
     # A customer with only scores in the batch is read without facts when no score can move
     # them (see _LOCK_ROWS_SQL): one score per purchase, nearly all of them for customers
     # neither in decline nor due to lapse; they would cost a parse of their facts to do nothing.
+    # A score below the threshold (rare) is remembered, so its customer is read whole.
     scores_only = {
         customer_id: stream[-1].time
         for customer_id, stream in streams.items()
-        if all(e.type == ev.VALUE_SCORED for e in stream)
+        if all(e.type == ev.VALUE_SCORED and _low_score(policy, e) is None for e in stream)
     }
     locked = await db.fetch(_LOCK_ROWS_SQL, ids, list(scores_only), list(scores_only.values()))
     rows = {r["customer_id"]: r for r in locked if r["facts"] is not None}
@@ -514,10 +532,15 @@ async def apply_events(
     recorded: list[_Recorded] = []
     again: list[uuid.UUID] = []
     facts: dict[uuid.UUID, OrderFacts] = {}  # of the changed states
+    waiting: dict[tuple[uuid.UUID, datetime], float] = {}  # low scores of customers without state
 
     def decide(customer_id: uuid.UUID, state: CustomerLifecycle | None) -> None:
         """Decide a customer's events and keep what changed (nothing kept if it raises)."""
-        decided = _decide(customer_id, state, streams[customer_id], policy)
+        before = early.get(customer_id, []) if state is None else []
+        decided, still_waiting = _decide(customer_id, state, streams[customer_id], policy, before)
+        for score in still_waiting:
+            key = (customer_id, score.at)
+            waiting[key] = min(waiting.get(key, score.p_alive), score.p_alive)
         if decided is not None:
             order_facts = domain.order_facts(decided[0], policy)
             facts[customer_id], (changed[customer_id], moves) = order_facts, decided
@@ -550,6 +573,16 @@ async def apply_events(
 
     if to_erase:
         await _erase(session, to_erase)
+    # Rare: a low score for a customer without state, or the customer's first event took them.
+    taken = [customer_id for customer_id in early if customer_id in changed]
+    if waiting or taken:
+        await db.execute(
+            _EARLY_SCORES_SQL,
+            taken,
+            [customer_id for customer_id, _ in waiting],
+            [at for _, at in waiting],
+            list(waiting.values()),
+        )
     history, events_out = _history(recorded)
     if changed or history:
         state_rows = [
@@ -592,20 +625,43 @@ def _decide(
     state: CustomerLifecycle | None,
     stream: Sequence[CloudEvent[Any]],
     policy: LifecyclePolicy,
-) -> tuple[CustomerLifecycle, list[_Recorded]] | None:
+    early: Sequence[LowScore] = (),
+) -> tuple[tuple[CustomerLifecycle, list[_Recorded]] | None, list[LowScore]]:
     """One customer's events applied in order: the new state and its changes, or None when
-    nothing moved (scores of a customer not in decline, redeliveries)."""
+    nothing moved (scores of a customer not in decline, redeliveries); and the batch's low
+    scores that still wait for the customer's first event (none once they have a state).
+
+    ``early``: the low scores that came before the customer had a state; the first decision
+    that gives them one takes those and the batch's (``domain.with_low_scores``), the changes
+    they make counted as the changes of that event.
+    """
     recorded: list[_Recorded] = []
     moved = False
+    before, arrived = list(early), list[LowScore]()
     for event in stream:
+        if state is None and event.type == ev.VALUE_SCORED:
+            score = _low_score(policy, event)
+            if score is not None:  # no customer to churn yet: kept for their first event
+                before.append(score)
+                arrived.append(score)
+            continue
         decision = DECIDERS[event.type](state, policy, event)
         if decision is None or (decision.state is state and not decision.changes):
             continue
+        if state is None and before:
+            joined = domain.with_low_scores(decision.state, policy, before)
+            decision = Decision(joined.state, decision.changes + joined.changes)
+            before, arrived = [], []
         state, moved = decision.state, True
         recorded += [_Recorded(customer_id, c, causing_event_id=event.id) for c in decision.changes]
     if not moved or state is None:
-        return None
-    return state, recorded
+        return None, arrived
+    return (state, recorded), arrived
+
+
+def _low_score(policy: LifecyclePolicy, event: CloudEvent[Any]) -> LowScore | None:
+    """The score of a ``value.scored`` event to remember: below the policy's threshold."""
+    return domain.low_score(policy, p_alive=event.data.p_alive, at=event.time)
 
 
 def _needs_every_order(row: _Row, stream: Sequence[CloudEvent[Any]], version: int) -> bool:
@@ -652,10 +708,14 @@ async def _stored_orders(
 
 _SHARED_POLICY_LOCK_SQL = _POLICY_LOCK.format(mode="_shared")
 # The policy (read under the shared policy lock, which a policy change holds exclusively while
-# it re-plans) and which of the batch's customers are erased, in one round trip.
+# it re-plans), which of the batch's customers are erased, and the low scores waiting for those
+# of $2 (customers with an event other than a score: their first may be in the batch; the table
+# holds only customers without a lifecycle, so it is small), in one round trip.
 _BATCH_CONTEXT_SQL = """
 SELECT p.policy::text AS policy, coalesce(p.version, 0) AS version,
-    ARRAY(SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])) AS erased
+    ARRAY(SELECT customer_id FROM erased_customers WHERE customer_id = ANY($1::uuid[])) AS erased,
+    ARRAY(SELECT (customer_id, scored_at, p_alive) FROM early_low_scores
+        WHERE customer_id = ANY($2::uuid[])) AS early
 FROM (SELECT 1) AS one
 LEFT JOIN (SELECT policy, version FROM lifecycle_policies ORDER BY version DESC LIMIT 1) AS p
     ON true
@@ -664,7 +724,7 @@ LEFT JOIN (SELECT policy, version FROM lifecycle_policies ORDER BY version DESC 
 # scores ($2, with the latest score's time $3) when none of them can move the stage: a score
 # moves only a customer in decline (model churn) or, through the time rules it runs first, one
 # whose lapse or churn fell due before it. Without its state such a customer's scores are
-# skipped, as a score of an unknown customer is.
+# skipped, as an ordinary score of an unknown customer is (a low score, remembered, is not in $2).
 _LOCK_ROWS_SQL = """
 SELECT c.customer_id, c.stage, c.since, c.reason, c.registered_at, c.stage_before_decline,
     c.decline_causes, c.gap_days, c.purchase_days, c.first_purchase_at, c.last_purchase_at,
@@ -677,6 +737,16 @@ LEFT JOIN unnest($2::uuid[], $3::timestamptz[]) AS s(customer_id, at)
 WHERE c.customer_id = ANY($1::uuid[])
 ORDER BY c.customer_id
 FOR UPDATE OF c
+"""
+# The low scores the customers of $1 had before their first event, taken into their state; and
+# those ($2-$4) that now wait for a customer's first event (an instant's lowest score is kept).
+_EARLY_SCORES_SQL = """
+WITH taken AS (
+    DELETE FROM early_low_scores WHERE customer_id = ANY($1::uuid[])
+)
+INSERT INTO early_low_scores AS e (customer_id, scored_at, p_alive)
+SELECT * FROM unnest($2::uuid[], $3::timestamptz[], $4::float8[])
+ON CONFLICT (customer_id, scored_at) DO UPDATE SET p_alive = least(e.p_alive, EXCLUDED.p_alive)
 """
 # The orders of the customers in $1 (all of them), and those of $2/$3 that are stored.
 _STORED_ORDERS_SQL = """
@@ -784,13 +854,15 @@ def _text_array(values: Sequence[str]) -> str:
 
 
 async def _erase(session: AsyncSession, erased: Mapping[uuid.UUID, datetime]) -> None:
-    """Right to be forgotten: the state, orders and history go; a tombstone keeps late events out."""
+    """Right to be forgotten: the state (with its remembered scores), orders, history and scores
+    waiting for a first event go; a tombstone keeps late events out."""
     ids = list(erased)
     await session.execute(
         delete(CustomerLifecycleRow).where(CustomerLifecycleRow.customer_id.in_(ids))
     )
     await session.execute(delete(StageTransition).where(StageTransition.customer_id.in_(ids)))
     await session.execute(delete(LifecycleOrder).where(LifecycleOrder.customer_id.in_(ids)))
+    await session.execute(delete(EarlyLowScore).where(EarlyLowScore.customer_id.in_(ids)))
     await session.execute(
         pg_insert(ErasedCustomer)
         .values([{"customer_id": cid, "erased_at": at} for cid, at in erased.items()])

@@ -351,9 +351,11 @@ def test_text_arrays_quote_every_element() -> None:
 async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
     sessions: SessionFactory,
 ) -> None:
-    """A score of a growing customer (the usual one: each purchase is scored) moves nothing, and
-    the row keeps its version; a score that churns a declined customer is written, and so is
-    one that comes after a growing customer's lapse fell due (the time rules run first)."""
+    """A score of a growing customer (the usual one: each purchase is scored, P(alive) at or
+    above the threshold) moves nothing, and the row keeps its version; a score that churns a
+    declined customer is written, and so is one that comes after a growing customer's lapse
+    fell due (the time rules run first). (A low score of a growing customer is written too: it
+    is remembered, see test_lifecycle_scores.)"""
     growing, declined, lapsed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await apply(
         sessions,
@@ -384,7 +386,7 @@ async def test_an_event_that_changes_nothing_leaves_the_row_unwritten(
     }
     changed = await apply(
         sessions,
-        events_of([("scored", 3, {"p_alive": 0.05})], growing)
+        events_of([("scored", 3, {"p_alive": 0.5})], growing)
         + events_of([("scored", 3, {"p_alive": 0.05})], declined)
         # a customer with one purchase day lapses after max(60, 2 * 60) idle days: on day 121
         + events_of([("scored", 200, {"p_alive": 0.05})], lapsed),

@@ -22,6 +22,7 @@ from decimal import Decimal
 from hypothesis import event as note_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit.lifecycle.arrival import interleaved
 
 from services.lifecycle import domain as d
 
@@ -172,14 +173,9 @@ def mixed(
             sat = draw(st.integers(1, 5))
             complaints.append(Event(closed, "close", f"c{i}", severity, sat))
     # each topic keeps its own order of business time; the two interleave arbitrarily
-    topics = [sorted(purchases, key=lambda e: e.at), sorted(complaints, key=lambda e: e.at)]
-    picks = draw(st.lists(st.booleans(), min_size=len(purchases) + len(complaints)))
-    arrival: list[Event] = []
-    for pick in picks:
-        source = topics[0] if (pick and topics[0]) or not topics[1] else topics[1]
-        if source:
-            arrival.append(source.pop(0))
-    arrival += topics[0] + topics[1]
+    arrival = interleaved(
+        draw, sorted(purchases, key=lambda e: e.at), sorted(complaints, key=lambda e: e.at)
+    )
     n = len(arrival)
     delay = st.integers(min_value=0, max_value=300).map(lambda x: timedelta(days=x))
     delays = [draw(delay) for _ in range(n)]
