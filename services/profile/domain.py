@@ -45,6 +45,7 @@ from pydantic import (
 # Purposes and statuses belong to the event contract (crm.customer.consent_changed.v1).
 from shared.clock import business_time_problem
 from shared.events.payloads import ConsentPurpose, ConsentStatus
+from shared.text import unstorable_text_in
 
 # ---------------------------------------------------------------------------------------
 # Errors
@@ -270,24 +271,15 @@ def validate_custom_attributes(
         encoded = json.dumps(attributes, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:
         raise RuleViolation.single(loc, f"must be plain JSON: {error}") from error
+    problem = unstorable_text_in(attributes)
+    if problem is not None:  # before the size: a lone surrogate has no UTF-8
+        raise RuleViolation.single(loc, problem)
     size = len(encoded.encode())
     if size > max_bytes:
         raise RuleViolation.single(loc, f"takes {size} bytes as JSON; at most {max_bytes} allowed")
     if any(not isinstance(key, str) or not key.strip() for key in attributes):
         raise RuleViolation.single(loc, "keys must be non-empty strings")
-    if _holds_nul(attributes):  # PostgreSQL's jsonb cannot hold it
-        raise RuleViolation.single(loc, "must not contain the NUL character (\\u0000)")
     return dict(attributes)
-
-
-def _holds_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(item) for item in value)
-    return False
 
 
 def _json_depth(value: object) -> int:

@@ -6,10 +6,11 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from services.profile import domain
 from shared.events.payloads import ConsentPurpose, ConsentStatus, CustomerKind, Stage, Tier
+from shared.text import unstorable_text_in
 
 #: Money on the wire: a decimal string with the currency's minor units ("129.90").
 MoneyText = Annotated[
@@ -20,6 +21,19 @@ MoneyText = Annotated[
 MoneyIn = Annotated[Decimal, Field(allow_inf_nan=False, examples=["129.90"])]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _storable_json(attributes: dict[str, Any]) -> dict[str, Any]:
+    # At validation, not only in the rules: a retried write dumps the request for its
+    # Idempotency-Key fingerprint first, and a lone surrogate in a nested key breaks the dump.
+    problem = unstorable_text_in(attributes)
+    if problem is not None:
+        raise ValueError(problem)
+    return attributes
+
+
+#: A JSON object jsonb can hold: no NUL and no lone surrogate in any key or string.
+CustomAttributes = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 
 class AddressIn(BaseModel):
@@ -61,7 +75,7 @@ class CustomerCreate(BaseModel):
         None, max_length=128, description="Id in another system; unique"
     )
     tags: list[str] = Field(default_factory=list, max_length=domain.MAX_TAGS)
-    custom_attributes: dict[str, Any] = Field(default_factory=dict)
+    custom_attributes: CustomAttributes = Field(default_factory=dict)
     referred_by: uuid.UUID | None = Field(None, description="The referring customer")
     source_channel: str | None = Field(None, max_length=32, examples=["web", "store"])
     consents: dict[ConsentPurpose, ConsentStatus] = Field(default_factory=dict)
@@ -81,7 +95,7 @@ class CustomerUpdate(BaseModel):
     addresses: list[AddressIn] | None = Field(None, max_length=10)
     external_ref: str | None = Field(None, max_length=128)
     tags: list[str] | None = Field(None, max_length=domain.MAX_TAGS)
-    custom_attributes: dict[str, Any] | None = None
+    custom_attributes: CustomAttributes | None = None
     source_channel: str | None = Field(None, max_length=32)
 
 

@@ -8,6 +8,7 @@ its stored response. The same key with a different request body is a 422.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,13 @@ class StoredResponse:
 
 
 def fingerprint(payload: Any) -> str:
-    return hashlib.sha256(
-        orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)
-    ).hexdigest()
+    try:
+        canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS, default=str)
+    except TypeError:
+        # orjson refuses integers past 64 bits and lone surrogates (JSON's `"\\udfff"`), both
+        # valid JSON a client may send; the request's own rules decide on them after this.
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 async def run_once(

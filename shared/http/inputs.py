@@ -1,9 +1,10 @@
 """Input types for what PostgreSQL can store, used by every service's request schemas.
 
 Valid JSON and valid RFC 3339 are not always storable: PostgreSQL's text and jsonb refuse the
-NUL character, and `0001-01-01T00:00:00+14:00` has no UTC datetime (asyncpg converts to UTC
-and overflows). Both used to reach the database and come back as a 500; these types make them
-a 422 naming the field.
+NUL character; JSON may escape half of a surrogate pair (`"\\udfff"`), which has no UTF-8, so
+asyncpg cannot send it; and `0001-01-01T00:00:00+14:00` has no UTC datetime (asyncpg converts
+to UTC and overflows). All used to reach the database and come back as a 500; these types
+make them a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime
 
 from shared.clock import business_time_problem
+from shared.text import unstorable_text_problem
 
 
 def storable_text(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
+    problem = unstorable_text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -29,7 +32,7 @@ def storable_time(value: datetime) -> datetime:
     return value
 
 
-#: Free text PostgreSQL can store (no U+0000).
+#: Free text PostgreSQL can store (no U+0000, no lone surrogate).
 StorableText = Annotated[str, AfterValidator(storable_text)]
 #: A business time from a client (`as_of`, `received_at`, ...): with an offset, from 1900 and
 #: before year 9000 in UTC (`shared.clock.business_time_problem`).

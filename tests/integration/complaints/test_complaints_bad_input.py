@@ -4,6 +4,7 @@ U+0000, and RFC 3339 times that have no UTC datetime (or sit at the end of time)
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,16 @@ AFTER_YEAR_9999 = "9999-12-31T23:00:00-05:00"
 # Representable, but SLA arithmetic (a target or a pause added to it) would overflow.
 END_OF_TIME = "9999-12-31T23:00:00+00:00"
 NUL = "a\x00b"
+# JSON may escape half of a surrogate pair (`"\udfff"`); no UTF-8, so no database, can hold it.
+LONE_SURROGATE = "a\udfffb"
+
+
+def _json(body: dict[str, Any]) -> dict[str, Any]:
+    """A body as JSON text with `\\u` escapes, which is how a client sends a lone surrogate."""
+    return {
+        "content": json.dumps(body).encode(),
+        "headers": {**WRITER, "content-type": "application/json"},
+    }
 
 
 def _fields(response: Any) -> list[str]:
@@ -29,7 +40,10 @@ def _fields(response: Any) -> list[str]:
     return [e["field"] for e in response.json()["errors"]]
 
 
-async def test_text_with_a_nul_character_is_422_naming_the_field(complaints: Any) -> None:
+@pytest.mark.parametrize("text", [NUL, LONE_SURROGATE], ids=["nul", "lone-surrogate"])
+async def test_text_no_database_can_hold_is_422_naming_the_field(
+    complaints: Any, text: str
+) -> None:
     complaints.clock.set(datetime(2027, 4, 5, 9, 0, tzinfo=UTC))
     customer = await complaints.customer()
     base = {
@@ -41,19 +55,15 @@ async def test_text_with_a_nul_character_is_422_naming_the_field(complaints: Any
         "description": "Two charges on my card",
     }
     for field in ("subject", "description", "order_id"):
-        response = await complaints.client.post(
-            "/v1/complaints", json={**base, field: NUL}, headers=WRITER
-        )
+        response = await complaints.client.post("/v1/complaints", **_json({**base, field: text}))
         assert _fields(response) == [f"body.{field}"]
     complaint = await complaints.open(customer)
     cid = complaint["id"]
     for body, field in (
-        ({"message": NUL}, "body.message"),
-        ({"message": "Sorry", "note": NUL}, "body.note"),
+        ({"message": text}, "body.message"),
+        ({"message": "Sorry", "note": text}, "body.note"),
     ):
-        response = await complaints.client.post(
-            f"/v1/complaints/{cid}/acknowledge", json=body, headers=WRITER
-        )
+        response = await complaints.client.post(f"/v1/complaints/{cid}/acknowledge", **_json(body))
         assert _fields(response) == [field]
     unchanged = (await complaints.client.get(f"/v1/complaints/{cid}", headers=WRITER)).json()
     assert (unchanged["status"], unchanged["version"]) == ("received", complaint["version"])

@@ -3,6 +3,7 @@ an import): text with a NUL character, times whose UTC form leaves the calendar,
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -82,6 +83,71 @@ async def test_text_with_a_nul_character_is_a_422_naming_the_field(profile: Prof
     # nothing changed
     after = await profile.client.get(base, headers=READER)
     assert after.json()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"note": "a\udfffb"},
+        {"k\udc00": 1},
+        {"nested": [{"deep": "\ud800"}]},
+        {"nested": {"k\ud800": 1}},
+    ],
+    ids=["value", "key", "nested-value", "nested-key"],
+)
+async def test_custom_attributes_with_a_lone_surrogate_are_a_422(
+    profile: Profile, attributes: dict[str, Any]
+) -> None:
+    """JSON may escape half of a surrogate pair; it has no UTF-8, so jsonb cannot hold it."""
+    customer = await profile.register()
+    base = f"/v1/customers/{customer['id']}"
+    as_json = {**WRITER, "content-type": "application/json"}  # `\\u` escapes, as a client sends
+    cases: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+        (
+            "POST",
+            "/v1/customers",
+            {"name": "Lone Half", "custom_attributes": attributes},
+            # a retry-safe registration dumps the request for its fingerprint first
+            {**as_json, "Idempotency-Key": uuid.uuid4().hex},
+        ),
+        ("PATCH", base, {"custom_attributes": attributes}, {**as_json, "If-Match": '"1"'}),
+    ]
+    for method, url, body, headers in cases:
+        response = await profile.client.request(
+            method, url, content=json.dumps(body).encode(), headers=headers
+        )
+        # pydantic refuses a surrogate in a key itself (`body.custom_attributes.k\ufffd.[key]`)
+        fields = field_errors(response)
+        assert fields and all(f.startswith("body.custom_attributes") for f in fields), fields
+    after = await profile.client.get(base, headers=READER)
+    assert (after.json()["version"], after.json()["custom_attributes"]) == (1, {})
+
+
+async def test_an_idempotent_registration_takes_any_json_its_fingerprint_cannot_break(
+    profile: Profile,
+) -> None:
+    """The Idempotency-Key fingerprint of the request used orjson, which refuses integers past
+    64 bits and lone surrogates: both were a 500 before the registration's own rules ran."""
+    big = {"name": "Big Number", "custom_attributes": {"points": 2**70}}
+    key = {**WRITER, "Idempotency-Key": uuid.uuid4().hex}
+    first = await profile.client.post("/v1/customers", json=big, headers=key)
+    assert first.status_code == 201, first.text
+    assert first.json()["custom_attributes"] == {"points": 2**70}
+    again = await profile.client.post("/v1/customers", json=big, headers=key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true")
+    assert again.json()["id"] == first.json()["id"]
+    # stored as sent, the hand-serialised 360 view shows it too
+    view = await profile.client.get(f"/v1/customers/{first.json()['id']}/360", headers=READER)
+    assert view.status_code == 200, view.text
+    assert view.json()["profile"]["custom_attributes"] == {"points": 2**70}
+
+    lone = {"name": "Lone Half", "custom_attributes": {"note": "a\udfffb"}}
+    refused = await profile.client.post(
+        "/v1/customers",
+        content=json.dumps(lone).encode(),
+        headers={**WRITER, "Idempotency-Key": uuid.uuid4().hex, "content-type": "application/json"},
+    )
+    assert field_errors(refused) == {"body.custom_attributes"}
 
 
 @pytest.mark.parametrize(
