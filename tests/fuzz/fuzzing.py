@@ -9,6 +9,9 @@ The OpenAPI document is the one `create_app().openapi()` builds in-process (the 
 `/openapi.json`; `test_fuzz_served_documents.py` checks that they are equal), so the tests are
 parametrized per operation at collection time. `CRM_FUZZ_EXAMPLES` (default 25) bounds the
 examples per operation; runs are derandomized (reproducible in CI) unless `CRM_FUZZ_RANDOM=1`.
+
+Generation is schemathesis's, with two additions: RFC 3339 times at any offset and at the
+calendar's edges (below), and control characters, NUL above all, in free text (`hostile_text`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from datetime import timedelta, timezone
 from typing import Any
 
 import schemathesis
+from fuzz import hostile_text
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -75,7 +79,10 @@ def openapi_document(service: str) -> dict[str, Any]:
 
 
 def schema_of(service: str) -> OpenApiSchema:
-    return schemathesis.openapi.from_dict(openapi_document(service))
+    document = openapi_document(service)
+    schema = schemathesis.openapi.from_dict(document)
+    hostile_text.install(schema, document)
+    return schema
 
 
 def errors_are_problem_json(ctx: Any, response: Any, case: Any) -> bool | None:
