@@ -809,7 +809,8 @@ def _apply_purchase(
         # Lapsing: with this purchase known, the lapse had not happened by its date.
         move(target, Reason.REACTIVATED)
     elif state.stage is Stage.CHURNED and _purchase_ends_churn(state, policy, at):
-        late_correction = at < state.since
+        # Older than the churn, or at its instant when a time rule made it (it fires only after).
+        late_correction = not _in_force_at(state, at)
         move(Stage.GROWTH, Reason.WINBACK)
         if late_correction and established:
             # In order the churn would not have happened: restore what reactivation gives.
@@ -1174,10 +1175,14 @@ def _settle(
 def _in_force_at(state: CustomerLifecycle, at: datetime) -> bool:
     """Whether an event at ``at`` finds the current stage (in order, not seen late).
 
-    A stage an event entered is in force from that instant on; one a time rule entered only
-    after it (a rule fires for times strictly after its due time, see :func:`evaluate`).
+    A stage an event entered is in force from that instant on; one a time rule entered (a lapse,
+    an inactivity churn) only after it: a rule fires for times strictly after its due time, see
+    :func:`evaluate`.
     """
-    return state.since < at or (state.since == at and state.reason is not Reason.LAPSING)
+    return state.since < at or (state.since == at and state.reason not in _TIME_RULE_REASONS)
+
+
+_TIME_RULE_REASONS = frozenset({Reason.LAPSING, Reason.INACTIVE})
 
 
 # --- time rules -------------------------------------------------------------------------

@@ -153,6 +153,30 @@ class Event:
     satisfaction: int | None = None
 
 
+def test_a_purchase_at_the_instant_an_inactivity_churn_fell_due_prevents_it() -> None:
+    """A time rule fires only after its due time, so in business order a purchase at that very
+    instant comes first: reactivated, mature when established. A sweep that ran before the
+    purchase arrived churned the customer at that instant; the purchase then restores the stage
+    business order gives (found by the property below: purchases on days 135, 225, 540, and 1350,
+    when inactivity fell due, arriving after a sweep)."""
+    days = (135, 225, 540)
+    state = None
+    for n in days:
+        state = _buy(state, n, T0 + timedelta(days=n)).state
+    assert state is not None
+    churned = d.evaluate(state, POLICY, as_of=T0 + timedelta(days=1351)).state
+    due = T0 + timedelta(days=1350)
+    assert (churned.stage, churned.reason, churned.since) == (
+        d.Stage.CHURNED,
+        d.Reason.INACTIVE,
+        due,
+    )
+    late = _buy(churned, 1350, due).state
+    in_order = _buy(state, 1350, due).state
+    assert in_order.stage is d.Stage.MATURE
+    assert late.stage is in_order.stage
+
+
 @st.composite
 def mixed(
     draw: st.DrawFn,
