@@ -18,7 +18,10 @@ from shared.platform import SERVICES
 SELECTED = tuple(os.environ.get("CRM_FUZZ_SERVICES", ",".join(SERVICES)).split(","))
 
 
-@pytest.fixture(scope="session")
+# Package scope (tests/fuzz is a package for it): the services stop after the last fuzz test,
+# so suites run after it in the same session (`pytest` alone collects tests/fuzz before
+# tests/integration) do not share their consumer groups with them.
+@pytest.fixture(scope="package")
 def fuzz_services(
     postgres_server: PostgresServer,
     kafka_broker: Broker,
@@ -47,7 +50,7 @@ def fuzz_services(
     ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def service_url(fuzz_services: Services) -> Any:
     """service_url("profile") -> base URL of the running service."""
 

@@ -23,7 +23,6 @@ from datetime import timedelta, timezone
 from typing import Any
 
 import schemathesis
-from fuzz import hostile_text
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -34,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from fuzz import hostile_text
 from shared.http.auth import SCOPES, issue_dev_token
 from shared.settings import ServiceSettings
 

@@ -1,0 +1,1 @@
+"""API fuzzing: schemathesis against each service's OpenAPI (see fuzzing.py)."""
