@@ -7,10 +7,11 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from fuzz.fuzzing import openapi_document, schema_of
-from fuzz.hostile_text import HEADER_CHARACTERS, Slot, text_slots, with_character
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
+
+from fuzz.fuzzing import openapi_document, schema_of
+from fuzz.hostile_text import HEADER_CHARACTERS, Slot, text_slots, with_character
 
 DRAWS = 200
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from fuzz.fuzzing import openapi_document
 
+from fuzz.fuzzing import openapi_document
 from shared.platform import SERVICES
 
 
