@@ -286,8 +286,14 @@ def dlq_list(
     """Show what is in the DLQ: origin, group, error (payloads are not printed: they may hold personal data)."""
     from shared.messaging import dlq
 
-    for entry in asyncio.run(dlq.read_all(limit=limit, group=group)):
+    entries = asyncio.run(dlq.read_all(limit=limit, group=group))
+    for entry in entries:
         typer.echo(json.dumps(entry.summary()))
+    if not entries:  # on stderr: stdout stays one JSON object per line for scripts
+        typer.echo(
+            f"crm.dlq.v1 holds nothing{f' of group {group}' if group else ''}: the DLQ is empty",
+            err=True,
+        )
 
 
 @dlq_app.command("replay")

@@ -129,11 +129,15 @@ class IllegalTransition(Conflict):
     """The step is not allowed from the complaint's status (HTTP 409 with the allowed steps)."""
 
     def __init__(self, *, status: Status, action: Action, allowed: tuple[Action, ...]) -> None:
-        listed = ", ".join(allowed) or "none"
+        # Steps named as the client calls them (their path segments: `await-customer`), in the
+        # detail as in `allowed`.
+        segments = [a.value.replace("_", "-") for a in allowed]
+        listed = ", ".join(segments) or "none"
         super().__init__(
-            f"cannot {action} a complaint that is {status}; allowed next steps: {listed}",
+            f"cannot {action.value.replace('_', '-')} a complaint that is {status}; "
+            f"allowed next steps: {listed}",
             current_status=str(status),
-            allowed=[a.value.replace("_", "-") for a in allowed],
+            allowed=segments,
         )
         self.current_status = status
         self.action = action

@@ -1126,7 +1126,11 @@ def _parse_csv_time(text: str, problems: list[FieldProblem]) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         problems.append(
-            FieldProblem(loc, f"{text!r} is not an RFC 3339 time like 2024-05-01T10:00:00Z")
+            FieldProblem(
+                loc,
+                f"{text!r} is not an RFC 3339 time like 2024-05-01T10:00:00Z "
+                "nor a date like 2024-05-01",
+            )
         )
         return None
     if moment.tzinfo is None:

@@ -102,6 +102,26 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _field_error(request: Request, error: Any) -> dict[str, str]:
+    """One validation error as `{field, reason}`. Two of FastAPI's name no field a client can act
+    on: a body that is not JSON (its location is the character where parsing stopped, so the
+    field read `body.31` and the reason `JSON decode error`), and a body not read as JSON at all
+    because the request said another content type (curl's `-d` alone sends a form)."""
+    loc = tuple(error["loc"])
+    if error["type"] == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        cause = (error.get("ctx") or {}).get("error") or error["msg"]
+        return {"field": "body", "reason": f"invalid JSON{where}: {cause}"}
+    if loc == ("body",) and isinstance(error.get("input"), bytes | bytearray):
+        content_type = request.headers.get("content-type") or "none"
+        return {
+            "field": "body",
+            "reason": f"{error['msg']}: the body was not read as JSON (content-type "
+            f"{content_type}); send it with `content-type: application/json`",
+        }
+    return {"field": _location(loc), "reason": error["msg"]}
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(CrmError)
     async def crm_error(request: Request, exc: CrmError) -> JSONResponse:
@@ -120,7 +140,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _location(e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+        errors = [_field_error(request, e) for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors[:5])
         return problem_response(
             request,

@@ -94,6 +94,7 @@ def test_each_bad_row_gets_its_reason_and_the_rest_still_import() -> None:
     assert sorted(by_line) == list(range(3, 13))
     assert "has no UTC offset" in by_line[3]
     assert "is not an RFC 3339 time" in by_line[4]
+    assert "nor a date like 2024-05-01" in by_line[4]  # a bare date is accepted too: say so
     assert "'-3.00' is not a plain decimal number" in by_line[5]
     assert "'1,234.50' is not a plain decimal number" in by_line[6]
     assert "too many decimal places" in by_line[7]

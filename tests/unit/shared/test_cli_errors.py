@@ -107,3 +107,20 @@ def test_replay_says_why_it_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output, exception = run("replay", "lifecycle")
     assert (code, exception) == (1, None)
     assert "Error: a lifecycle worker is running (it holds the relay lock)" in output
+
+
+def test_an_empty_dlq_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crm dlq list` printed nothing at all when the DLQ was empty: as if it had not run."""
+    from shared.messaging import dlq
+
+    async def nothing(**_: object) -> list[object]:
+        return []
+
+    monkeypatch.setattr(dlq, "read_all", nothing)
+    result = CliRunner().invoke(app, ["dlq", "list"])
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "the DLQ is empty" in result.stderr
+    result = CliRunner().invoke(app, ["dlq", "list", "--group", "lifecycle"])
+    assert "holds nothing of group lifecycle" in result.stderr
+

@@ -127,6 +127,44 @@ async def test_validation_errors_name_each_field(client: httpx.AsyncClient) -> N
     assert_problem(malformed, 422)
 
 
+async def test_a_body_that_is_not_json_names_the_body_and_why(client: httpx.AsyncClient) -> None:
+    """Not `body.31: JSON decode error` (a character offset as the field, no reason)."""
+    trailing_comma = await client.post(
+        "/v1/things",
+        content=b'{"name": "ab", "count": 1,}',
+        headers={**auth(), "content-type": "application/json"},
+    )
+    body = assert_problem(trailing_comma, 422)
+    assert body["errors"] == [
+        {
+            "field": "body",
+            "reason": "invalid JSON at character 26: Expecting property name enclosed in double quotes",
+        }
+    ]
+    # curl -d without -H 'content-type: application/json' sends a form: say so
+    form = await client.post(
+        "/v1/things",
+        content=b'{"name": "ab", "count": 1}',
+        headers={**auth(), "content-type": "application/x-www-form-urlencoded"},
+    )
+    body = assert_problem(form, 422)
+    [error] = body["errors"]  # type: ignore[misc]
+    assert error["field"] == "body"
+    assert "application/x-www-form-urlencoded" in error["reason"]
+    assert "content-type: application/json" in error["reason"]
+    # a JSON body of the wrong shape keeps pydantic's own words
+    array = await client.post(
+        "/v1/things", json=[1], headers={**auth(), "content-type": "application/json"}
+    )
+    body = assert_problem(array, 422)
+    assert body["errors"] == [
+        {
+            "field": "body",
+            "reason": "Input should be a valid dictionary or object to extract fields from",
+        }
+    ]
+
+
 async def test_domain_errors_become_problems(client: httpx.AsyncClient) -> None:
     body = assert_problem(
         await client.post("/v1/things", json={"name": "taken", "count": 1}, headers=auth()), 409
@@ -168,3 +206,4 @@ def test_openapi_declares_bearer_auth_and_problem_responses(client: httpx.AsyncC
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     responses = spec["paths"]["/v1/things"]["post"]["responses"]
     assert "application/problem+json" in responses["422"]["content"] or "422" in responses
+
