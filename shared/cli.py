@@ -243,6 +243,20 @@ def docs(
         typer.echo("docs/asyncapi.yaml is valid AsyncAPI 3.0.0")
 
 
+#: `crm import purchases` exit status when some rows were rejected and the rest imported.
+IMPORT_ROWS_REJECTED = 3
+
+
+def _refusal(response: Any) -> str:
+    """A refused request in one line: the problem's detail, else the body."""
+    try:
+        problem = response.json()
+        detail = problem.get("detail") or problem.get("title")
+    except ValueError:
+        detail = None
+    return f"the import was refused (HTTP {response.status_code}): {detail or response.text}"
+
+
 @import_app.command("purchases")
 def import_purchases(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file")],
@@ -271,11 +285,23 @@ def import_purchases(
             headers={"Authorization": f"Bearer {bearer}", "Content-Type": "text/csv"},
         )
     if response.status_code >= 400:
-        typer.echo(f"import failed ({response.status_code}): {response.text}", err=True)
+        typer.echo(f"Error: {_refusal(response)}", err=True)
         raise typer.Exit(1)
     summary = response.json()
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"done in {time.perf_counter() - started:.1f}s")
+    if summary.get("status") == "failed":
+        typer.echo(f"Error: the import failed: {summary.get('error')}", err=True)
+        raise typer.Exit(1)
+    if summary.get("rejected"):
+        # Not an error of the command, but a script must be able to tell: exit 3.
+        typer.echo(
+            f"{summary['rejected']} of {summary['rows_read']} rows were rejected (their lines "
+            "and reasons are under `rejections` above); the other rows were imported. Fix "
+            "those rows and import the file again: imported orders count as duplicates.",
+            err=True,
+        )
+        raise typer.Exit(IMPORT_ROWS_REJECTED)
 
 
 @dlq_app.command("list")

@@ -124,3 +124,58 @@ def test_an_empty_dlq_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["dlq", "list", "--group", "lifecycle"])
     assert "holds nothing of group lifecycle" in result.stderr
 
+
+def answer(status: int, body: dict[str, object]) -> object:
+    import httpx
+
+    def post(url: str, **_: object) -> httpx.Response:
+        return httpx.Response(status, json=body, request=httpx.Request("POST", url))
+
+    return post
+
+
+SUMMARY: dict[str, object] = {
+    "status": "done",
+    "rows_read": 3,
+    "orders_total": 3,
+    "purchases_created": 2,
+    "rejected": 1,
+    "rejections": [{"line": 3, "reason": "'x' is not a plain decimal number"}],
+    "error": None,
+}
+
+
+def test_an_import_with_rejected_rows_says_so_and_exits_3(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """It exited 0 whatever was rejected: a script could not tell a partial import."""
+    import httpx
+
+    csv = tmp_path / "purchases.csv"
+    csv.write_text("external_ref,order_id,occurred_at,amount,currency\n")
+    monkeypatch.setattr(httpx, "post", answer(200, SUMMARY))
+    code, output, exception = run("import", "purchases", str(csv))
+    assert (code, exception) == (3, None)
+    assert "1 of 3 rows were rejected" in output and "'x' is not a plain decimal" in output
+
+    monkeypatch.setattr(httpx, "post", answer(200, {**SUMMARY, "rejected": 0, "rejections": []}))
+    assert run("import", "purchases", str(csv))[0] == 0
+
+    failed = {**SUMMARY, "status": "failed", "error": "chunk 2 failed: try again"}
+    monkeypatch.setattr(httpx, "post", answer(200, failed))
+    code, output, _ = run("import", "purchases", str(csv))
+    assert code == 1 and "Error: the import failed: chunk 2 failed: try again" in output
+
+
+def test_a_refused_import_is_one_error_line_with_the_problem_detail(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import httpx
+
+    csv = tmp_path / "purchases.csv"
+    csv.write_text("order_id\n")
+    problem = {"title": "Invalid input", "status": 422, "detail": "header: missing external_ref"}
+    monkeypatch.setattr(httpx, "post", answer(422, problem))
+    code, output, exception = run("import", "purchases", str(csv))
+    assert (code, exception) == (1, None)
+    assert "Error: the import was refused (HTTP 422): header: missing external_ref" in output
