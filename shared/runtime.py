@@ -250,7 +250,11 @@ class ServiceRuntime:
                     try:
                         result = await job()
                         metrics.JOB_RUNS.labels(self.service, name, "ok").inc()
-                        log.info("job.done", job=name, result=str(result)[:300])
+                        # A poll that found nothing to do (0, None, empty) is not news: jobs
+                        # polled every second or two would fill the log with it.
+                        (log.info if result else log.debug)(
+                            "job.done", job=name, result=str(result)[:300]
+                        )
                     finally:
                         await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             except Exception:

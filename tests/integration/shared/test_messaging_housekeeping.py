@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import MetaData, event, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from shared.clock import FixedClock
 from shared.db import create_engine, make_metadata
@@ -226,3 +227,33 @@ async def test_the_migrated_service_databases_are_pruned(
             assert event not in await inbox_ids(service_engine), service
         finally:
             await service_engine.dispose()
+
+
+async def test_a_periodic_job_logs_its_polls_that_found_nothing_at_debug(
+    engine: AsyncEngine,
+) -> None:
+    """Jobs polled every second or two (scoring's recompute, lifecycle's requested evaluations)
+    logged `job.done` at INFO each time, mostly with a result of 0: 174 lines in three minutes."""
+    runtime = ServiceRuntime(
+        settings=ServiceSettings(
+            service_name=SERVICE, database_url=engine.url.render_as_string(hide_password=False)
+        ),
+        tables=TABLES,
+        clock=FixedClock(NOW),
+        configure_logs=False,
+    )
+    runtime.engine = engine
+    results: list[object] = [0, 3, None, [], "moved 2"]
+
+    async def poll() -> object:
+        result = results.pop(0)
+        if not results:
+            runtime.stop_event.set()
+        return result
+
+    with capture_logs() as logs:
+        await runtime.run_periodic("poll", 0.001, poll)
+
+    done = [(e["log_level"], e["result"]) for e in logs if e["event"] == "job.done"]
+    assert [entry for entry in done if entry[0] == "info"] == [("info", "3"), ("info", "moved 2")]
+    assert all(level == "debug" for level, result in done if result in {"0", "None", "[]"})
