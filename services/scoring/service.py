@@ -16,12 +16,12 @@ transaction, so one customer's events leave in order.
 from __future__ import annotations
 
 import functools
-import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
@@ -38,6 +38,7 @@ from services.scoring.domain import (
     TimeUnit,
     ValueModelPolicy,
     calibration_from_aggregates,
+    concentration,
     customer_lifetime_value,
     value_customers,
 )
@@ -764,46 +765,47 @@ async def pyramid(session: AsyncSession, *, settings: ScoringSettings) -> Pyrami
 
 
 async def pareto(session: AsyncSession, *, settings: ScoringSettings, points: int) -> ParetoRead:
-    """Cumulative share of net revenue held by the top k% of customers (by net revenue)."""
-    rows = (
+    """Cumulative share of net revenue held by the top k% of customers (by net revenue): the
+    Lorenz curve of `domain.concentration`, read at `points` even shares and at 20%."""
+    customers, total = (
         await session.execute(
             text(
-                "WITH ranked AS (SELECT greatest(net_revenue, 0) AS revenue, "
-                "row_number() OVER (ORDER BY net_revenue DESC, customer_id) AS position, "
-                "count(*) OVER () AS customers FROM customer_values WHERE purchase_days > 0) "
-                "SELECT ceil(CAST(:points AS numeric) * position / customers)::int AS bucket, "
-                "max(customers) AS customers, sum(revenue) AS revenue "
-                "FROM ranked GROUP BY bucket ORDER BY bucket"
+                "SELECT count(*), coalesce(sum(greatest(net_revenue, 0)), 0) "
+                "FROM customer_values WHERE purchase_days > 0"
+            )
+        )
+    ).one()
+    shares = [Fraction(k, points) for k in range(1, points + 1)]
+    top_fifth = Fraction(1, 5)
+    needed = concentration.positions_needed(customers, [*shares, top_fifth])
+    revenue: dict[int, Decimal] = {}
+    cumulative: dict[int, Decimal] = {}
+    if needed:
+        # One ranked pass; only the ranks the curve is read at come back.
+        rows = await session.execute(
+            text(
+                "SELECT position, revenue, cumulative FROM ("
+                "SELECT greatest(net_revenue, 0) AS revenue, row_number() OVER w AS position, "
+                "sum(greatest(net_revenue, 0)) OVER w AS cumulative "
+                "FROM customer_values WHERE purchase_days > 0 "
+                "WINDOW w AS (ORDER BY net_revenue DESC, customer_id ROWS UNBOUNDED PRECEDING)"
+                ") AS ranked WHERE position = ANY(CAST(:positions AS bigint[]))"
             ),
-            {"points": points},
+            {"positions": sorted(needed)},
         )
-    ).all()
-    customers = rows[0].customers if rows else 0
-    total = sum((row.revenue for row in rows), Decimal(0))
-    cumulative = Decimal(0)
-    curve = []
-    by_bucket = {row.bucket: row.revenue for row in rows}
-    for bucket in range(1, points + 1):
-        cumulative += by_bucket.get(bucket, Decimal(0))
-        curve.append(
-            ParetoPoint(
-                customer_share=bucket / points,
-                revenue_share=float(cumulative / total) if total else 0.0,
-            )
+        for row in rows:
+            revenue[row.position] = row.revenue
+            cumulative[row.position] = row.cumulative
+
+    def held(share: Fraction) -> float:
+        return concentration.share_held(
+            share, customers=customers, revenue=revenue, cumulative=cumulative
         )
-    top_20 = None
-    if customers and total:
-        top = (
-            await session.execute(
-                text(
-                    "SELECT coalesce(sum(revenue), 0) FROM (SELECT greatest(net_revenue, 0) AS revenue "
-                    "FROM customer_values WHERE purchase_days > 0 ORDER BY net_revenue DESC, customer_id "
-                    "LIMIT CAST(:top AS bigint)) AS best"
-                ),
-                {"top": max(1, math.floor(0.2 * customers + 1e-9))},
-            )
-        ).scalar_one()
-        top_20 = float(top / total)
+
+    curve = [
+        ParetoPoint(customer_share=float(share), revenue_share=held(share)) for share in shares
+    ]
+    top_20 = held(top_fifth) if customers and total else None
     return ParetoRead(
         currency=settings.currency,
         customers=customers,
