@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.routing import Route
@@ -45,7 +46,9 @@ def create_service_app(
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from the package's own copies of Swagger UI and ReDoc, not a CDN:
+    # self-hosted deployments are often without the internet.
+    app = FastAPIOffline(
         title=title,
         description=description,
         version=version,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
@@ -207,3 +208,16 @@ def test_openapi_declares_bearer_auth_and_problem_responses(client: httpx.AsyncC
     responses = spec["paths"]["/v1/things"]["post"]["responses"]
     assert "application/problem+json" in responses["422"]["content"] or "422" in responses
 
+
+async def test_the_api_docs_need_no_cdn(client: httpx.AsyncClient) -> None:
+    """/docs loaded Swagger UI from cdn.jsdelivr.net: blank on a network without the internet."""
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assert "cdn.jsdelivr.net" not in html and "http://" not in html and "https://" not in html
+        scripts = re.findall(r'<script src="([^"]+)"', html)
+        assert scripts, page
+        for script in scripts:
+            served = await client.get(script)
+            assert served.status_code == 200, script
+            assert "javascript" in served.headers["content-type"]
+            assert len(served.content) > 100_000  # the bundle itself, not an error page
