@@ -138,7 +138,8 @@ def _value_row(event: CloudEvent[Any], data: p.ValueScored) -> tuple[Any, ...]:
         loyalty.jones_sasser[:20],
         data.p_alive,
         data.clv,
-        data.model_version,
+        # The payload does not bound it; the column holds 100 (scoring's own are 40).
+        data.model_version[:100] if data.model_version else data.model_version,
         event.time,
     )
 

@@ -123,7 +123,10 @@ _MORE_CATEGORIES = _Ledger(
 )
 # What was refunded of each purchase by as_of (at most its amount), at the purchase's time.
 # Purchases are joined by id only: with the customer too, the planner prefers the customer
-# index and reads every purchase of each refunding customer.
+# index and reads every purchase of each refunding customer. A refund naming another
+# customer's purchase counts for nobody (it made its customer's net revenue negative, which
+# the value's read refused: a 500); `IS NOT DISTINCT FROM` checks that without being an
+# equality the planner would carry over to the customer index.
 _REFUNDS = _Ledger(
     select=(
         "r.customer_id",
@@ -135,7 +138,7 @@ _REFUNDS = _Ledger(
     key="r.customer_id",
     condition=(
         "r.currency = $1 AND p.currency = $1 AND r.refunded_at <= {as_of} "
-        "AND p.purchased_at <= {as_of}"
+        "AND p.purchased_at <= {as_of} AND p.customer_id IS NOT DISTINCT FROM r.customer_id"
     ),
     tail=" GROUP BY r.customer_id, p.purchase_id",
 )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from services.scoring.domain import TimeUnit, ValueModelPolicy
 from shared.events.payloads import Currency, Money, Tier
@@ -15,6 +16,16 @@ from shared.http.inputs import BusinessTime
 
 class _Read(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+#: Money summed over customers (a tier's, the base's revenue), written as Money is. Each
+#: customer's sums are Money; the base's may pass its 18 digits (the pyramid and the Pareto
+#: view answered 500 once they did).
+MoneyTotal = Annotated[
+    Decimal,
+    PlainSerializer(lambda v: format(v, "f"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "examples": ["129.90"]}),
+]
 
 
 class DimensionsRead(_Read):
@@ -109,7 +120,7 @@ class PyramidTierRead(BaseModel):
     tier: Tier
     customers: int
     share_of_customers: float
-    revenue: Money
+    revenue: MoneyTotal
     share_of_revenue: float
     average_clv: Money | None
     average_score: float | None
@@ -121,7 +132,7 @@ class PyramidRead(BaseModel):
     tiers: list[PyramidTierRead]
     customers_with_purchase: int
     customers_without_purchase: int
-    revenue: Money
+    revenue: MoneyTotal
 
 
 class ParetoPoint(BaseModel):
@@ -132,7 +143,7 @@ class ParetoPoint(BaseModel):
 class ParetoRead(BaseModel):
     currency: Currency
     customers: int
-    revenue: Money
+    revenue: MoneyTotal
     top_20_percent_revenue_share: float | None
     points: list[ParetoPoint]
 

@@ -43,6 +43,7 @@ from services.scoring.domain import (
     value_customers,
 )
 from services.scoring.domain._arrays import FloatArray
+from services.scoring.domain.errors import MoneyLimitExceeded
 from services.scoring.facts import Facts, load_facts, raw_connection, save_summaries, sorted_ids
 from services.scoring.models import (
     CustomerValue,
@@ -545,7 +546,19 @@ async def apply_events(
             await connection.execute(statement, *_columns(rows))
     if complaint_events:
         await _apply_complaints(connection, complaint_events)
-    result = await rescore(session, targets, causes=causes, settings=settings, facts_changed=True)
+    try:
+        result = await rescore(
+            session, targets, causes=causes, settings=settings, facts_changed=True
+        )
+    except asyncpg.NumericValueOutOfRangeError as exc:
+        if not purchases:
+            raise
+        # Predictions are capped at Money's limit (values.py): what overflows is a sum of
+        # purchases. In a batch the runner redoes each event alone, and this names the one.
+        raise MoneyLimitExceeded(
+            "`data.amount`: the customer's purchases would total more than Money holds "
+            "(99999999999999.9999); the purchase is refused and their values stay as they were"
+        ) from exc
     return result.events
 
 

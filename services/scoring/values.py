@@ -55,6 +55,9 @@ SOURCE = "/crm/scoring"
 MAX_CAUSES = 20
 # Money staged in cents; this one means NULL.
 NO_MONEY = np.iinfo(np.int64).min
+# About the largest amount of Money (max_digits=18, decimal_places=4), as a float (it rounds
+# down to 99999999999999.98).
+MAX_MONEY = 99_999_999_999_999.99
 
 
 @dataclass
@@ -351,8 +354,13 @@ def _bound(columns: bulk.Columns, staged: dict[str, NDArray[Any]]) -> list[list[
 
 
 def _cents(values: FloatArray) -> IntArray:
+    """Predicted money (expected spend, CLV) in cents, at most what Money holds: a customer whose
+    purchases approach its limit gets predictions beyond it, which neither the values' columns
+    (numeric(18, 4)) nor the events' `clv` can carry (the purchase that got a customer there was
+    dead-lettered as a numeric overflow)."""
     finite = np.isfinite(values)
-    return np.where(finite, np.rint(np.where(finite, values, 0.0) * 100), NO_MONEY).astype(np.int64)
+    cents = np.rint(np.clip(np.where(finite, values, 0.0), -MAX_MONEY, MAX_MONEY) * 100)
+    return np.where(finite, cents, NO_MONEY).astype(np.int64)
 
 
 def _staged_rows(

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AwareDatetime, BaseModel, ValidationError
 
+from shared.clock import business_time_problem
 from shared.events import payloads as p
 from shared.events import topics
 from shared.events.envelope import CloudEvent, EnvelopeError, peek
+from shared.text import unstorable_text_problem
 
 
 @dataclass(frozen=True)
@@ -225,12 +228,16 @@ def parse_fast(raw: bytes, types: Container[str] = EVENTS) -> CloudEvent[Any] | 
     event_type, validate_json, has_long_ints = known
     if not _no_nan(raw) or (has_long_ints and _LONG_INTEGER in raw.translate(_DIGITS_TO_ZERO)):
         return None  # text that merely looks so only costs the slow path
+    if raw.find(b"\\") >= 0:  # one byte is a memchr; b"\\u" took four times as long
+        return None  # an escape may hide NUL or a lone surrogate: `_unstorable` looks
     try:
         event: CloudEvent[Any] = validate_json(raw)
     except ValidationError:
         return None
     if event.type != event_type or event.__pydantic_extra__:
         return None  # another "type" came first, or extension attributes
+    if _times_problem(event) is not None:
+        return None
     return event
 
 
@@ -257,9 +264,67 @@ def parse_document(doc: dict[str, Any]) -> CloudEvent[Any]:
     if model is None:
         raise UnknownEventType(f"unknown event type {event_type!r}")
     try:
-        return model.model_validate(doc)
+        event: CloudEvent[Any] = model.model_validate(doc)
     except ValidationError as exc:
         raise EnvelopeError(f"invalid {event_type}: {exc.errors(include_url=False)}") from exc
+    problem = _times_problem(event) or _unstorable(event)
+    if problem is not None:
+        raise EnvelopeError(f"invalid {event_type}: {problem}")
+    return event
+
+
+# What the contract's schemas allow but no consumer can apply, refused as the schema's own
+# violations are (DLQ, naming the field): a business time outside the years the platform
+# stores and computes with (shared.clock: asyncpg writes year 1 and 9999 as -infinity and
+# infinity; the rules add months and years to it), and text PostgreSQL cannot store (NUL, a
+# lone surrogate). Refused when read, not when made: our own producers never make them.
+_TIME_ANNOTATIONS: Final = (datetime, AwareDatetime, datetime | None, AwareDatetime | None)
+_PAYLOAD_TIMES: Final[dict[str, tuple[str, ...]]] = {
+    t: tuple(
+        name
+        for name, field in s.payload.model_fields.items()
+        if field.annotation in _TIME_ANNOTATIONS
+    )
+    for t, s in EVENTS.items()
+}
+
+
+def _times_problem(event: CloudEvent[Any]) -> str | None:
+    problem = business_time_problem(event.time)
+    if problem is not None:
+        return f"`time` {problem}"
+    for name in _PAYLOAD_TIMES.get(event.type, ()):
+        moment = getattr(event.data, name)
+        if moment is not None and (problem := business_time_problem(moment)) is not None:
+            return f"`data.{name}` {problem}"
+    return None
+
+
+def _unstorable(event: CloudEvent[Any]) -> str | None:
+    for path, text in _texts(event, ""):
+        problem = unstorable_text_problem(text)
+        if problem is not None:
+            return f"`{path}` {problem}"
+    return None
+
+
+def _texts(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string the event holds (the fields of its models, not what they ignored)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        extra = value.__pydantic_extra__ or {}
+        for name in (*type(value).model_fields, *extra):
+            yield from _texts(getattr(value, name), f"{path}.{name}" if path else name)
+            if name in extra:
+                yield from _texts(name, f"{path}.{name}" if path else name)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{path}.{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key, f"{path}.{key}")
+            yield from _texts(item, f"{path}.{key}")
 
 
 def topic_for(event_type: str) -> str:

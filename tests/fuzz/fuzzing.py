@@ -39,13 +39,20 @@ from shared.settings import ServiceSettings
 
 PROBLEM_JSON = "application/problem+json"
 EXAMPLES = int(os.environ.get("CRM_FUZZ_EXAMPLES", "25"))
-FUZZ_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=os.environ.get("CRM_FUZZ_RANDOM") != "1",
-    suppress_health_check=list(HealthCheck),
-    print_blob=True,
-)
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of every fuzz suite: fixed examples unless CRM_FUZZ_RANDOM=1."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=os.environ.get("CRM_FUZZ_RANDOM") != "1",
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
+FUZZ_SETTINGS = fuzz_settings(EXAMPLES)
 AUTH = {
     "Authorization": "Bearer "
     + issue_dev_token(ServiceSettings(), scopes=list(SCOPES), subject="fuzz", ttl_seconds=6 * 3600)
