@@ -42,9 +42,12 @@ from pydantic import (
     model_validator,
 )
 
-# Purposes and statuses belong to the event contract (crm.customer.consent_changed.v1).
 from shared.clock import business_time_problem
-from shared.events.payloads import ConsentPurpose, ConsentStatus
+from shared.events.payloads import (  # they belong to the event contract (consent_changed)
+    ConsentPurpose,
+    ConsentStatus,
+)
+from shared.money import in_minor_units, minor_units, quantum
 from shared.text import unstorable_text_in
 
 # ---------------------------------------------------------------------------------------
@@ -501,18 +504,6 @@ def change_consents(
 # Money and time
 # ---------------------------------------------------------------------------------------
 
-#: ISO 4217 currencies whose minor unit is not 1/100 (list 1, 2024); everything else has 2.
-_MINOR_UNITS_OTHER_THAN_TWO: Final[Mapping[str, int]] = {
-    # no minor unit
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
-    "PYG": 0, "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0,
-    "XPF": 0,
-    # thousandths
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-    # ten-thousandths
-    "CLF": 4, "UYW": 4,
-}  # fmt: skip
-
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 #: Amounts at or above this are refused as almost certainly wrong (and to keep Decimal
@@ -528,19 +519,6 @@ MAX_CATEGORY_LENGTH: Final = 100
 DEFAULT_MAX_CLOCK_SKEW: Final = timedelta(minutes=5)
 
 
-def minor_units(currency: str) -> int:
-    """Decimal places of the currency's minor unit (ISO 4217): USD 2, JPY 0, KWD 3."""
-    return _MINOR_UNITS_OTHER_THAN_TWO.get(currency, 2)
-
-
-#: The smallest amount per number of decimal places (`0.01` for 2), made once, not per amount.
-_QUANTA: Final = {places: Decimal(1).scaleb(-places) for places in range(5)}
-
-
-def _quantum(places: int) -> Decimal:
-    return _QUANTA.get(places) or Decimal(1).scaleb(-places)
-
-
 def normalise_currency(raw: str, *, loc: Loc = ("currency",)) -> str:
     """An ISO 4217 alphabetic code; case is forgiven (`usd` -> `USD`)."""
     code = raw.strip().upper()
@@ -551,8 +529,7 @@ def normalise_currency(raw: str, *, loc: Loc = ("currency",)) -> str:
 
 def quantize_money(amount: Decimal, currency: str) -> Decimal:
     """Exactly the currency's minor units (`12.5` USD -> `12.50`), never `-0`."""
-    quantized = amount.quantize(_quantum(minor_units(currency)))
-    return abs(quantized) if quantized.is_zero() else quantized
+    return in_minor_units(amount, currency)
 
 
 def format_money(amount: Decimal, currency: str) -> str:
@@ -582,7 +559,7 @@ def money_problems(
     if amount >= MAX_AMOUNT:
         return [FieldProblem(loc, f"must be less than {MAX_AMOUNT}")]
     places = minor_units(currency)
-    if amount != amount.quantize(_quantum(places)):
+    if amount != amount.quantize(quantum(places)):
         unit = (
             f"{currency} has no minor unit, so amounts are whole"
             if places == 0

@@ -75,9 +75,7 @@ from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.http.preconditions import IfMatch
-
-_CENT = Decimal("0.01")
-
+from shared.money import in_minor_units
 
 # --- the current model ------------------------------------------------------------------------
 
@@ -658,6 +656,30 @@ async def read_run(session: AsyncSession, run_id: uuid.UUID) -> RecomputeRunRead
 # --- queries and the model policy --------------------------------------------------------------
 
 
+#: The money of AggregatesRead, read in the currency's minor units.
+_AGGREGATE_MONEY = (
+    "gross_revenue",
+    "refunded_revenue",
+    "net_revenue",
+    "net_revenue_365d",
+    "revenue_last_180d",
+    "revenue_prior_180d",
+)
+
+
+def _money(amount: Decimal | None, currency: str | None) -> Decimal | None:
+    """Money as every service writes it ("389.70" USD, not the column's "389.7000"); without a
+    currency (no purchase yet) with two places."""
+    return None if amount is None else in_minor_units(amount, currency or "")
+
+
+def _aggregates(row: CustomerValue) -> AggregatesRead:
+    aggregates = AggregatesRead.model_validate(row, from_attributes=True)
+    return aggregates.model_copy(
+        update={name: _money(getattr(aggregates, name), row.currency) for name in _AGGREGATE_MONEY}
+    )
+
+
 async def read_value(session: AsyncSession, customer_id: uuid.UUID) -> CustomerValueRead:
     row = await session.get(CustomerValue, customer_id)
     if row is None:
@@ -689,8 +711,8 @@ async def read_value(session: AsyncSession, customer_id: uuid.UUID) -> CustomerV
         ClvRead(
             p_alive=row.p_alive,
             expected_purchases=row.expected_purchases,
-            expected_spend=row.expected_spend,
-            clv=row.clv,
+            expected_spend=_money(row.expected_spend, row.currency),
+            clv=_money(row.clv, row.currency),
             horizon_weeks=model.policy.clv.horizon_weeks,
             time_unit=model.unit,
         )
@@ -720,7 +742,7 @@ async def read_value(session: AsyncSession, customer_id: uuid.UUID) -> CustomerV
         rfm=rfm,
         clv=clv,
         loyalty=loyalty,
-        aggregates=AggregatesRead.model_validate(row, from_attributes=True),
+        aggregates=_aggregates(row),
         explanation=ExplanationRead(
             published_score=row.published_score,
             published_tier=row.published_tier,
@@ -757,11 +779,9 @@ async def pyramid(session: AsyncSession, *, settings: ScoringSettings) -> Pyrami
                 tier=tier,
                 customers=row.customers if row else 0,
                 share_of_customers=(row.customers / customers) if row and customers else 0.0,
-                revenue=tier_revenue,
+                revenue=in_minor_units(tier_revenue, settings.currency),
                 share_of_revenue=float(tier_revenue / revenue) if revenue else 0.0,
-                average_clv=row.average_clv.quantize(_CENT)
-                if row and row.average_clv is not None
-                else None,
+                average_clv=_money(row.average_clv, settings.currency) if row else None,
                 average_score=float(row.average_score)
                 if row and row.average_score is not None
                 else None,
@@ -773,7 +793,7 @@ async def pyramid(session: AsyncSession, *, settings: ScoringSettings) -> Pyrami
         tiers=tiers,
         customers_with_purchase=customers,
         customers_without_purchase=without,
-        revenue=revenue,
+        revenue=in_minor_units(revenue, settings.currency),
     )
 
 
@@ -822,7 +842,7 @@ async def pareto(session: AsyncSession, *, settings: ScoringSettings, points: in
     return ParetoRead(
         currency=settings.currency,
         customers=customers,
-        revenue=total,
+        revenue=in_minor_units(total, settings.currency),
         top_20_percent_revenue_share=top_20,
         points=curve,
     )

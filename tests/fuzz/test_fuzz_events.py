@@ -918,5 +918,5 @@ def test_a_refund_of_another_customers_purchase_counts_for_nobody(stack: Stack) 
 
     outcome, (buyer, refunded) = stack.portal.run(run())
     assert len(outcome.applied) == 2, outcome
-    assert buyer["aggregates"]["net_revenue"] == "15570.0000"
-    assert refunded["aggregates"]["net_revenue"] == "0.0000", refunded["aggregates"]
+    assert buyer["aggregates"]["net_revenue"] == "15570.00"
+    assert refunded["aggregates"]["net_revenue"] == "0.00", refunded["aggregates"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -29,6 +30,10 @@ async def test_pyramid_adds_up_and_follows_the_cutoffs(scoring: Scoring) -> None
     ] == pytest.approx(0.20, abs=0.04)
     scores = [tiers[t]["average_score"] for t in ("key", "major", "ordinary", "small")]
     assert scores == sorted(scores, reverse=True)
+    # Money as every service writes it: USD's two places, not the columns' four.
+    amounts = [pyramid["revenue"], *(t["revenue"] for t in tiers.values())]
+    amounts += [t["average_clv"] for t in tiers.values() if t["average_clv"] is not None]
+    assert all(re.fullmatch(r"[0-9]+\.[0-9]{2}", amount) for amount in amounts), amounts
 
 
 async def test_pareto_curve_and_top_fifth_share(scoring: Scoring) -> None:
@@ -43,6 +48,7 @@ async def test_pareto_curve_and_top_fifth_share(scoring: Scoring) -> None:
         "SELECT sum(net_revenue), count(*) FROM customer_values WHERE purchase_days > 0"
     )
     assert float(pareto["revenue"]) == pytest.approx(float(rows[0][0]))
+    assert re.fullmatch(r"[0-9]+\.[0-9]{2}", pareto["revenue"])
     assert pareto["customers"] == rows[0][1]
     # Every point against the Lorenz curve computed here over every customer, best first.
     revenues = [

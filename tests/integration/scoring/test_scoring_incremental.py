@@ -148,7 +148,7 @@ async def test_the_same_purchase_recorded_twice_counts_once(scoring: Scoring) ->
     later = purchase_event(customer, T0 - timedelta(days=1), "60.00")
     await scoring.publish(first, again, later)
     value = await scoring.value_when(customer, lambda v: v["aggregates"]["orders"] == 2)
-    assert value["aggregates"]["net_revenue"] == "100.0000"
+    assert value["aggregates"]["net_revenue"] == "100.00"
     assert value["aggregates"]["purchase_days"] == 2
 
 
@@ -176,8 +176,8 @@ async def test_refunds_lower_net_revenue_and_credit(scoring: Scoring) -> None:
     )
     await scoring.publish(refund)
     after = await scoring.value_when(customer, lambda v: v["aggregates"]["chargebacks"] == 1)
-    assert after["aggregates"]["refunded_revenue"] == "150.0000"
-    assert after["aggregates"]["net_revenue"] == "150.0000"
+    assert after["aggregates"]["refunded_revenue"] == "150.00"
+    assert after["aggregates"]["net_revenue"] == "150.00"
     assert after["dimensions"]["credit"] < before["dimensions"]["credit"]
 
 
