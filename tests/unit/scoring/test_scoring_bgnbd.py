@@ -13,11 +13,15 @@ from unit.scoring.scoring_simulation import simulate_bgnbd
 from services.scoring.domain.bgnbd import (
     BgNbdParameters,
     _CompressedObjective,
+    _purchases_while_alive,
+    _purchases_while_alive_by_quadrature,
     bgnbd_log_likelihood,
     expected_purchases,
     fit_bgnbd,
     probability_alive,
 )
+from services.scoring.domain.calibration import TimeUnit
+from services.scoring.domain.clv import discounted_purchases
 from services.scoring.domain.errors import ModelFitError
 
 # (r, alpha, a, b, T from, T to): CDNOW's published estimates in weeks, a daily-scale set,
@@ -237,6 +241,52 @@ def test_expected_purchases_where_scipy_hyp2f1_overflows() -> None:
 
 
 # --- Gradient, compression, failures ------------------------------------------------------
+
+
+def regular_base() -> tuple[list[float], list[float], list[float]]:
+    """40 customers buying every 30 days, 1 to 4 times, first purchases a few days apart, in
+    weeks: the fit puts a and b near 10^6 (everyone drops out with nearly the same p)."""
+    x, t_x, T = [], [], []
+    for n in range(40):
+        purchases = 1 + n % 4
+        x.append(float(purchases - 1))
+        t_x.append(30 * (purchases - 1) / 7)
+        T.append((30 * (purchases - 1) + 5 * n) / 7)
+    return x, t_x, T
+
+
+def test_expected_purchases_where_a_and_b_are_huge() -> None:
+    """Found by the event fuzzer: such a fit made the 2F1 overflow, and every recompute of this
+    base failed ("BG/NBD expected purchases are not finite for these inputs")."""
+    x, t_x, T = regular_base()
+    fit = fit_bgnbd(x, t_x, T, min_repeat_customers=1)
+    assert min(fit.parameters.a, fit.parameters.b) > 1e5
+    undiscounted, discounted = discounted_purchases(fit.parameters, x, t_x, T, unit=TimeUnit.WEEK)
+    assert np.all(np.isfinite(undiscounted)) and np.all(discounted <= undiscounted)
+    assert np.all(undiscounted >= 0)
+
+
+def test_the_integral_fallback_equals_the_closed_form_and_a_monte_carlo() -> None:
+    """Where the closed form works, the quadrature over p's posterior gives the same; where it
+    overflows, a Monte Carlo of the model's own definition agrees within its error."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 30, 300).astype(float)
+    T = rng.uniform(1, 80, 300)
+    t = np.full(300, 52.0)
+    for parameters in (BgNbdParameters(2.0, 10.0, 3.0, 8.0), BgNbdParameters(5, 30, 2000, 3000)):
+        closed = _purchases_while_alive(parameters, parameters.a, x, T, t)
+        integral = _purchases_while_alive_by_quadrature(parameters, parameters.a, x, T, t)
+        np.testing.assert_allclose(integral, closed, rtol=1e-9)
+    huge = BgNbdParameters(r=10.78, alpha=77.85, a=530_064.3, b=864_095.2)
+    x, T, t = np.array([0.0, 1, 2, 3]), np.array([5.0, 10, 15, 20]), np.full(4, 52.0)
+    draws = 400_000
+    rate = rng.gamma(huge.r + x[:, None], 1 / (huge.alpha + T[:, None]), size=(4, draws))
+    dropout = rng.beta(huge.a, huge.b + x[:, None], size=(4, draws))
+    samples = -np.expm1(-rate * dropout * t[:, None]) / dropout
+    error = samples.std(axis=1) / math.sqrt(draws)
+    integral = _purchases_while_alive_by_quadrature(huge, huge.a, x, T, t)
+    assert np.all(np.abs(integral - samples.mean(axis=1)) < 4 * error)
+    assert np.all(np.isfinite(expected_purchases(huge, x, x * 4, T, t)))
 
 
 def test_analytic_gradient_matches_finite_differences() -> None:
