@@ -128,8 +128,9 @@ def refit_and_score(
 ) -> Refit:
     """CPU only (run in a thread): fit both models on the purchasers, score everyone.
 
-    When the data cannot support a fit, the error is kept and the previous parameters (same
-    unit) are carried over, or CLV stays unknown.
+    When the data cannot support a model's fit, the error is kept and that model's previous
+    parameters (same unit) are carried over, or what needs it stays unknown: P(alive) and the
+    expected purchases need BG/NBD, CLV both models.
     """
     seconds: dict[str, float] = {}
     with _timed(seconds, "fit"):
@@ -145,28 +146,33 @@ def refit_and_score(
         bought = calibration.has_purchase
         x, t_x, age = calibration.x[bought], calibration.t_x[bought], calibration.T[bought]
         spend = np.maximum(calibration.m_x[bought], 0.0)
-        bgnbd_record: dict[str, Any] | None = None
-        gg_record: dict[str, Any] | None = None
+        minimum = policy.clv.min_repeat_customers
+        carry_over = bool(previous.version) and previous.unit is unit
+        errors: list[str] = []
+        # Each model on its own: spend that Gamma-Gamma cannot fit (one customer spending 10^13
+        # among customers spending 100) leaves P(alive) and the expected purchases, which
+        # lifecycle's model churn needs, to BG/NBD; only CLV waits for both.
         bgnbd: BgNbdParameters | None = None
-        gg: GammaGammaParameters | None = None
-        fit_error = None
+        bgnbd_record: dict[str, Any] | None = None
         try:
-            minimum = policy.clv.min_repeat_customers
             bgnbd_fit = fit_bgnbd(x, t_x, age, min_repeat_customers=minimum)
-            gg_fit = fit_gamma_gamma(x, spend, min_repeat_customers=minimum)
-            bgnbd, gg = bgnbd_fit.parameters, gg_fit.parameters
-            bgnbd_record, gg_record = _fit_record(bgnbd_fit), _fit_record(gg_fit)
+            bgnbd, bgnbd_record = bgnbd_fit.parameters, _fit_record(bgnbd_fit)
         except ModelFitError as exc:
-            fit_error = str(exc)
-            if (
-                previous.version
-                and previous.unit is unit
-                and previous.bgnbd
-                and previous.gamma_gamma
-            ):
-                bgnbd, gg = previous.bgnbd, previous.gamma_gamma
+            errors.append(str(exc))
+            if carry_over and previous.bgnbd:
+                bgnbd = previous.bgnbd
                 bgnbd_record = {"parameters": vars_of(bgnbd), "carried_over_from": previous.version}
+        gg: GammaGammaParameters | None = None
+        gg_record: dict[str, Any] | None = None
+        try:
+            gg_fit = fit_gamma_gamma(x, spend, min_repeat_customers=minimum)
+            gg, gg_record = gg_fit.parameters, _fit_record(gg_fit)
+        except ModelFitError as exc:
+            errors.append(str(exc))
+            if carry_over and previous.gamma_gamma:
+                gg = previous.gamma_gamma
                 gg_record = {"parameters": vars_of(gg), "carried_over_from": previous.version}
+        fit_error = "; ".join(errors) or None
     with _timed(seconds, "clv"):
         p_alive, purchases, expected, clv, has_clv = calibration_and_clv(
             facts, unit, bgnbd, gg, policy

@@ -175,7 +175,7 @@ def calibration_and_clv(
     """P(alive), expected purchases and spend, CLV per customer (NaN/0 without the models)."""
     n = len(facts)
     nan = np.full(n, np.nan)
-    if bgnbd is None or gg is None or n == 0:
+    if bgnbd is None or n == 0:
         return nan, nan, nan, np.zeros(n), False
     ledger = facts.ledger
     calibration = calibration_from_aggregates(
@@ -209,8 +209,8 @@ def calibration_and_clv(
         spread(value.probability_alive, np.nan),
         spread(value.expected_purchases, np.nan),
         spread(value.expected_spend, np.nan),
-        spread(value.clv, 0.0),
-        True,
+        spread(value.clv if gg is not None else np.zeros_like(value.clv), 0.0),
+        gg is not None,  # without Gamma-Gamma: P(alive) and purchases, no CLV
     )
 
 

@@ -77,7 +77,7 @@ def discounted_purchases(
 
 def customer_lifetime_value(
     bgnbd: BgNbdParameters,
-    gamma_gamma: GammaGammaParameters,
+    gamma_gamma: GammaGammaParameters | None,
     x: ArrayLike,
     t_x: ArrayLike,
     T: ArrayLike,
@@ -88,7 +88,8 @@ def customer_lifetime_value(
     annual_discount_rate: float = DEFAULT_ANNUAL_DISCOUNT_RATE,
     margin: float = DEFAULT_MARGIN,
 ) -> CustomerLifetimeValue:
-    """P(alive), expected purchases and spend, and discounted CLV for each customer."""
+    """P(alive), expected purchases and spend, and discounted CLV for each customer (spend and
+    CLV NaN without a Gamma-Gamma model)."""
     purchases, discounted = discounted_purchases(
         bgnbd,
         x,
@@ -98,7 +99,11 @@ def customer_lifetime_value(
         horizon_weeks=horizon_weeks,
         annual_discount_rate=annual_discount_rate,
     )
-    spend = expected_spend(gamma_gamma, x, m_x)
+    spend = (
+        np.full(purchases.shape, np.nan)
+        if gamma_gamma is None
+        else expected_spend(gamma_gamma, x, m_x)
+    )
     return CustomerLifetimeValue(
         probability_alive=probability_alive(bgnbd, x, t_x, T),
         expected_purchases=purchases,
