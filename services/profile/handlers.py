@@ -26,7 +26,7 @@ from shared.events import CloudEvent, EnvelopeError, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import peek
-from shared.messaging.consumer import Decoder, Handler, HandlerContext
+from shared.messaging.consumer import Decoder, Handler, HandlerContext, decoding
 
 #: The internal type under which ingested orders reach their handler (never published).
 INGESTED_ORDER = "crm.ingest.order_received.v1"
@@ -343,7 +343,7 @@ def ingest_decoder(
             data=normalised,
         )
 
-    return decode
+    return decoding(INGESTED_ORDER, decode)
 
 
 def _purchase_of(order: domain.IngestOrder) -> domain.Purchase:

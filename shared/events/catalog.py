@@ -180,7 +180,10 @@ def asyncapi_document() -> dict[str, Any]:
         "name": "dead-letter",
         "title": "A message that could not be processed",
         "summary": "The original key and value; headers dlq.origin.topic, dlq.origin.partition, "
-        "dlq.origin.offset, dlq.consumer.group, dlq.error, dlq.error.type, dlq.attempts, dlq.failed_at. "
+        "dlq.origin.offset, dlq.consumer.group, dlq.service, dlq.error, dlq.error.type "
+        "(`unreadable`: refused when read, else the handler's error), dlq.event.type (for an "
+        "unreadable message the contract type it claims, else `unreadable`), dlq.attempts, "
+        "dlq.failed_at. "
         "`crm dlq replay` puts it back on its origin topic with the headers dlq.replayed_from and "
         "dlq.replay.group (the group that failed it): only that group applies the copy, and a "
         "consumer of another group must skip it (it processed the original).",

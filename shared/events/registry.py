@@ -241,6 +241,13 @@ def parse_fast(raw: bytes, types: Container[str] = EVENTS) -> CloudEvent[Any] | 
     return event
 
 
+def declared_type(raw: bytes | None) -> str | None:
+    """The contract event type a message says it is (None if none): names what could not be
+    read, in dead letters and metrics, without trusting anything else in it."""
+    declared = _type_in(raw or b"").decode(errors="replace")
+    return declared if declared in EVENTS else None
+
+
 def _type_in(raw: bytes) -> bytes:
     at = raw.find(b'"type":"')  # compact JSON, as we write it: cheaper than the expression
     if at >= 0:

@@ -39,7 +39,7 @@ from shared.db import SessionFactory, driver_connection
 from shared.events import EVENTS, CloudEvent, EnvelopeError
 from shared.events import topics as topic_names
 from shared.events.envelope import peek
-from shared.events.registry import parse_document, parse_fast
+from shared.events.registry import declared_type, parse_document, parse_fast
 from shared.messaging.kafka import producer_is_broken, stop_producer
 from shared.messaging.outbox import add_events, customer_lock_keys, lock_customers
 from shared.messaging.tables import MessagingTables
@@ -75,6 +75,13 @@ Handler = Callable[[HandlerContext, CloudEvent[Any]], Awaitable[None]]
 # A service may process a whole batch at once (set-based SQL); default: one handler per event.
 BatchProcessor = Callable[[HandlerContext, Sequence[CloudEvent[Any]]], Awaitable[None]]
 Decoder = Callable[[ConsumerRecord[bytes, bytes]], CloudEvent[Any]]
+
+
+def decoding(event_type: str, decode: Decoder) -> Decoder:
+    """A topic's own decoder (not CloudEvents of the contract), named by the event type it
+    makes: what the dead letters of what it refuses say they were."""
+    setattr(decode, "event_type", event_type)  # noqa: B010 (a function's attribute)
+    return decode
 
 
 def per_event(handlers: Mapping[str, Handler]) -> BatchProcessor:
@@ -143,6 +150,7 @@ class Message:
     attempts: int = 0
     ignored_type: str | None = None  # a known event type this consumer has no handler for
     replay_for: str | None = None  # a DLQ replay meant for another consumer group
+    declared_type: str | None = None  # the contract type an unreadable message claims to be
 
 
 class _Revocation(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -344,10 +352,10 @@ class ConsumerRunner:
                 if name == REPLAY_GROUP_HEADER and value != self._replays_for:
                     message.replay_for = value.decode(errors="replace")
                     return message
+        decoder = self.decoders.get(record.topic)
         try:
             if record.value is None:
                 raise EnvelopeError("empty message (tombstone)")
-            decoder = self.decoders.get(record.topic)
             if decoder is not None:
                 message.event = _keyed_by_its_customer(decoder(record))
                 return message
@@ -367,6 +375,10 @@ class ConsumerRunner:
             message.error, message.error_type = str(exc), "unreadable"
         except Exception as exc:
             message.error, message.error_type = f"{type(exc).__name__}: {exc}", "unreadable"
+        if message.error is not None:
+            message.declared_type = (
+                getattr(decoder, "event_type", None) if decoder else declared_type(record.value)
+            )
         return message
 
     async def _apply(self, messages: list[Message]) -> None:
@@ -516,7 +528,9 @@ class ConsumerRunner:
         backoff = self.backoff
         for m in failed:
             r = m.record
-            event_type = m.event.type if m.event else "unreadable"
+            # Unreadable: the type it claims, if a contract one (an order in a currency the
+            # deployment does not take is still an order), else "unreadable".
+            event_type = m.event.type if m.event else (m.declared_type or "unreadable")
             headers = [
                 # The message's own headers (the structured-mode `content-type`, ...) stay with
                 # it: `crm dlq replay` puts them back on the origin topic. Ours are `dlq.*`.

@@ -344,8 +344,10 @@ async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the
     unhandled = orjson.loads(purchase_event(customer, "x").to_bytes())
     unhandled["type"], unhandled["data"] = ev.PURCHASE_REFUNDED, {"not": "a refund"}
     unknown = {**unhandled, "type": "crm.purchase.teleported.v1", "id": str(uuid.uuid4())}
+    invalid = orjson.loads(purchase_event(customer, "bad").to_bytes())
+    invalid["data"]["amount"], invalid["id"] = "lots", str(uuid.uuid4())
     try:
-        for document in (unhandled, unknown):
+        for document in (unhandled, unknown, invalid):
             await producer.send_and_wait(topics.PURCHASES, orjson.dumps(document), key=key)
         await producer.send_and_wait(
             topics.PURCHASES, purchase_event(customer, "after").to_bytes(), key=key
@@ -362,9 +364,14 @@ async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the
             # The new group reads the topic from its start: earlier tests' poison is there too.
             if dict(r.headers).get("dlq.consumer.group") == group.encode() and r.key == key
         ]
-        assert len(letters) == 1
-        assert letters[0]["dlq.error.type"] == "unreadable"
-        assert "crm.purchase.teleported.v1" in letters[0]["dlq.error"]
+        assert len(letters) == 2
+        teleported, bad_amount = letters
+        assert teleported["dlq.error.type"] == "unreadable"
+        assert "crm.purchase.teleported.v1" in teleported["dlq.error"]
+        assert teleported["dlq.event.type"] == "unreadable"  # not a type of the contract
+        # A contract type that fails its schema is named by it (it said "unreadable").
+        assert bad_amount["dlq.error.type"] == "unreadable" and "amount" in bad_amount["dlq.error"]
+        assert bad_amount["dlq.event.type"] == ev.PURCHASE_RECORDED
     finally:
         await producer.stop()
 

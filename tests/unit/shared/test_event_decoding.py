@@ -4,6 +4,7 @@ and consumer metrics are what they were."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.events.envelope import new_id, peek
 from shared.events.registry import parse_document, parse_fast
-from shared.messaging.consumer import ConsumerRunner
+from shared.messaging.consumer import ConsumerRunner, decoding
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 C = uuid.UUID("5f1c7d4e-2d1a-4f57-9b8e-1f1f1f1f1f1f")
@@ -468,3 +469,28 @@ def test_a_forked_process_does_not_repeat_its_parents_ids() -> None:
     childs = uuid.UUID(bytes=os.read(read, 16))
     os.close(read)
     assert childs != new_id()
+
+
+def test_a_message_that_cannot_be_read_is_named_by_the_type_it_claims() -> None:
+    """Dead letters (`dlq.event.type`) and the failure metric said "unreadable" even for a
+    tier_changed.v1 with a bad score, or an order on the ingest topic in the wrong currency."""
+    consumer = runner({ev.TIER_CHANGED})
+    bad = orjson.dumps(envelope(ev.TIER_CHANGED, {**SAMPLES[ev.TIER_CHANGED], "score": 101}))
+    assert consumer._decode(record(bad)).declared_type == ev.TIER_CHANGED
+    # A type no contract knows, or none at all, is not repeated: labels stay a known set.
+    unknown = orjson.dumps(envelope("crm.nope.happened.v1", {}))
+    assert consumer._decode(record(unknown)).declared_type is None
+    assert consumer._decode(record(b"{not json")).declared_type is None
+    assert consumer._decode(record(None)).declared_type is None
+    # A topic with its own decoder: the type the decoder makes.
+
+    def refuse(_: Any) -> CloudEvent[Any]:
+        raise EnvelopeError("invalid order: currency: EUR is not this deployment's USD")
+
+    consumer.decoders = {"crm.ingest.orders.v1": decoding("crm.ingest.order_received.v1", refuse)}
+    ingest = dataclasses.replace(record(b'{"order_id": "A-1"}'), topic="crm.ingest.orders.v1")
+    refused = consumer._decode(ingest)
+    assert (refused.error_type, refused.declared_type) == (
+        "unreadable",
+        "crm.ingest.order_received.v1",
+    )
