@@ -60,7 +60,8 @@ async def test_a_recompute_as_of_a_past_date_ignores_later_purchases(scoring: Sc
     assert value is not None and value["model_version"] == run["model_version"]
     assert value["as_of"] == as_of.isoformat().replace("+00:00", "Z")
     aggregates = value["aggregates"]
-    assert aggregates["orders"] == 1 and aggregates["net_revenue"] == "30.00"  # USD: its minor units
+    # USD: its minor units
+    assert aggregates["orders"] == 1 and aggregates["net_revenue"] == "30.00"
     assert aggregates["last_purchase_at"] == early.isoformat().replace("+00:00", "Z")
     # The fit saw exactly the customers who had bought by then.
     bought_by_then = await scoring.sql(
