@@ -20,7 +20,13 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import ArrayLike
 
-from services.scoring.domain._arrays import FloatArray, ObjectArray, as_float_array, same_length
+from services.scoring.domain._arrays import (
+    FloatArray,
+    ObjectArray,
+    as_float_array,
+    clip,
+    same_length,
+)
 from services.scoring.domain.policy import (
     CreditSettings,
     DimensionWeights,
@@ -78,15 +84,17 @@ def percentile_against(breakpoints: ArrayLike, values: ArrayLike) -> FloatArray:
         return np.where(measure < points[0], 0.0, np.where(measure > points[0], 100.0, 50.0))
     low = np.searchsorted(points, measure, side="left")
     high = np.searchsorted(points, measure, side="right")
-    on_breakpoint = high > low
-    left = np.clip(low - 1, 0, last)
-    right = np.clip(low, 0, last)
+    # Strictly between breakpoints left and left + 1: linear interpolation (their span is
+    # positive: equal ones would hold the value). Below the first or above the last breakpoint
+    # (left == right, a span of 0 divided by 1) the position is set below.
+    left = clip(low - 1, 0, last)
+    right = clip(low, 0, last)
     span = points[right] - points[left]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fraction = np.where(span > 0, (measure - points[left]) / span, 0.0)
-    position = np.where(on_breakpoint, (low + high - 1) / 2, left + fraction)
-    position = np.where(~on_breakpoint & (low == 0), 0.0, position)
-    position = np.where(~on_breakpoint & (low > last), float(last), position)
+    position = left + (measure - points[left]) / np.where(span > 0, span, 1.0)
+    # On a run of equal breakpoints [low, high): its middle.
+    position = np.where(high > low, (low + high - 1) / 2, position)
+    position = np.where(high == 0, 0.0, position)
+    position = np.where(low > last, float(last), position)
     return np.asarray(100.0 * position / last, dtype=np.float64)
 
 
@@ -102,10 +110,8 @@ def credit_ratio(
     refunded = as_float_array(refunded_revenue, name="refunded_revenue")
     disputes = as_float_array(chargebacks, name="chargebacks")
     same_length(gross=gross, refunded=refunded, disputes=disputes)
-    refunded_share = np.where(
-        gross > 0, np.clip(refunded / np.where(gross > 0, gross, 1), 0, 1), 0.0
-    )
-    return np.clip(1.0 - refunded_share - settings.chargeback_penalty * disputes, 0.0, 1.0)
+    refunded_share = np.where(gross > 0, clip(refunded / np.where(gross > 0, gross, 1), 0, 1), 0.0)
+    return clip(1.0 - refunded_share - settings.chargeback_penalty * disputes, 0.0, 1.0)
 
 
 def spend_trend(*, revenue_last_180d: ArrayLike, revenue_prior_180d: ArrayLike) -> FloatArray:
@@ -126,7 +132,7 @@ def growth_potential(
 ) -> FloatArray:
     """Trend mapped to [0, 1] and category breadth (capped), weighted: in [0, 1]."""
     trend = spend_trend(revenue_last_180d=revenue_last_180d, revenue_prior_180d=revenue_prior_180d)
-    breadth = np.clip(
+    breadth = clip(
         as_float_array(categories, name="categories") / settings.category_saturation, 0, 1
     )
     same_length(trend=trend, breadth=breadth)

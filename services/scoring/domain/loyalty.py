@@ -24,7 +24,13 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import ArrayLike
 
-from services.scoring.domain._arrays import FloatArray, ObjectArray, as_float_array, same_length
+from services.scoring.domain._arrays import (
+    FloatArray,
+    ObjectArray,
+    as_float_array,
+    clip,
+    same_length,
+)
 from services.scoring.domain.policy import LoyaltySettings
 
 UNKNOWN_SATISFACTION = 50.0
@@ -79,11 +85,11 @@ def behavioural_loyalty(
     bought = days > 0
     score = (
         weights.repeat_rate * repeat_rate
-        + weights.frequency * np.where(bought, np.clip(percentile / 100, 0, 1), 0.0)
+        + weights.frequency * np.where(bought, clip(percentile / 100, 0, 1), 0.0)
         + weights.tenure
-        * np.where(bought, np.clip(tenure / settings.tenure_saturation_days, 0, 1), 0.0)
-        + weights.category_breadth * np.clip(breadth / settings.category_saturation, 0, 1)
-        + weights.referrals * np.clip(referred / settings.referral_saturation, 0, 1)
+        * np.where(bought, clip(tenure / settings.tenure_saturation_days, 0, 1), 0.0)
+        + weights.category_breadth * clip(breadth / settings.category_saturation, 0, 1)
+        + weights.referrals * clip(referred / settings.referral_saturation, 0, 1)
     )
     return np.asarray(100 * score, dtype=np.float64)
 
@@ -94,7 +100,7 @@ def satisfaction_score(*, csat_sum: ArrayLike, csat_count: ArrayLike) -> FloatAr
     count = as_float_array(csat_count, name="csat_count")
     same_length(total=total, count=count)
     mean = total / np.maximum(count, 1)
-    return np.where(count > 0, np.clip((mean - 1) * 25, 0, 100), UNKNOWN_SATISFACTION)
+    return np.where(count > 0, clip((mean - 1) * 25, 0, 100), UNKNOWN_SATISFACTION)
 
 
 def attitudinal_loyalty(
@@ -103,7 +109,7 @@ def attitudinal_loyalty(
     satisfied = as_float_array(satisfaction, name="satisfaction")
     open_count = as_float_array(open_complaints, name="open_complaints")
     same_length(satisfied=satisfied, open_count=open_count)
-    return np.clip(satisfied - settings.open_complaint_penalty * open_count, 0, 100)
+    return clip(satisfied - settings.open_complaint_penalty * open_count, 0, 100)
 
 
 def dick_basu_type(*, attitudinal: ArrayLike, behavioural: ArrayLike, cut: float) -> ObjectArray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.scoring.domain import clv
 from services.scoring.domain.bgnbd import BgNbdParameters, expected_purchases, probability_alive
 from services.scoring.domain.calibration import TimeUnit
 from services.scoring.domain.clv import customer_lifetime_value, discounted_purchases, month_ends
@@ -48,6 +49,25 @@ def test_each_month_is_discounted_at_its_end() -> None:
     ]
     by_hand = sum((cumulative[m] - cumulative[m - 1]) / 1.10 ** (m / 12) for m in range(1, 13))
     assert discounted == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_rows_are_worked_in_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each chunk's months go in one call; a recompute of millions takes several chunks.
+    rng = np.random.default_rng(3)
+    x = rng.poisson(3, 2_000).astype(float)
+    age = rng.uniform(1, 120, 2_000)
+    last = age * rng.uniform(0, 1, 2_000) * (x > 0)
+
+    def discounted() -> tuple[np.ndarray, np.ndarray]:
+        return discounted_purchases(
+            BGNBD_WEEKS, x, last, age, unit=TimeUnit.WEEK, annual_discount_rate=0.1
+        )
+
+    whole = discounted()
+    monkeypatch.setattr(clv, "_ROWS_PER_CALL", 7)
+    chunked = discounted()
+    assert np.array_equal(chunked[0], whole[0]) and np.array_equal(chunked[1], whole[1])
+    assert whole[0] == pytest.approx(expected_purchases(BGNBD_WEEKS, x, last, age, 52.0), 1e-12)
 
 
 def test_discounting_lowers_value_and_a_higher_rate_lowers_it_more() -> None:
