@@ -18,6 +18,11 @@ class CrmError(Exception):
         self.extra = extra
 
 
+class NotRetryable(Exception):
+    """Mixed into an error that the same input raises every time (a consumed event no rule can
+    use): a consumer dead-letters the event at once, with the reason, instead of retrying it."""
+
+
 class NotFound(CrmError):
     status, title, slug = 404, "Not found", "not-found"
 

@@ -90,6 +90,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.errors import NotRetryable
+
 __all__ = [
     "TRANSITIONS",
     "Complaint",
@@ -175,7 +177,7 @@ class ForbiddenTransitionError(RuntimeError):
     """A rule tried a stage change that is not a row of :data:`TRANSITIONS` (a bug)."""
 
 
-class InvalidLifecycleEventError(ValueError):
+class InvalidLifecycleEventError(NotRetryable, ValueError):
     """An input that no rule can use: naive time, negative amount, out-of-range score."""
 
 
@@ -915,16 +917,21 @@ def on_refund(
     seen yet waits for it.
     """
     _require_aware(at)
-    if refunded_total <= 0:
-        raise InvalidLifecycleEventError(f"refunded total must be positive, got {refunded_total}")
+    if refunded_total < 0:
+        raise InvalidLifecycleEventError(
+            f"refunded total must not be negative, got {refunded_total}"
+        )
     current, changes = _enter(state, policy, at)
     if isinstance(current.orders, SomeOrders):
         # Whether the order counts, and so every fact derived from the orders, may change.
         raise IncompleteOrdersError("a refund is decided with every order of the customer")
     order = current.orders.get(order_id)
     if order is None:
-        pending = max(current.pending_refunds.get(order_id, Decimal(0)), refunded_total)
-        current = _evolve(current, pending_refunds={**current.pending_refunds, order_id: pending})
+        if refunded_total > 0:  # a refund of nothing (the contract's Money allows 0) waits for none
+            pending = max(current.pending_refunds.get(order_id, Decimal(0)), refunded_total)
+            current = _evolve(
+                current, pending_refunds={**current.pending_refunds, order_id: pending}
+            )
     else:
         refunded = replace(order, refunded=max(order.refunded, refunded_total))
         current = replace(current, orders={**current.orders, order_id: refunded})

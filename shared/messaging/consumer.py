@@ -1,10 +1,11 @@
 """Consumer runner: batches, one DB transaction per batch, inbox dedup, DLQ, commit after DB.
 
 Fast path: the whole batch in one transaction, no savepoints. If a handler raises, the batch is
-rolled back and redone message by message, each in a savepoint with bounded retries and backoff;
-a message that still fails goes to the DLQ (after the DB commit, before the offset commit), so
-the partition keeps moving. Infrastructure failures (database or broker down) never send to the
-DLQ: the batch is retried until they heal, without committing offsets.
+rolled back and redone message by message, each in a savepoint with bounded retries and backoff
+(none for a `NotRetryable` error, which the same event raises every time); a message that still
+fails goes to the DLQ (after the DB commit, before the offset commit), so the partition keeps
+moving. Infrastructure failures (database or broker down) never send to the DLQ: the batch is
+retried until they heal, without committing offsets.
 
 Customer locks: a batch locks its events' customers (sorted, in the statement that writes its
 inbox rows; `lock_customers` in the slow path) before its handlers run, so that what it emits
@@ -36,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import SessionFactory, driver_connection
+from shared.errors import NotRetryable
 from shared.events import EVENTS, CloudEvent, EnvelopeError
 from shared.events import topics as topic_names
 from shared.events.envelope import peek
@@ -482,14 +484,18 @@ class ConsumerRunner:
                     raise
                 m.error = f"{type(exc).__name__}: {exc}"[:2000]
                 m.error_type = type(exc).__name__
+                refused = isinstance(exc, NotRetryable)
                 log.warning(
                     "consumer.handler_failed",
                     event_id=str(event.id),
                     event_type=event.type,
                     attempt=attempt,
                     error=m.error,
-                    trace=traceback.format_exc(limit=5),
+                    retried=not refused and attempt < self.max_attempts,
+                    trace=None if refused else traceback.format_exc(limit=5),
                 )
+                if refused:
+                    return  # fails the same way every time: to the DLQ now
                 if attempt < self.max_attempts:
                     await asyncio.sleep(self.backoff * (2 ** (attempt - 1)))
 

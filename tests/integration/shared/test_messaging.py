@@ -23,6 +23,7 @@ from support import eventually, skip_history, topic_records, waiting_for_advisor
 
 from shared.db import asyncpg_dsn, make_metadata, session_factory
 from shared.devstack import Broker, PostgresServer
+from shared.errors import NotRetryable
 from shared.events import CONTENT_TYPE, CloudEvent, new_event, topics
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -45,11 +46,18 @@ TOTALS = Table(
     Column("orders", Text, nullable=False),
 )
 POISON_ORDER = "poison-order"  # the handler refuses it, as a real handler refuses bad data
+REFUSED_ORDER = "refused-order"  # ... and says that trying again cannot help
+
+
+class OrderRefused(NotRetryable, ValueError):
+    pass
 
 
 async def count_purchases(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
     if event.data.order_id == POISON_ORDER:
         raise ValueError("order cannot be applied")
+    if event.data.order_id == REFUSED_ORDER:
+        raise OrderRefused("no rule can use this order")
     stmt = insert(TOTALS).values(
         customer_id=event.data.customer_id, purchases=1, orders=event.data.order_id
     )
@@ -301,9 +309,12 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
             topics.PURCHASES, purchase_event(customer, POISON_ORDER).to_bytes(), key=key
         )
         await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, REFUSED_ORDER).to_bytes(), key=key
+        )
+        await producer.send_and_wait(
             topics.PURCHASES, purchase_event(customer, "good-2").to_bytes(), key=key
         )
-        async with Worker(settings, engine, producer, group):
+        async with Worker(settings, engine, producer, group, max_attempts=3):
             result = await eventually(
                 lambda: _when(
                     totals(engine, customer), lambda r: r is not None and "good-2" in r[1]
@@ -316,13 +327,16 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
             for r in await read_dlq(settings, before)
             if dict(r.headers).get("dlq.consumer.group") == group.encode()
         ]
-        assert len(letters) == 2
+        assert len(letters) == 3
         headers = [{k: v.decode() for k, v in r.headers} for r in letters]
         by_type = {h["dlq.error.type"]: h for h in headers}
-        assert set(by_type) == {"unreadable", "ValueError"}
+        assert set(by_type) == {"unreadable", "ValueError", "OrderRefused"}
         assert "not JSON" in by_type["unreadable"]["dlq.error"]
         assert by_type["ValueError"]["dlq.error"] == "ValueError: order cannot be applied"
-        assert by_type["ValueError"]["dlq.attempts"] == "2"  # bounded retries before the DLQ
+        assert by_type["ValueError"]["dlq.attempts"] == "3"  # bounded retries before the DLQ
+        # A refusal that names itself not retryable goes at once.
+        assert by_type["OrderRefused"]["dlq.error"] == "OrderRefused: no rule can use this order"
+        assert by_type["OrderRefused"]["dlq.attempts"] == "1"
         for h in headers:
             assert h["dlq.origin.topic"] == topics.PURCHASES
             assert int(h["dlq.origin.offset"]) >= 0 and h["dlq.origin.partition"].isdigit()

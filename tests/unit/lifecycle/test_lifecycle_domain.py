@@ -9,6 +9,7 @@ import pytest
 
 from services.lifecycle import domain as d
 from services.lifecycle.domain import LifecyclePolicy, Reason, Stage, Trigger
+from shared.errors import NotRetryable
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 POLICY = LifecyclePolicy()
@@ -155,6 +156,16 @@ def test_a_refund_seen_before_its_order_waits_for_it(journey) -> None:
     assert (j.stage, j.now.purchase_days) == (Stage.PROSPECT, ())
     assert j.now.pending_refunds == {}
     assert [c.reason for c in j.buy(day(6), order_id="b")] == [Reason.FIRST_PURCHASE]
+
+
+def test_a_refund_of_nothing_changes_nothing(journey) -> None:
+    # The contract's Money allows 0; scoring and profile take such a refund, and so does this.
+    j = journey()
+    j.buy(day(0), order_id="a", amount="30.00")
+    assert j.refund(day(1), order_id="a", total="0.00") == ()
+    assert j.refund(day(1), order_id="not-seen-yet", total="0.00") == ()
+    assert j.now.purchase_days == (day(0).date(),)
+    assert j.now.pending_refunds == {}
 
 
 def test_a_free_order_cannot_be_fully_refunded(journey) -> None:
@@ -707,17 +718,18 @@ def test_naive_times_are_rejected() -> None:
     "call",
     [
         lambda s: d.on_purchase(s, POLICY, order_id="a", amount=Decimal("-1"), at=day(1)),
-        lambda s: d.on_refund(s, POLICY, order_id="a", refunded_total=Decimal(0), at=day(1)),
+        lambda s: d.on_refund(s, POLICY, order_id="a", refunded_total=Decimal(-1), at=day(1)),
         lambda s: d.on_complaint_closed(s, POLICY, complaint_id="c", satisfaction=6, at=day(1)),
         lambda s: d.on_complaint_closed(s, POLICY, complaint_id="c", satisfaction=0, at=day(1)),
         lambda s: d.on_value_scored(s, POLICY, p_alive=1.5, at=day(1)),
     ],
-    ids=["negative-amount", "zero-refund", "satisfaction-6", "satisfaction-0", "p-alive-1.5"],
+    ids=["negative-amount", "negative-refund", "satisfaction-6", "satisfaction-0", "p-alive-1.5"],
 )
 def test_out_of_range_inputs_are_rejected(call) -> None:
     state = d.on_registered(None, at=day(0)).state
-    with pytest.raises(d.InvalidLifecycleEventError):
+    with pytest.raises(d.InvalidLifecycleEventError) as refused:
         call(state)
+    assert isinstance(refused.value, NotRetryable)  # dead-lettered at once, not retried
 
 
 def test_the_state_is_immutable(journey) -> None:
