@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +50,7 @@ from shared.events import CloudEvent
 from shared.events import payloads as p
 from shared.events import registry as ev
 from shared.messaging.outbox import COPY_THRESHOLD, outbox_insert
+from shared.money import in_minor_units, minor_units
 
 SOURCE = "/crm/scoring"
 # Causes kept per customer between two published scores (the latest ones).
@@ -361,6 +363,22 @@ def _cents(values: FloatArray) -> IntArray:
     finite = np.isfinite(values)
     cents = np.rint(np.clip(np.where(finite, values, 0.0), -MAX_MONEY, MAX_MONEY) * 100)
     return np.where(finite, cents, NO_MONEY).astype(np.int64)
+
+
+def _money_column(cents: IntArray, currency: str) -> list[bytes]:
+    """Cents (NO_MONEY: none) as the events' Money, in the currency's minor units as every
+    service writes money ("389.70" USD, "390" JPY, "389.700" KWD); never below zero."""
+    amounts = [None if c == NO_MONEY else max(c, 0) for c in cents.tolist()]
+    if minor_units(currency) == 2:
+        return [b"null" if c is None else b'"%d.%02d"' % divmod(c, 100) for c in amounts]
+    return [
+        b"null" if c is None else b'"%s"' % _money_text(Decimal(c).scaleb(-2), currency)
+        for c in amounts
+    ]
+
+
+def _money_text(amount: Decimal, currency: str) -> bytes:
+    return format(in_minor_units(amount, currency), "f").encode()
 
 
 def _staged_rows(
@@ -701,8 +719,7 @@ def value_events(
             strict=True,
         )
     ]
-    cents = _cents(np.where(scored.has_clv, scored.clv[rows], np.nan)).tolist()
-    clv = [b"null" if c == NO_MONEY else b'"%d.%02d"' % divmod(max(c, 0), 100) for c in cents]
+    clv = _money_column(_cents(np.where(scored.has_clv, scored.clv[rows], np.nan)), currency)
     with_currency, version = orjson.dumps(currency), orjson.dumps(model_version)
     scored_type, tier_type = ev.VALUE_SCORED.encode(), ev.TIER_CHANGED.encode()
     ids = _event_ids(len(rows) + int(np.count_nonzero(tier_moved)))

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from services.scoring.domain.composite import Dimension
@@ -24,6 +25,7 @@ from services.scoring.values import SOURCE, Scored, uuid_strings, value_events
 from shared.events import new_event, parse
 from shared.events import payloads as p
 from shared.events import registry as ev
+from shared.money import in_minor_units, minor_units
 
 AS_OF = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
 
@@ -66,12 +68,17 @@ def _expected(
     previous_tier: str | None,
     tier_moved: bool,
     model_version: str,
+    currency: str,
 ) -> list[Any]:
     """The events as the Pydantic models make them (what the service did one by one)."""
     value = scored.valuation.row(row)
     assert value.score is not None and value.dimensions is not None
     clv_value = float(scored.clv[row]) if scored.has_clv else math.nan
-    clv = None if not math.isfinite(clv_value) else max(Decimal(f"{clv_value:.2f}"), Decimal(0))
+    clv = (
+        None
+        if not math.isfinite(clv_value)
+        else in_minor_units(max(Decimal(f"{clv_value:.2f}"), Decimal(0)), currency)
+    )
     p_alive = float(scored.p_alive[row])
     score = min(100.0, max(0.0, value.score))
     dimensions = value.dimensions
@@ -109,7 +116,7 @@ def _expected(
                 ),
                 p_alive=None if math.isnan(p_alive) else min(1.0, max(0.0, p_alive)),
                 clv=clv,
-                currency="USD" if clv is not None else None,
+                currency=currency if clv is not None else None,
                 model_version=model_version,
             ),
         )
@@ -140,8 +147,10 @@ def _without_id(event: Any) -> dict[str, Any]:
     return document
 
 
-@pytest.mark.parametrize("has_clv", [True, False])
-def test_value_events_are_the_contract_events_the_models_make(has_clv: bool) -> None:
+@pytest.mark.parametrize(
+    ("has_clv", "currency"), [(True, "USD"), (False, "USD"), (True, "JPY"), (True, "KWD")]
+)
+def test_value_events_are_the_contract_events_the_models_make(has_clv: bool, currency: str) -> None:
     n = 400
     scored = _scored(n, seed=7)
     scored.has_clv = has_clv
@@ -162,13 +171,15 @@ def test_value_events_are_the_contract_events_the_models_make(has_clv: bool) -> 
         previous_tier=previous,
         tier_moved=moved,
         model_version="v7",
-        currency="USD",
+        currency=currency,
     )
 
     expected = [
         event
         for k, row in enumerate(rows.tolist())
-        for event in _expected(customers[k], at[k], scored, row, previous[k], moved[k], "v7")
+        for event in _expected(
+            customers[k], at[k], scored, row, previous[k], moved[k], "v7", currency
+        )
     ]
     assert len(events) == len(expected) == len(rows) + int(moved.sum())
     assert len({e.event_id for e in events}) == len(events)
@@ -185,3 +196,8 @@ def test_value_events_are_the_contract_events_the_models_make(has_clv: bool) -> 
         e for e in events if e.type == ev.VALUE_SCORED and b'"clv":null' not in e.payload
     ]
     assert bool(clv_present) is has_clv
+    # Money in the currency's minor units, as every service writes it ("390" JPY, not "389.70").
+    places = minor_units(currency)
+    for event in clv_present:
+        clv = orjson.loads(event.payload)["data"]["clv"]
+        assert len(clv.partition(".")[2]) == places, clv
