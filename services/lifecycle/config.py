@@ -31,3 +31,8 @@ class LifecycleSettings(ServiceSettings):
     empty_sweep_retention_hours: int = Field(
         168, ge=1, le=87_600, validation_alias="LIFECYCLE_EMPTY_SWEEP_RETENTION_HOURS"
     )
+    # How long a low P(alive) score waits for its customer's first lifecycle event (wall clock):
+    # scores of customers lifecycle never hears of are deleted after it by the scheduled sweep.
+    low_score_retention_days: int = Field(
+        30, ge=1, le=3_650, validation_alias="LIFECYCLE_LOW_SCORE_RETENTION_DAYS"
+    )

@@ -134,6 +134,10 @@ class EarlyLowScore(Base):
     customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     scored_at: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
     p_alive: Mapped[float] = mapped_column(Float)
+    # Wall clock: a score whose customer never comes is deleted after the retention.
+    remembered_at: Mapped[datetime] = mapped_column(
+        Timestamp, server_default=func.now(), index=True
+    )
 
 
 class ErasedCustomer(Base):

@@ -1408,9 +1408,32 @@ async def evaluation_runs(
     return [_run_read(run) for run in (await session.execute(query.limit(limit))).scalars()]
 
 
-#: Runs deleted per statement by `prune_empty_sweeps` (one a minute accumulate; a first prune
-#: of a long-running database goes over several sweeps).
-PRUNE_RUNS_PER_STATEMENT = 10_000
+#: Rows deleted per statement by `prune_empty_sweeps` and `prune_early_low_scores` (sweeps, one a
+#: minute, accumulate; a first prune of a long-running database goes over several sweeps).
+PRUNE_ROWS_PER_STATEMENT = 10_000
+
+
+async def prune_early_low_scores(sessions: SessionFactory, *, before: datetime) -> int:
+    """Delete the low scores remembered before `before` whose customer has had no lifecycle event
+    since (those of a customer with one were taken into their state, and are gone): scores of
+    customers lifecycle never hears of, which would otherwise wait for good."""
+    async with transaction(sessions) as session:
+        doomed = (
+            select(EarlyLowScore.customer_id, EarlyLowScore.scored_at)
+            .where(EarlyLowScore.remembered_at < before)
+            .order_by(EarlyLowScore.remembered_at)
+            .limit(PRUNE_ROWS_PER_STATEMENT)
+            .with_for_update(skip_locked=True)
+        )
+        result = await session.execute(
+            delete(EarlyLowScore).where(
+                tuple_(EarlyLowScore.customer_id, EarlyLowScore.scored_at).in_(doomed)
+            )
+        )
+    pruned = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if pruned:
+        log.info("lifecycle.early_low_scores_pruned", scores=pruned, before=before.isoformat())
+    return pruned
 
 
 async def prune_empty_sweeps(sessions: SessionFactory, *, before: datetime) -> int:
@@ -1427,7 +1450,7 @@ async def prune_empty_sweeps(sessions: SessionFactory, *, before: datetime) -> i
                 EvaluationRun.moved == text("'[]'::jsonb"),
             )
             .order_by(EvaluationRun.requested_at)
-            .limit(PRUNE_RUNS_PER_STATEMENT)
+            .limit(PRUNE_ROWS_PER_STATEMENT)
             .with_for_update(skip_locked=True)
         )
         result = await session.execute(

@@ -18,11 +18,13 @@ REQUESTED = "lifecycle-requested-evaluations"
 
 
 def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]]:
-    """The scheduled sweep: the time rules as of the runtime clock's now."""
+    """The scheduled sweep: the time rules as of the runtime clock's now, then the retention of
+    empty sweeps and of low scores whose customer never came."""
     settings = runtime.settings
     assert isinstance(settings, LifecycleSettings)
 
     retention = timedelta(hours=settings.empty_sweep_retention_hours)
+    low_score_retention = timedelta(days=settings.low_score_retention_days)
 
     async def sweep() -> EvaluationRead:
         now = runtime.clock.now()
@@ -35,6 +37,7 @@ def sweep_job(runtime: ServiceRuntime) -> Callable[[], Awaitable[EvaluationRead]
             chunk_size=settings.sweep_chunk_size,
         )
         await service.prune_empty_sweeps(runtime.sessions, before=now - retention)
+        await service.prune_early_low_scores(runtime.sessions, before=now - low_score_retention)
         return run
 
     return sweep

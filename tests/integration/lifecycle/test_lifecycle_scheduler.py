@@ -103,3 +103,45 @@ async def test_the_sweep_prunes_its_empty_runs_past_their_retention(swept: Lifec
     assert await eventually(left, timeout=20, what="the old empty sweep pruned") == set(runs) - {
         "old empty sweep"
     }
+
+
+async def test_the_sweep_prunes_low_scores_whose_customer_never_came(swept: Lifecycle) -> None:
+    """A low score waits for its customer's first lifecycle event; one of a customer lifecycle
+    never hears of is deleted after `LIFECYCLE_LOW_SCORE_RETENTION_DAYS` (wall clock)."""
+    now = day(500)
+    old, recent = now - timedelta(days=31), now - timedelta(days=29)
+    customers = {"old": uuid.uuid4(), "recent": uuid.uuid4()}
+    async with swept.engine.begin() as conn:
+        for name, remembered in (("old", old), ("recent", recent)):
+            await conn.execute(
+                text(
+                    "INSERT INTO early_low_scores (customer_id, scored_at, p_alive, remembered_at)"
+                    " VALUES (:c, :scored, 0.01, :remembered), (:c, :later, 0.02, :remembered)"
+                ),
+                {
+                    "c": customers[name],
+                    "scored": day(300),
+                    "later": day(301),
+                    "remembered": remembered,
+                },
+            )
+
+    async def left() -> dict[str, int] | None:
+        async with swept.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT customer_id, count(*) FROM early_low_scores"
+                    " WHERE customer_id = ANY(:ids) GROUP BY customer_id"
+                ),
+                {"ids": list(customers.values())},
+            )
+            counts = {row[0]: row[1] for row in rows}
+        found = {name: counts.get(cid, 0) for name, cid in customers.items()}
+        return found if found["old"] == 0 else None
+
+    assert swept.settings.low_score_retention_days == 30
+    swept.clock.set(now)
+    assert await eventually(left, timeout=20, what="the old low scores pruned") == {
+        "old": 0,
+        "recent": 2,
+    }
