@@ -16,10 +16,14 @@ help:
 	@echo "make chaos        fault-injection tests;  make soak MINUTES=30"
 	@echo "make deploy-check validate the image, compose file and Kubernetes manifests"
 
-$(STAMP): pyproject.toml
+# The runtime dependencies at the image's pins (requirements.lock without its hashes, which
+# pip would demand of the editable project too): tests, benches and the image run the same
+# versions. The dev tools float within pyproject's ranges.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,deploy]'
+	grep -E '^[A-Za-z0-9._-]+==' requirements.lock | sed 's/ *\\$$//' > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,deploy]'
 	@touch $(STAMP)
 
 install: $(STAMP)
