@@ -25,8 +25,8 @@ DAYS_PER_MONTH = 365.25 / 12
 DEFAULT_HORIZON_WEEKS = 52.0
 DEFAULT_ANNUAL_DISCOUNT_RATE = 0.10
 DEFAULT_MARGIN = 1.0
-# Distinct customers (x, t_x, T) whose months go in one expected_purchases call: bounds its
-# temporaries (a dozen arrays of rows x months) in a recompute of millions.
+# Up to this many distinct customers (x, t_x, T), all months go in one expected_purchases call;
+# beyond, one call a month (the rows x months temporaries of millions cost more than the calls).
 _ROWS_PER_CALL = 20_000
 
 
@@ -71,23 +71,25 @@ def discounted_purchases(
     ux, ut, uT = rows.columns
     ends = month_ends(horizon_weeks) / unit.days
     months = len(ends)
-    # Every month of a chunk of rows in one call: a call has a fixed cost (validation, scipy's
-    # 2F1, error states) that, month by month, was most of a small batch's CLV time.
-    cumulative = np.empty((len(ux), months))
-    for start in range(0, len(ux), _ROWS_PER_CALL):
-        chunk = slice(start, start + _ROWS_PER_CALL)
-        n = len(ux[chunk])
-        cumulative[chunk] = expected_purchases(
+    cumulative = np.empty((months, len(ux)))  # a row a month
+    if len(ux) <= _ROWS_PER_CALL:
+        # Every month in one call: a call has a fixed cost (validation, scipy's 2F1, error
+        # states) that, month by month, was most of a handler batch's CLV time.
+        cumulative[:] = expected_purchases(
             parameters,
-            np.repeat(ux[chunk], months),
-            np.repeat(ut[chunk], months),
-            np.repeat(uT[chunk], months),
-            np.tile(ends, n),
-        ).reshape(n, months)
-    increments = np.diff(cumulative, axis=1, prepend=0.0)
+            np.tile(ux, months),
+            np.tile(ut, months),
+            np.tile(uT, months),
+            np.repeat(ends, len(ux)),
+        ).reshape(months, len(ux))
+    else:  # a recompute's millions: a call a month, whose fixed cost is nothing there
+        for month, end in enumerate(ends):
+            cumulative[month] = expected_purchases(parameters, ux, ut, uT, end)
+    increments = np.diff(cumulative, axis=0, prepend=0.0)
     discount = (1.0 + annual_discount_rate) ** (-np.arange(1, months + 1) / 12)
-    discounted = (increments * discount).sum(axis=1)
-    return cumulative[:, -1][rows.inverse], discounted[rows.inverse]
+    # Summed month after month (a reduction over the first axis adds row by row).
+    discounted = (increments * discount[:, None]).sum(axis=0)
+    return cumulative[-1][rows.inverse], discounted[rows.inverse]
 
 
 def customer_lifetime_value(

@@ -51,8 +51,8 @@ def test_each_month_is_discounted_at_its_end() -> None:
     assert discounted == pytest.approx(by_hand, rel=1e-12)
 
 
-def test_rows_are_worked_in_chunks_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each chunk's months go in one call; a recompute of millions takes several chunks.
+def test_months_in_one_call_or_a_call_a_month_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A handler's batch takes every month in one call; a recompute's millions a call a month.
     rng = np.random.default_rng(3)
     x = rng.poisson(3, 2_000).astype(float)
     age = rng.uniform(1, 120, 2_000)
@@ -65,8 +65,8 @@ def test_rows_are_worked_in_chunks_with_the_same_result(monkeypatch: pytest.Monk
 
     whole = discounted()
     monkeypatch.setattr(clv, "_ROWS_PER_CALL", 7)
-    chunked = discounted()
-    assert np.array_equal(chunked[0], whole[0]) and np.array_equal(chunked[1], whole[1])
+    by_month = discounted()
+    assert np.array_equal(by_month[0], whole[0]) and np.array_equal(by_month[1], whole[1])
     assert whole[0] == pytest.approx(expected_purchases(BGNBD_WEEKS, x, last, age, 52.0), 1e-12)
 
 
