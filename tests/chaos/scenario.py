@@ -280,6 +280,15 @@ class ChaosRun:
             flush=True,
         )
         problems = await self.reconciler.problems()
+        if problems:
+            # The platform's own scheduled work (lifecycle's sweep runs on the wall clock) may
+            # publish between the settle and the checks: what it published must be applied
+            # too, so settle once more and check again; a lost or misapplied event stays.
+            print(
+                f"    not settled at the checks ({problems[0][:200]}); settling again", flush=True
+            )
+            await self.reconciler.settle(timeout=self.profile.settle_timeout)
+            problems = await self.reconciler.problems()
         problems += self.read_problems(self._phase_reads)
         # A process that dies on its own is restarted by the supervisor (as an orchestrator
         # would), but it is still a crash: reported once, with the tail of its log.
