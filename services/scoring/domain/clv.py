@@ -11,6 +11,7 @@ discounting, exact when purchases fall at month ends.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,26 +71,27 @@ def discounted_purchases(
     rows = unique_rows(repeats, last, age)
     ux, ut, uT = rows.columns
     ends = month_ends(horizon_weeks) / unit.days
-    months = len(ends)
-    cumulative = np.empty((months, len(ux)))  # a row a month
     if len(ux) <= _ROWS_PER_CALL:
         # Every month in one call: a call has a fixed cost (validation, scipy's 2F1, error
         # states) that, month by month, was most of a handler batch's CLV time.
-        cumulative[:] = expected_purchases(
+        by_month: Iterable[FloatArray] = expected_purchases(
             parameters,
-            np.tile(ux, months),
-            np.tile(ut, months),
-            np.tile(uT, months),
+            np.tile(ux, len(ends)),
+            np.tile(ut, len(ends)),
+            np.tile(uT, len(ends)),
             np.repeat(ends, len(ux)),
-        ).reshape(months, len(ux))
+        ).reshape(len(ends), len(ux))
     else:  # a recompute's millions: a call a month, whose fixed cost is nothing there
-        for month, end in enumerate(ends):
-            cumulative[month] = expected_purchases(parameters, ux, ut, uT, end)
-    increments = np.diff(cumulative, axis=0, prepend=0.0)
-    discount = (1.0 + annual_discount_rate) ** (-np.arange(1, months + 1) / 12)
-    # Summed month after month (a reduction over the first axis adds row by row).
-    discounted = (increments * discount[:, None]).sum(axis=0)
-    return cumulative[-1][rows.inverse], discounted[rows.inverse]
+        by_month = (expected_purchases(parameters, ux, ut, uT, end) for end in ends)
+    # Both paths add the months up alike (equal results) in two vectors: a months x rows
+    # matrix of a million customers and its temporaries cost more than the maths (2.5 s
+    # against 2.2 s for 1,000,000 distinct customers).
+    previous = np.zeros_like(ux)
+    discounted = np.zeros_like(ux)
+    for month, cumulative in enumerate(by_month, start=1):
+        discounted += (cumulative - previous) * (1.0 + annual_discount_rate) ** (-month / 12)
+        previous = cumulative
+    return previous[rows.inverse], discounted[rows.inverse]
 
 
 def customer_lifetime_value(
