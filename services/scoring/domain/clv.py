@@ -84,8 +84,8 @@ def discounted_purchases(
     else:  # a recompute's millions: a call a month, whose fixed cost is nothing there
         by_month = (expected_purchases(parameters, ux, ut, uT, end) for end in ends)
     # Both paths add the months up alike (equal results) in two vectors: a months x rows
-    # matrix of a million customers and its temporaries cost more than the maths (2.5 s
-    # against 2.2 s for 1,000,000 distinct customers).
+    # matrix and its temporaries cost more than they save (1,000,000 distinct customers:
+    # 2.6-2.9 s with the matrix, 2.4-2.5 s without).
     previous = np.zeros_like(ux)
     discounted = np.zeros_like(ux)
     for month, cumulative in enumerate(by_month, start=1):
