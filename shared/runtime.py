@@ -26,6 +26,7 @@ from shared.messaging.outbox import OutboxRelay, advisory_key
 from shared.messaging.tables import MessagingTables
 from shared.observability import metrics
 from shared.observability.logging import configure_logging, get_logger
+from shared.observability.loop_lag import LoopLag
 from shared.settings import ServiceSettings
 
 log = get_logger(__name__)
@@ -73,6 +74,9 @@ class ServiceRuntime:
         self.sessions = session_factory(self.engine)
         self.kafka_probe = KafkaProbe(None)
         self.tasks.append(asyncio.create_task(self._connect_producer(), name="kafka-producer"))
+        self.tasks.append(
+            asyncio.create_task(LoopLag(s.service_name).run(self.stop_event), name="loop-lag")
+        )
         log.info("service.starting", role=self.role.value)
 
     async def _connect_producer(self) -> None:

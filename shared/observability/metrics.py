@@ -70,3 +70,9 @@ GC_PAUSE = Histogram(
     ["service", "generation"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+EVENT_LOOP_LAG = Histogram(
+    "crm_event_loop_lag_seconds",
+    "How late the event loop woke a 50 ms timer: what every task of the process waited then",
+    ["service"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

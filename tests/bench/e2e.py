@@ -542,7 +542,13 @@ _HOP_HISTOGRAMS = {
     "crm_consumer_event_age_seconds": "oldest_event_age_ms",
     "crm_consumer_batch_seconds": "batch_ms",
     "crm_outbox_publish_delay_seconds": "relay_ms",
+    # Per process: how late its event loop ran what was due (every task waited as long), and
+    # the share of its 50 ms wake-ups that came 50 ms or more late.
+    "crm_event_loop_lag_seconds": "loop_lag_ms",
 }
+LATE_WAKEUP = "loop_late_pct"
+_LATE_BUCKET = "0.05"  # the histogram's `le` below which a wake-up was not late
+_SCALES = {LATE_WAKEUP: 100.0}  # the other figures are seconds, shown in ms
 HopTotals = dict[tuple[str, str], dict[str, tuple[float, float]]]
 
 
@@ -553,33 +559,48 @@ async def hop_totals(stack: BenchStack) -> HopTotals:
         for service in ("profile", "lifecycle", "scoring"):
             response = await client.get(stack.url(service) + "/metrics")
             response.raise_for_status()
-            for family in text_string_to_metric_families(response.text):
-                figure = _HOP_HISTOGRAMS.get(family.name)
-                if figure is None:
-                    continue
-                for sample in family.samples:
-                    kind = sample.name.removeprefix(family.name)
-                    if kind not in ("_count", "_sum"):
-                        continue
-                    where = (service, sample.labels.get("group", "relay"))
-                    count, total = totals.setdefault(where, {}).get(figure, (0.0, 0.0))
-                    if kind == "_count":
-                        count += sample.value
-                    else:
-                        total += sample.value
-                    totals[where][figure] = (count, total)
+            add_hop_totals(totals, service, response.text)
     return totals
 
 
+def add_hop_totals(totals: HopTotals, service: str, exposition: str) -> None:
+    """Add the hop figures of one service's /metrics text to `totals`."""
+    on_time = None  # the event loop's wake-ups under the late bucket
+    for family in text_string_to_metric_families(exposition):
+        figure = _HOP_HISTOGRAMS.get(family.name)
+        if figure is None:
+            continue
+        loop = figure == "loop_lag_ms"
+        for sample in family.samples:
+            kind = sample.name.removeprefix(family.name)
+            if loop and kind == "_bucket" and sample.labels.get("le") == _LATE_BUCKET:
+                on_time = (on_time or 0.0) + sample.value
+            if kind not in ("_count", "_sum"):
+                continue
+            where = (service, "loop" if loop else sample.labels.get("group", "relay"))
+            count, total = totals.setdefault(where, {}).get(figure, (0.0, 0.0))
+            if kind == "_count":
+                count += sample.value
+            else:
+                total += sample.value
+            totals[where][figure] = (count, total)
+    loop_figures = totals.get((service, "loop"), {})
+    if on_time is not None and "loop_lag_ms" in loop_figures:
+        wakeups = loop_figures["loop_lag_ms"][0]
+        loop_figures[LATE_WAKEUP] = (wakeups, wakeups - on_time)
+
+
 def hop_means(before: HopTotals, after: HopTotals) -> dict[str, dict[str, float]]:
-    """Mean of each figure between two scrapes, in ms, with the batches counted."""
+    """Mean of each figure between two scrapes, in ms (the late wake-ups in % of them), with
+    the batches counted."""
     means: dict[str, dict[str, float]] = {}
     for (service, group), figures in after.items():
         for figure, (count, total) in figures.items():
             count_before, total_before = before.get((service, group), {}).get(figure, (0.0, 0.0))
             if count > count_before:
                 where = means.setdefault(f"{service}/{group}", {})
-                where[figure] = round((total - total_before) / (count - count_before) * 1000, 1)
+                scale = _SCALES.get(figure, 1000.0)
+                where[figure] = round((total - total_before) / (count - count_before) * scale, 1)
                 if figure == "batch_ms":
                     where["batches"] = count - count_before
     return means

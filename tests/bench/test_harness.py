@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from bench import loadgen, report
 from bench.common import percentiles, run_json
 from bench.e2e import (
     EventWatch,
     Step,
+    add_hop_totals,
     hop_means,
     latency_summary,
     steady_rate,
@@ -231,6 +233,36 @@ def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
     assert hop_means(before, after) == {
         "lifecycle/lifecycle": {"batch_ms": 50.0, "batches": 4.0, "oldest_event_age_ms": 100.0},
         "profile/profile-ingest": {"batch_ms": 30.0, "batches": 2.0},
+    }
+
+
+def test_hop_figures_are_read_from_the_metrics_text_with_the_event_loops_late_wakeups() -> None:
+    def exposition(lags: list[float], batches: list[float]) -> str:
+        registry = CollectorRegistry()
+        loop = Histogram(
+            "crm_event_loop_lag_seconds",
+            "",
+            ["service"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1),
+        )
+        batch = Histogram("crm_consumer_batch_seconds", "", ["service", "group"], registry=registry)
+        for lag in lags:
+            loop.labels("lifecycle").observe(lag)
+        for seconds in batches:
+            batch.labels("lifecycle", "lifecycle").observe(seconds)
+        return generate_latest(registry).decode()
+
+    before: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    add_hop_totals(before, "lifecycle", exposition([0.001] * 8, [0.02]))
+    after: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    # since the first scrape: 10 more wake-ups, 2 of them 50 ms late or more; two batches
+    add_hop_totals(
+        after, "lifecycle", exposition([0.001] * 14 + [0.002] * 2 + [0.07, 0.3], [0.02, 0.03, 0.05])
+    )
+    assert hop_means(before, after) == {
+        "lifecycle/lifecycle": {"batch_ms": 40.0, "batches": 2.0},
+        "lifecycle/loop": {"loop_lag_ms": 38.0, "loop_late_pct": 20.0},
     }
 
 
