@@ -5,13 +5,22 @@ long after it was due, with the loop thread's CPU time over that wait: CPU near 
 our own code held the loop (a long callback between two awaits); CPU near zero means the
 process waited for a core or on a blocking call.
 
-One wake-up per `interval` (50 ms) costs a few microseconds: about 0.01% of a core.
+What held it: a watchdog thread looks at the loop's last wake-up, and when the loop has not
+woken for `blocked_after` (1 s), it logs the loop thread's stack at that moment
+(`event_loop.blocked`, once per stall): the code that holds the loop, or the loop's own poll
+when the process only waited for a core.
+
+One wake-up per `interval` (50 ms) costs a few microseconds: about 0.01% of a core, and as much
+again for the watchdog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
+import traceback
 
 import structlog
 
@@ -24,6 +33,8 @@ LONG_LAG_SECONDS = 0.25
 # A loop that stays blocked would log every wake-up: at most one warning per this many seconds,
 # with how many long lags it stands for.
 WARN_EVERY_SECONDS = 10.0
+BLOCKED_AFTER_SECONDS = 1.0
+STACK_FRAMES = 12  # the innermost ones
 
 
 class LoopLag:
@@ -34,10 +45,15 @@ class LoopLag:
         interval: float = INTERVAL_SECONDS,
         long_lag: float = LONG_LAG_SECONDS,
         warn_every: float = WARN_EVERY_SECONDS,
+        blocked_after: float = BLOCKED_AFTER_SECONDS,
     ) -> None:
         self.interval = interval
         self.long_lag = long_lag
         self.warn_every = warn_every
+        self.blocked_after = blocked_after
+        self._woke = time.monotonic()  # the loop's last wake-up
+        self._reported = self._woke  # the wake-up after which a stall was last logged
+        self._loop_thread: int | None = None
         self._histogram = metrics.EVENT_LOOP_LAG.labels(service)
         self._last_warning = float("-inf")
         self._unreported = 0
@@ -67,8 +83,36 @@ class LoopLag:
         self._last_warning, self._unreported, self._worst = now, 0, 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            await asyncio.sleep(self.interval)
-            now = time.perf_counter()
-            self.observe(now - started - self.interval, time.thread_time() - cpu_started, now)
+        self._loop_thread, self._woke = threading.get_ident(), time.monotonic()
+        done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch, args=(done,), name="loop-lag-watchdog", daemon=True
+        )
+        watchdog.start()
+        try:
+            while not stop.is_set():
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                await asyncio.sleep(self.interval)
+                now = time.perf_counter()
+                self._woke = time.monotonic()
+                self.observe(now - started - self.interval, time.thread_time() - cpu_started, now)
+        finally:
+            done.set()
+
+    def _watch(self, done: threading.Event) -> None:
+        while not done.wait(self.interval):
+            self.check_blocked(time.monotonic())
+
+    def check_blocked(self, now: float) -> None:
+        """Log the loop thread's stack if the loop has not woken for `blocked_after` (once per
+        stall)."""
+        woke = self._woke
+        if now - woke < self.blocked_after or self._reported == woke:
+            return
+        self._reported = woke
+        frame = sys._current_frames().get(self._loop_thread or -1)
+        stack = [
+            f"{f.filename}:{f.lineno} {f.name}"
+            for f in (traceback.extract_stack(frame)[-STACK_FRAMES:] if frame else [])
+        ]
+        log.warning("event_loop.blocked", blocked_ms=round((now - woke) * 1000), stack=stack)

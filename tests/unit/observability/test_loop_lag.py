@@ -69,3 +69,30 @@ def test_a_callback_that_holds_the_loop_shows_as_lag_with_its_cpu() -> None:
     asyncio.run(scenario())
     after, _ = observed("lag-test-run")
     assert after >= before + 5
+
+
+def hold_the_loop(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
+
+
+def test_a_loop_blocked_for_long_is_logged_once_with_the_stack_that_holds_it() -> None:
+    async def scenario() -> list[dict[str, object]]:
+        stop = asyncio.Event()
+        lag = LoopLag("lag-test-blocked", interval=0.01, long_lag=10.0, blocked_after=0.15)
+        with structlog.testing.capture_logs() as logs:
+            watching = asyncio.create_task(lag.run(stop))
+            await asyncio.sleep(0.05)
+            hold_the_loop(0.5)  # one stall of 0.5 s: logged once, not every 10 ms of it
+            await asyncio.sleep(0.1)  # short waits after it: nothing more
+            stop.set()
+            await asyncio.wait_for(watching, timeout=1)
+        return [e for e in logs if e["event"] == "event_loop.blocked"]
+
+    [blocked] = asyncio.run(scenario())
+    assert 150 <= blocked["blocked_ms"] < 500  # type: ignore[operator]
+    stack = blocked["stack"]
+    assert isinstance(stack, list)
+    assert "hold_the_loop" in stack[-1] and "test_loop_lag.py" in stack[-1]
+    assert any("scenario" in frame for frame in stack)
