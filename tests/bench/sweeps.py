@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 
 from bench.common import columns
+from bench.e2e import hop_means, loop_lag_totals
 from bench.population import GammaGammaTruth, simulate_summary
 from bench.scoring_models import SPEND, TRUTH
 from bench.stack import BenchStack
@@ -217,6 +218,7 @@ async def scoring_recompute(
         f"plain SQL per-customer aggregation: {scan_s:.2f}s over {scanned:,} customers"
     )
     headers = {"Authorization": f"Bearer {bearer}"}
+    loop_before = await loop_lag_totals(stack, "scoring")
     started = time.perf_counter()
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as client:
         response = await client.post(
@@ -242,9 +244,14 @@ async def scoring_recompute(
                 )
             ).json()
     recompute_s = time.perf_counter() - started
+    # What the worker's consumers and HTTP saw meanwhile: its event loop's lag.
+    loop = hop_means(loop_before, await loop_lag_totals(stack, "scoring")).get("scoring/loop", {})
     echo(
         f"  POST /v1/value/recompute: HTTP {response.status_code}, {body.get('status')} after {recompute_s:.1f}s "
-        f"(scored {body.get('customers_scored')}, events {body.get('events_published')}); timings {body.get('timings')}"
+        f"(scored {body.get('customers_scored')}, events {body.get('events_published')}); timings {body.get('timings')}\n"
+        f"    scoring's event loop meanwhile: mean lag {loop.get('loop_lag_ms')} ms, "
+        f"{loop.get('loop_late_pct')}% of its wake-ups 50 ms late or more, "
+        f"{loop.get('loop_long_pct')}% 250 ms or more"
     )
     return {
         "customers": int(total),
@@ -253,6 +260,7 @@ async def scoring_recompute(
         "load_s": load_s,
         "baseline_scan_s": scan_s,
         "recompute_s": recompute_s,
+        "event_loop": loop,
         "status": response.status_code,
         "finished": body.get("status") in ("succeeded", "failed"),
         "run": {

@@ -244,7 +244,7 @@ def test_hop_figures_are_read_from_the_metrics_text_with_the_event_loops_late_wa
             "",
             ["service"],
             registry=registry,
-            buckets=(0.01, 0.05, 0.1),
+            buckets=(0.01, 0.05, 0.1, 0.25),
         )
         batch = Histogram("crm_consumer_batch_seconds", "", ["service", "group"], registry=registry)
         for lag in lags:
@@ -262,7 +262,7 @@ def test_hop_figures_are_read_from_the_metrics_text_with_the_event_loops_late_wa
     )
     assert hop_means(before, after) == {
         "lifecycle/lifecycle": {"batch_ms": 40.0, "batches": 2.0},
-        "lifecycle/loop": {"loop_lag_ms": 38.0, "loop_late_pct": 20.0},
+        "lifecycle/loop": {"loop_lag_ms": 38.0, "loop_late_pct": 20.0, "loop_long_pct": 10.0},
     }
 
 
