@@ -16,6 +16,7 @@ every ledger's rows packed into one bytea (`bulk.packed`).
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import uuid
 from collections.abc import Iterable, Mapping
@@ -457,8 +458,14 @@ async def load_facts(
         targets["as_of"] = np.full(len(targets["customer_id"]), micros(as_of), dtype=np.int64)
         ids = targets["customer_id"]
 
+        # Everyone's rows are millions: placing them (sorts) and summing them up take seconds
+        # of CPU, done in a thread so that the worker's consumers and HTTP keep being served
+        # (numpy lets go of the interpreter while it sorts and sums; held by this task, the
+        # event loop stalled for over a second at a time with 1,000,000 customers).
         async def read(query: str, columns: bulk.Columns, *args: Any) -> dict[str, NDArray[Any]]:
-            return _placed(await bulk.read(conn, query, *args, columns=columns), ids)
+            return await asyncio.to_thread(
+                _placed, await bulk.read(conn, query, *args, columns=columns), ids
+            )
 
         bought = await read(_PURCHASES.everyone(), _PURCHASE_COLUMNS, currency, as_of)
         if bought["more_categories"].any():
@@ -468,8 +475,44 @@ async def load_facts(
         refunded = await read(_REFUNDS.everyone(), _REFUND_COLUMNS, currency, as_of)
         complaints = await read(_COMPLAINTS.everyone(), _COMPLAINT_COLUMNS)
         referrals = await read(_REFERRALS.everyone(), _REFERRAL_COLUMNS)
-        before = empty_summary(len(ids))
+        return await asyncio.to_thread(
+            _assemble,
+            targets,
+            empty_summary(len(ids)),
+            bought,
+            more,
+            refunded,
+            complaints,
+            referrals,
+            leaving=None,
+            keep_summary=False,
+        )
+    return _assemble(
+        targets,
+        before,
+        bought,
+        more,
+        refunded,
+        complaints,
+        referrals,
+        leaving=leaving,
+        keep_summary=True,
+    )
 
+
+def _assemble(
+    targets: dict[str, NDArray[Any]],
+    before: PurchaseSummary,
+    bought: dict[str, NDArray[Any]],
+    more: dict[str, NDArray[Any]],
+    refunded: dict[str, NDArray[Any]],
+    complaints: dict[str, NDArray[Any]],
+    referrals: dict[str, NDArray[Any]],
+    *,
+    leaving: dict[int, IntArray] | None,
+    keep_summary: bool,
+) -> Facts:
+    """The facts of the targets from their placed rows (`customer`: the target's position)."""
     slots = [bought[f"category{k}"] != 0 for k in range(1, CATEGORY_SLOTS + 1)]
     summary = advance(
         before,
@@ -512,12 +555,12 @@ async def load_facts(
         ),
     )
     return Facts(
-        ids,
+        targets["customer_id"],
         targets["facts_version"],
         targets["as_of"],
         targets["page"],
         ledger,
-        summary if customers is not None else None,
+        summary if keep_summary else None,
     )
 
 

@@ -601,16 +601,17 @@ async def store_values(
         )
         lap("write_update")
     else:
-        # The UPDATE runs in PostgreSQL while the events are built here (they need only the
-        # decision): the two sides of a large chunk overlap instead of taking turns.
+        # The UPDATE runs in PostgreSQL while the events are built (they need only the
+        # decision): the two sides of a large chunk overlap instead of taking turns. They are
+        # built in a thread: tens of thousands of them are a few hundred ms of CPU, which
+        # held the event loop (the worker's consumers, HTTP) for as long, chunk after chunk.
         update = asyncio.ensure_future(
             connection.execute(_UPDATES[restate, pages is not None], *arguments, *(pages or ()))
         )
         events = []
         try:
-            for _ in range(3):  # let the statement go out before the loop is busy here
-                await asyncio.sleep(0)
-            events = publications()
+            await asyncio.sleep(0)  # the statement goes out first
+            events = await asyncio.to_thread(publications)
             lap("build_events")
         finally:
             status = await update
