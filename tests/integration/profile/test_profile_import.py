@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from integration.profile.profile_helpers import READER, WRITER, Profile, read_events, rows
 from sqlalchemy import text
 
-from services.profile import service
+from services.profile import domain, service
 from shared.events import registry as ev
 from shared.events import topics
 
@@ -115,6 +116,30 @@ async def test_import_as_multipart_file(profile: Profile) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["purchases_created"] == 1
+
+
+async def test_the_file_is_parsed_off_the_event_loop(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parsing is seconds of CPU for a large file: on the loop's thread it held every other
+    # request of the process, health checks included, for as long.
+    parsed_on: list[int] = []
+    parse = domain.parse_purchase_csv
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        parsed_on.append(threading.get_ident())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(domain, "parse_purchase_csv", recording)
+    m = uuid.uuid4().hex[:8]
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=f"{HEADER}th-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,S,c,1\n".encode(),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["purchases_created"] == 1
+    assert parsed_on and parsed_on != [threading.get_ident()]
 
 
 async def test_a_file_without_a_usable_header_is_refused_whole(profile: Profile) -> None:

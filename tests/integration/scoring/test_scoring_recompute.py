@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_ev
 from sqlalchemy import text
 from support import eventually
 
-from services.scoring import recompute
+from services.scoring import facts, recompute, values
 
 pytestmark = pytest.mark.integration
 
@@ -223,6 +224,29 @@ async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring)
     # The explanation keeps the latest recompute among the causes, not one per run.
     assert len(rows) == first["customers_scored"]
     assert {(version, run) for version, run in rows} == {(again["model_version"], again["id"])}
+
+
+async def test_the_recompute_sums_up_and_builds_its_events_off_the_event_loop(
+    scoring: Scoring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seconds of CPU for a large population: on the loop's thread they held the worker's
+    # consumers and HTTP for over a second at a time.
+    ran_on: dict[str, list[int]] = {"facts": [], "events": []}
+
+    def recording(name: str, function: Any) -> Any:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            ran_on[name].append(threading.get_ident())
+            return function(*args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(facts, "_assemble", recording("facts", facts._assemble))
+    monkeypatch.setattr(values, "value_events", recording("events", values.value_events))
+    run = await scoring.recompute(as_of=T0 + timedelta(days=3))  # a new as_of: new scores
+    assert run["events_published"] > 0
+    loop_thread = threading.get_ident()
+    assert ran_on["facts"] and loop_thread not in ran_on["facts"]
+    assert ran_on["events"] and loop_thread not in ran_on["events"]
 
 
 async def test_the_latest_due_nightly_run_is_requested_once_even_before_its_hour(
