@@ -16,6 +16,7 @@ Not scoring-specific: it could move to `shared/db` if another service needs bulk
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,10 @@ _TYPES: dict[str, tuple[str, str]] = {
 }
 
 Columns = Sequence[tuple[str, str]]
+
+# A payload this large is parsed in a thread: a recompute's millions of rows are a second of
+# CPU, which held the worker's event loop (its consumers, HTTP); a handler's are far smaller.
+PARSE_IN_THREAD_BYTES = 1 << 20
 
 
 def _row_dtype(columns: Columns) -> np.dtype[Any]:
@@ -138,7 +143,10 @@ async def read(
         chunks.append(chunk)
 
     await connection.copy_from_query(query, *args, output=collect, format="binary")
-    return parse(b"".join(chunks), columns)
+    payload = b"".join(chunks)
+    if len(payload) >= PARSE_IN_THREAD_BYTES:
+        return await asyncio.to_thread(parse, payload, columns)
+    return parse(payload, columns)
 
 
 async def write(

@@ -14,7 +14,7 @@ from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_ev
 from sqlalchemy import text
 from support import eventually
 
-from services.scoring import facts, recompute, values
+from services.scoring import bulk, facts, recompute, values
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +231,7 @@ async def test_the_recompute_sums_up_and_builds_its_events_off_the_event_loop(
 ) -> None:
     # Seconds of CPU for a large population: on the loop's thread they held the worker's
     # consumers and HTTP for over a second at a time.
-    ran_on: dict[str, list[int]] = {"facts": [], "events": []}
+    ran_on: dict[str, list[int]] = {"facts": [], "events": [], "parse": []}
 
     def recording(name: str, function: Any) -> Any:
         def record(*args: Any, **kwargs: Any) -> Any:
@@ -242,11 +242,16 @@ async def test_the_recompute_sums_up_and_builds_its_events_off_the_event_loop(
 
     monkeypatch.setattr(facts, "_assemble", recording("facts", facts._assemble))
     monkeypatch.setattr(values, "value_events", recording("events", values.value_events))
+    # Read payloads are parsed in a thread from 1 MiB on (a million customers' are tens of MB):
+    # from 0 bytes here, so that this population's are too.
+    monkeypatch.setattr(bulk, "parse", recording("parse", bulk.parse))
+    monkeypatch.setattr(bulk, "PARSE_IN_THREAD_BYTES", 0)
     run = await scoring.recompute(as_of=T0 + timedelta(days=3))  # a new as_of: new scores
     assert run["events_published"] > 0
     loop_thread = threading.get_ident()
     assert ran_on["facts"] and loop_thread not in ran_on["facts"]
     assert ran_on["events"] and loop_thread not in ran_on["events"]
+    assert ran_on["parse"] and loop_thread not in ran_on["parse"]
 
 
 async def test_the_latest_due_nightly_run_is_requested_once_even_before_its_hour(
