@@ -552,11 +552,14 @@ _SCALES = dict.fromkeys(_LATE_BUCKETS.values(), 100.0)  # the other figures: sec
 HopTotals = dict[tuple[str, str], dict[str, tuple[float, float]]]
 
 
-async def hop_totals(stack: BenchStack) -> HopTotals:
-    """(service, consumer group or "relay") -> figure -> (count, sum), scraped from /metrics."""
+async def hop_totals(
+    stack: BenchStack, services: Sequence[str] = ("profile", "lifecycle", "scoring")
+) -> HopTotals:
+    """(service, consumer group, "relay" or "loop") -> figure -> (count, sum), scraped from
+    /metrics."""
     totals: HopTotals = {}
     async with httpx.AsyncClient(timeout=10) as client:
-        for service in ("profile", "lifecycle", "scoring"):
+        for service in services:
             response = await client.get(stack.url(service) + "/metrics")
             response.raise_for_status()
             add_hop_totals(totals, service, response.text)
@@ -594,11 +597,7 @@ def add_hop_totals(totals: HopTotals, service: str, exposition: str) -> None:
 
 async def loop_lag_totals(stack: BenchStack, service: str) -> HopTotals:
     """The event loop lag figures of one service, for `hop_means`."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.get(stack.url(service) + "/metrics")
-        response.raise_for_status()
-    totals: HopTotals = {}
-    add_hop_totals(totals, service, response.text)
+    totals = await hop_totals(stack, (service,))
     return {where: figures for where, figures in totals.items() if where[1] == "loop"}
 
 
