@@ -44,6 +44,7 @@ from services.scoring.domain import (
 )
 from services.scoring.domain._arrays import FloatArray
 from services.scoring.domain.errors import MoneyLimitExceeded
+from services.scoring.domain.ledger import MONEY_SCALE
 from services.scoring.facts import Facts, load_facts, raw_connection, save_summaries, sorted_ids
 from services.scoring.models import (
     CustomerValue,
@@ -223,7 +224,9 @@ def customer_facts(facts: Facts, clv: FloatArray) -> CustomerFacts:
         purchase_days=ledger.purchase_days,
         recency_days=np.where(bought, ledger.as_of_day - ledger.last_day, 0),
         tenure_days=np.where(bought, ledger.as_of_day - ledger.first_day, 0),
-        net_revenue=gross - refunded,
+        # Subtracted exactly (integers), then scaled: 128.2 - 28.2 in floats is not 100.0, and
+        # customers tied on net revenue must tie in the RFM ranks and boundaries.
+        net_revenue=(ledger.gross - ledger.refunded) / MONEY_SCALE,
         net_revenue_365d=facts.money("net_365d"),
         revenue_last_180d=facts.money("last_180d"),
         revenue_prior_180d=facts.money("prior_180d"),
