@@ -34,6 +34,9 @@ from services.scoring.domain._arrays import (
 from services.scoring.domain.policy import LoyaltySettings
 
 UNKNOWN_SATISFACTION = 50.0
+# The axes are float sums: a score at the cut by its definition (e.g. 0.30 * 1/2 + 0.30 * 0.5 +
+# 0.20 * 511/730 + 0.10 * 3/5 = 0.5) may come out a hair below it, and must still count as high.
+_CUT_EPSILON = 1e-9
 
 
 class DickBasuType(StrEnum):
@@ -113,8 +116,8 @@ def attitudinal_loyalty(
 
 
 def dick_basu_type(*, attitudinal: ArrayLike, behavioural: ArrayLike, cut: float) -> ObjectArray:
-    attitude_high = as_float_array(attitudinal, name="attitudinal") >= cut
-    behaviour_high = as_float_array(behavioural, name="behavioural") >= cut
+    attitude_high = as_float_array(attitudinal, name="attitudinal") >= cut - _CUT_EPSILON
+    behaviour_high = as_float_array(behavioural, name="behavioural") >= cut - _CUT_EPSILON
     table = np.array(
         [[DickBasuType.NONE, DickBasuType.SPURIOUS], [DickBasuType.LATENT, DickBasuType.TRUE]],
         dtype=object,
@@ -125,8 +128,8 @@ def dick_basu_type(*, attitudinal: ArrayLike, behavioural: ArrayLike, cut: float
 def jones_sasser_type(
     *, satisfaction: ArrayLike, behavioural: ArrayLike, cut: float
 ) -> ObjectArray:
-    satisfied = as_float_array(satisfaction, name="satisfaction") >= cut
-    loyal = as_float_array(behavioural, name="behavioural") >= cut
+    satisfied = as_float_array(satisfaction, name="satisfaction") >= cut - _CUT_EPSILON
+    loyal = as_float_array(behavioural, name="behavioural") >= cut - _CUT_EPSILON
     table = np.array(
         [
             [JonesSasserType.DEFECTOR, JonesSasserType.HOSTAGE],

@@ -119,3 +119,23 @@ def test_an_open_complaint_can_turn_a_true_loyal_customer_spurious_but_not_an_ap
     # Satisfaction is the CSAT itself: an open complaint does not change it.
     assert calm.jones_sasser[0] is upset.jones_sasser[0] is JonesSasserType.APOSTLE
     assert np.all(upset.index < calm.index)
+
+
+def test_a_score_at_the_cut_by_its_definition_is_high_despite_float_rounding() -> None:
+    # Behaviour 100 * (0.30 * 1/2 + 0.30 * 0.5 + 0.20 * 511/730 + 0.10 * 3/5) = 50 exactly, which
+    # floats make 49.99999999999999; attitude (CSAT 23/5 -> 90) - 4 open * 10 = 50 likewise.
+    result = loyalty(
+        purchase_days=[2, 2],
+        frequency_percentile=[50.0, 50.0],
+        tenure_days=[511, 511],
+        categories=[3, 3],
+        referrals=[0, 0],
+        csat_sum=[0, 23],
+        csat_count=[0, 5],
+        open_complaints=[0, 4],
+        settings=SETTINGS,
+    )
+    assert result.behavioural == pytest.approx([50.0, 50.0], abs=1e-9)
+    assert result.attitudinal == pytest.approx([50.0, 50.0], abs=1e-9)
+    assert result.dick_basu.tolist() == [DickBasuType.TRUE, DickBasuType.TRUE]
+    assert result.jones_sasser.tolist() == [JonesSasserType.APOSTLE, JonesSasserType.APOSTLE]
