@@ -51,7 +51,7 @@ from services.profile.schemas import (
     PurchaseCreate,
     RefundCreate,
 )
-from shared.clock import utc
+from shared.clock import business_time_problem, utc
 from shared.db import (
     SessionFactory,
     driver_connection,
@@ -407,6 +407,23 @@ async def _forget_stored_answers(session: AsyncSession, customer_id: uuid.UUID) 
     )
 
 
+def _cursor_key(cursor: dict[str, Any], time_field: str) -> tuple[datetime, uuid.UUID]:
+    """The (time, id) sort key of the last row a page showed, as its `next_cursor` carries it.
+
+    A cursor is opaque but readable: one edited by hand (an id that is no string, a time
+    without offset or outside what PostgreSQL stores) is a 422, never a 500."""
+    moment, row_id = cursor.get(time_field), cursor.get("id")
+    try:
+        if not isinstance(moment, str) or not isinstance(row_id, str):
+            raise TypeError(f"{time_field} and id must be strings")
+        key = (datetime.fromisoformat(moment), uuid.UUID(row_id))
+        if key[0].tzinfo is None or business_time_problem(key[0]) is not None:
+            raise ValueError(f"{moment!r} is no time this API writes into a cursor")
+    except (TypeError, ValueError) as error:
+        raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+    return key
+
+
 def _like_escape(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -434,18 +451,20 @@ async def search_customers(
             raise InvalidInput.field("query.q", problems[0].message)
         digits = re.sub(r"\D", "", term)
         phone_like = not re.search(r"[A-Za-z@]", term)
+        # Names are stored with inner whitespace collapsed (`normalise_name`): so is the term.
+        name = " ".join(term.split()).lower()
         matches = [Customer.external_ref == term]
         if partial_pii:
             escaped = _like_escape(term.lower())
             matches += [
-                func.lower(Customer.name).like(f"%{escaped}%", escape="\\"),
+                func.lower(Customer.name).like(f"%{_like_escape(name)}%", escape="\\"),
                 Customer.email.like(f"{escaped}%", escape="\\"),
             ]
             if len(digits) >= 4 and phone_like:
                 matches.append(Customer.phone.like(f"%{digits}%"))
         else:
             matches += [
-                func.lower(Customer.name) == " ".join(term.split()).lower(),
+                func.lower(Customer.name) == name,
                 Customer.email == term.lower(),
             ]
             if digits and phone_like:  # E.164, typed with or without spaces and the +
@@ -460,10 +479,7 @@ async def search_customers(
             ValueProjection.tier == tier.value
         )
     if cursor is not None:
-        try:
-            after = (datetime.fromisoformat(cursor["created_at"]), uuid.UUID(cursor["id"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        after = _cursor_key(cursor, "created_at")
         query = query.where(tuple_(Customer.created_at, Customer.id) > after)
     query = query.order_by(Customer.created_at, Customer.id).limit(limit + 1)
     rows = list((await session.scalars(query)).all())
@@ -733,16 +749,43 @@ async def record_purchase(
     return _same_order(existing, customer_id, purchase), False
 
 
-def _same_order(existing: Purchase, customer_id: uuid.UUID, purchase: domain.Purchase) -> Purchase:
-    if existing.customer_id != customer_id:
-        raise Conflict(f"order_id {purchase.order_id!r} is recorded for another customer")
-    if existing.amount != purchase.amount:
-        raise Conflict(
-            f"order_id {purchase.order_id!r} is already recorded with amount "
-            f"{domain.format_money(existing.amount, existing.currency)}; "
-            "an order cannot change, record a refund instead",
-            purchase_id=str(existing.id),
+def _recorded_elsewhere(order_id: str) -> str:
+    return f"order_id {order_id!r} is recorded for another customer"
+
+
+def _recorded_differently(
+    order_id: str,
+    *,
+    recorded_for: uuid.UUID,
+    recorded_amount: Decimal,
+    currency: str,
+    customer_id: uuid.UUID,
+    amount: Decimal,
+) -> str | None:
+    """Why an order_id already recorded is not this order again (None when it is)."""
+    if recorded_for != customer_id:
+        return _recorded_elsewhere(order_id)
+    if recorded_amount != amount:
+        return (
+            f"order_id {order_id!r} is already recorded with amount "
+            f"{domain.format_money(recorded_amount, currency)}; "
+            "an order cannot change, record a refund instead"
         )
+    return None
+
+
+def _same_order(existing: Purchase, customer_id: uuid.UUID, purchase: domain.Purchase) -> Purchase:
+    difference = _recorded_differently(
+        purchase.order_id,
+        recorded_for=existing.customer_id,
+        recorded_amount=existing.amount,
+        currency=existing.currency,
+        customer_id=customer_id,
+        amount=purchase.amount,
+    )
+    if difference is not None:
+        extra = {} if existing.customer_id != customer_id else {"purchase_id": str(existing.id)}
+        raise Conflict(difference, **extra)
     return existing
 
 
@@ -773,10 +816,7 @@ async def list_purchases(
     await get_customer(session, customer_id=customer_id)
     query = select(Purchase).where(Purchase.customer_id == customer_id)
     if cursor is not None:
-        try:
-            before = (datetime.fromisoformat(cursor["occurred_at"]), uuid.UUID(cursor["id"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        before = _cursor_key(cursor, "occurred_at")
         query = query.where(tuple_(Purchase.occurred_at, Purchase.id) < before)
     rows = list(
         (
@@ -910,10 +950,7 @@ async def list_interactions(
     await get_customer(session, customer_id=customer_id)
     query = select(Interaction).where(Interaction.customer_id == customer_id)
     if cursor is not None:
-        try:
-            before = (datetime.fromisoformat(cursor["occurred_at"]), uuid.UUID(cursor["id"]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInput.field("query.cursor", "not a cursor returned by this API") from error
+        before = _cursor_key(cursor, "occurred_at")
         query = query.where(tuple_(Interaction.occurred_at, Interaction.id) < before)
     rows = list(
         (
@@ -1271,6 +1308,12 @@ def _storable(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00") if text else text
 
 
+def _rejections_json(rejections: Sequence[domain.RowRejection]) -> list[dict[str, Any]]:
+    return [
+        {"line": r.line, "order_id": _storable(r.order_id), "reason": r.reason} for r in rejections
+    ]
+
+
 def import_lock_key(import_id: uuid.UUID) -> int:
     """The lock the process running this import holds (`held_while_running`)."""
     return advisory_key(f"profile:import:{import_id}")
@@ -1297,10 +1340,8 @@ async def _write_import(
     parsed: domain.PurchaseCsv,
     settings: ProfileSettings,
 ) -> PurchaseImport:
-    rejections = [
-        {"line": r.line, "order_id": _storable(r.order_id), "reason": r.reason}
-        for r in parsed.rejections[:MAX_REJECTIONS_KEPT]
-    ]
+    # The first rejections by line; orders found recorded differently while writing join them.
+    kept = list(parsed.rejections[:MAX_REJECTIONS_KEPT])
     async with transaction(sessions) as session:
         await session.execute(
             update(PurchaseImport)
@@ -1309,7 +1350,7 @@ async def _write_import(
                 rows_read=parsed.rows_read,
                 orders_total=len(parsed.orders),
                 rejected=len(parsed.rejections),
-                rejections=rejections,
+                rejections=_rejections_json(kept),
             )
         )
     first_purchase: dict[str, datetime] = {}
@@ -1322,9 +1363,17 @@ async def _write_import(
     chunk = settings.import_chunk_orders
     for start in range(0, len(orders), chunk):
         async with transaction(sessions) as session:
-            created, duplicates, new_customers = await _import_chunk(
+            created, duplicates, new_customers, conflicts = await _import_chunk(
                 session, orders[start : start + chunk], first_purchase
             )
+            progress: dict[str, Any] = {}
+            if conflicts:
+                kept = sorted(kept + conflicts, key=operator.attrgetter("line"))
+                kept = kept[:MAX_REJECTIONS_KEPT]
+                progress = {
+                    "rejected": PurchaseImport.rejected + len(conflicts),
+                    "rejections": _rejections_json(kept),
+                }
             await session.execute(
                 update(PurchaseImport)
                 .where(PurchaseImport.id == import_id)
@@ -1333,6 +1382,7 @@ async def _write_import(
                     purchases_created=PurchaseImport.purchases_created + created,
                     duplicates=PurchaseImport.duplicates + duplicates,
                     customers_created=PurchaseImport.customers_created + new_customers,
+                    **progress,
                 )
             )
         log.info(
@@ -1378,8 +1428,9 @@ async def _import_chunk(
     session: AsyncSession,
     orders: Sequence[domain.ImportedOrder],
     first_purchase: dict[str, datetime],
-) -> tuple[int, int, int]:
-    """(purchases created, duplicates, customers created) for one chunk, in one transaction.
+) -> tuple[int, int, int, list[domain.RowRejection]]:
+    """(purchases created, duplicates, customers created, lines of orders recorded differently)
+    for one chunk, in one transaction.
 
     Rows go in as arrays (`unnest`): one statement per table instead of one per row, and no
     ORM compilation of thousands of parameters."""
@@ -1392,6 +1443,26 @@ async def _import_chunk(
         )
     }
     missing = [ref for ref in refs if ref not in known]
+    if missing:
+        # A customer is created for orders to record, not for orders recorded already: those
+        # are another customer's (none has this external_ref: an erased one, say), and a file
+        # imported again after an erasure must not bring the erased link back.
+        recorded_elsewhere = {
+            row["order_id"]
+            for row in await db.fetch(
+                "SELECT order_id FROM purchases WHERE order_id = ANY($1::text[])",
+                [order.purchase.order_id for order in orders if order.external_ref not in known],
+            )
+        }
+        if recorded_elsewhere:
+            wanted = {
+                order.external_ref
+                for order in orders
+                if order.purchase.order_id not in recorded_elsewhere
+            }
+            # Unless a writer that recorded them created the customer since the lookup.
+            known.update(await _customers_by_ref(session, [r for r in missing if r not in wanted]))
+            missing = [ref for ref in missing if ref in wanted and ref not in known]
     events: list[CloudEvent[Any]] = []
     customers_created = 0
     if missing:
@@ -1420,6 +1491,15 @@ async def _import_chunk(
         if customers_created < len(missing):
             # Created concurrently by another writer: look them up.
             known.update(await _customers_by_ref(session, [r for r in missing if r not in known]))
+    conflicts = [
+        domain.RowRejection(
+            line, order.purchase.order_id, _recorded_elsewhere(order.purchase.order_id)
+        )
+        for order in orders
+        if order.external_ref not in known
+        for line in order.lines
+    ]
+    all_orders, orders = orders, [order for order in orders if order.external_ref in known]
     await lock_customers(session, known.values())
     purchase_ids = new_ids(len(orders))
     created_ids: dict[str, uuid.UUID] = {
@@ -1453,7 +1533,42 @@ async def _import_chunk(
     if items:
         await db.execute(_IMPORT_ITEMS_SQL, *(list(column) for column in zip(*items, strict=True)))
     await add_events(session, MESSAGING, events)
-    return len(created_ids), len(orders) - len(created_ids), customers_created
+    # An order_id already recorded is a duplicate only when it is the same order: one recorded
+    # for another customer or with another amount is refused, as over HTTP and ingest.
+    not_created = [order for order in orders if order.purchase.order_id not in created_ids]
+    if not_created:
+        recorded = {
+            row["order_id"]: row
+            for row in await db.fetch(
+                "SELECT order_id, customer_id, amount, currency FROM purchases "
+                "WHERE order_id = ANY($1::text[])",
+                [order.purchase.order_id for order in not_created],
+            )
+        }
+        for order in not_created:
+            same_id = recorded.get(order.purchase.order_id)
+            if same_id is None:  # not inserted, yet not there: nothing to compare it with
+                continue
+            difference = _recorded_differently(
+                order.purchase.order_id,
+                recorded_for=same_id["customer_id"],
+                recorded_amount=same_id["amount"],
+                currency=same_id["currency"],
+                customer_id=known[order.external_ref],
+                amount=order.purchase.amount,
+            )
+            if difference is not None:
+                conflicts += [
+                    domain.RowRejection(line, order.purchase.order_id, difference)
+                    for line in order.lines
+                ]
+    conflicting_orders = len({rejection.order_id for rejection in conflicts})
+    return (
+        len(created_ids),
+        len(all_orders) - len(created_ids) - conflicting_orders,
+        customers_created,
+        conflicts,
+    )
 
 
 async def _customers_by_ref(session: AsyncSession, refs: Sequence[str]) -> dict[str, uuid.UUID]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from decimal import Decimal
 
+import orjson
 import pytest
 from integration.profile.profile_helpers import PII_READER, READER, WRITER, Profile, read_events
 from sqlalchemy import text
@@ -281,6 +283,55 @@ async def test_without_pii_read_search_matches_whole_values_only(profile: Profil
         stored["phone"],
     ):
         assert await found(whole, READER), whole
+
+
+async def test_a_name_typed_with_extra_spaces_is_found_with_pii_read_as_without(
+    profile: Profile,
+) -> None:
+    """Names are stored with inner whitespace collapsed; a term pasted with a double space must
+    find them with `pii:read` (part of a name) as it does without (the whole name)."""
+    marker = uuid.uuid4().hex[:8]
+    customer = await profile.register(name=f"Spaced Out {marker}")
+    for headers in (READER, PII_READER):
+        response = await profile.client.get(
+            "/v1/customers", params={"q": f"spaced   out  {marker}"}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        assert [c["id"] for c in response.json()["items"]] == [customer["id"]], headers
+
+
+def _cursor(key: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"id": 5},
+        {"id": ["not", "an", "id"]},
+        {"at": "0001-01-01T00:00:00+05:00"},
+        {"at": "9999-12-31T23:59:59-05:00"},
+        {"at": 20240101},
+        {"at": "2024-01-01T00:00:00"},
+    ],
+    ids=["int-id", "list-id", "before-year-1-in-utc", "after-9999-in-utc", "int-time", "naive"],
+)
+async def test_a_tampered_cursor_is_a_422_on_every_list(
+    profile: Profile, key: dict[str, object]
+) -> None:
+    customer = await profile.register()
+    base = f"/v1/customers/{customer['id']}"
+    for url, time_field in (
+        ("/v1/customers", "created_at"),
+        (base + "/purchases", "occurred_at"),
+        (base + "/interactions", "occurred_at"),
+    ):
+        cursor = {time_field: key.get("at", "2024-01-01T00:00:00+00:00"), "id": key.get("id")}
+        cursor["id"] = cursor["id"] if "id" in key else str(uuid.uuid4())
+        response = await profile.client.get(url, params={"cursor": _cursor(cursor)}, headers=READER)
+        assert response.status_code == 422, (url, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == "query.cursor"
 
 
 async def test_erasure_forgets_personal_data_and_tells_the_others(profile: Profile) -> None:

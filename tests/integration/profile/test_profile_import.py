@@ -104,6 +104,106 @@ async def test_import_creates_customers_records_orders_and_reports_bad_rows(
     )
 
 
+async def test_an_order_id_recorded_differently_is_rejected_not_counted_a_duplicate(
+    profile: Profile,
+) -> None:
+    """An order_id recorded for another customer, or with another amount, is not the same order
+    again: the import rejects its lines with the reason (as HTTP answers 409), and only the
+    same order is a duplicate."""
+    m = uuid.uuid4().hex[:8]
+    owner = await profile.register(external_ref=f"owner-{m}")
+    for order_id in (f"{m}-elsewhere", f"{m}-amount", f"{m}-same"):
+        recorded = await profile.client.post(
+            f"/v1/customers/{owner['id']}/purchases",
+            json={
+                "order_id": order_id,
+                "amount": "10.00",
+                "currency": "USD",
+                "occurred_at": "2023-01-01T00:00:00Z",
+            },
+            headers=WRITER,
+        )
+        assert recorded.status_code == 201, recorded.text
+    csv_text = (
+        HEADER
+        + f"other-{m},{m}-elsewhere,2023-01-01T00:00:00Z,10.00,USD,A,x,1\n"
+        + f"other-{m},{m}-elsewhere,2023-01-01T00:00:00Z,5.00,USD,B,x,1\n"
+        + f"owner-{m},{m}-amount,2023-01-01T00:00:00Z,12.00,USD,,,\n"
+        + f"owner-{m},{m}-same,2023-01-01T00:00:00Z,10.00,USD,,,\n"
+        + f"owner-{m},{m}-new,2023-01-02T00:00:00Z,7.00,USD,,,\n"
+    )
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=csv_text.encode(),
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert (summary["purchases_created"], summary["duplicates"], summary["rejected"]) == (1, 1, 3)
+    reasons = {r["line"]: (r["order_id"], r["reason"]) for r in summary["rejections"]}
+    assert sorted(reasons) == [2, 3, 4]
+    assert reasons[2] == (
+        f"{m}-elsewhere",
+        f"order_id '{m}-elsewhere' is recorded for another customer",
+    )
+    assert reasons[3] == reasons[2]
+    assert reasons[4][0] == f"{m}-amount"
+    assert "already recorded with amount 10.00" in reasons[4][1]
+    stored = (await profile.client.get(f"/v1/imports/{summary['id']}", headers=READER)).json()
+    assert (stored["rejected"], stored["rejections"]) == (3, summary["rejections"])
+    recorded_rows = await rows(
+        profile.engine,
+        "SELECT order_id, amount, customer_id FROM purchases WHERE order_id LIKE :m "
+        "ORDER BY order_id",
+        m=f"{m}-%",
+    )
+    assert [(r[0], str(r[1]), str(r[2])) for r in recorded_rows] == [
+        (f"{m}-amount", "10.0000", owner["id"]),
+        (f"{m}-elsewhere", "10.0000", owner["id"]),
+        (f"{m}-new", "7.0000", owner["id"]),
+        (f"{m}-same", "10.0000", owner["id"]),
+    ]
+
+
+async def test_a_file_imported_again_after_an_erasure_does_not_bring_the_customer_back(
+    profile: Profile,
+) -> None:
+    m = uuid.uuid4().hex[:8]
+    csv_text = HEADER + f"gone-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,,,\n"
+
+    async def import_file() -> dict[str, Any]:
+        response = await profile.client.post(
+            "/v1/imports/purchases",
+            content=csv_text.encode(),
+            headers={**WRITER, "Content-Type": "text/csv"},
+        )
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    first = await import_file()
+    assert (first["customers_created"], first["purchases_created"]) == (1, 1)
+    (customer_id,) = (
+        row[0]
+        for row in await rows(
+            profile.engine, "SELECT id FROM customers WHERE external_ref = :r", r=f"gone-{m}"
+        )
+    )
+    erased = await profile.client.delete(f"/v1/customers/{customer_id}", headers=WRITER)
+    assert erased.status_code == 204
+    again = await import_file()
+    assert (again["customers_created"], again["purchases_created"], again["rejected"]) == (0, 0, 1)
+    assert again["rejections"] == [
+        {
+            "line": 2,
+            "order_id": f"{m}-1",
+            "reason": f"order_id '{m}-1' is recorded for another customer",
+        }
+    ]
+    assert not await rows(
+        profile.engine, "SELECT id FROM customers WHERE external_ref = :r", r=f"gone-{m}"
+    )
+
+
 async def test_import_as_multipart_file(profile: Profile) -> None:
     m = uuid.uuid4().hex[:8]
     csv_text = "external_ref,order_id,occurred_at,amount,currency\n" + (
