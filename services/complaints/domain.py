@@ -133,9 +133,12 @@ class IllegalTransition(Conflict):
         # detail as in `allowed`.
         segments = [a.value.replace("_", "-") for a in allowed]
         listed = ", ".join(segments) or "none"
+        # Escalation is refused in an escalatable status only at the top: say so, not the status.
+        at_top = action is Action.escalate and status in ESCALATABLE
+        state = f"{status} at the highest escalation level ({MAX_ESCALATION_LEVEL})"
         super().__init__(
-            f"cannot {action.value.replace('_', '-')} a complaint that is {status}; "
-            f"allowed next steps: {listed}",
+            f"cannot {action.value.replace('_', '-')} a complaint that is "
+            f"{state if at_top else status}; allowed next steps: {listed}",
             current_status=str(status),
             allowed=segments,
         )
@@ -609,6 +612,19 @@ def escalate(complaint: Complaint, *, at: datetime, reason: str) -> Outcome:
     return _escalated(complaint, (escalation,))
 
 
+def escalate_after_clocks(
+    complaint: Complaint, *, at: datetime, reason: str, policy: SlaPolicy
+) -> Outcome:
+    """Manual escalation, with first the escalations the clocks called for up to `at` (dated at
+    their breaches), as for a close: "one level up" is from the level business time reached,
+    whether or not the checker ran since the breach (a first response missed an hour ago makes
+    a manual escalation level 2, and the missed response is still level 1)."""
+    _next_status(complaint, Action.escalate, at)
+    due = evaluate_sla(complaint, as_of=at, policy=policy)
+    escalated = escalate(due.complaint, at=at, reason=reason)
+    return Outcome(escalated.complaint, due.events + escalated.events)
+
+
 def _next_status(complaint: Complaint, action: Action, at: datetime) -> Status:
     _require_aware("at", at)
     allowed = allowed_actions(complaint)
@@ -707,9 +723,19 @@ def escalations_due(complaint: Complaint, as_of: datetime, policy: SlaPolicy) ->
         level, latest = new_level, at
         return at
 
-    if level < 1 and clocks.first_response is ClockState.breached:
+    # Only breaches before `as_of`: evaluated as of a past instant, a complaint answered or
+    # resolved late since then was not yet late at that instant.
+    if (
+        level < 1
+        and clocks.first_response is ClockState.breached
+        and as_of > complaint.first_response_due
+    ):
         raise_to(1, EscalationReason.first_response_breached, complaint.first_response_due)
-    if level < 2 and clocks.resolution is ClockState.breached:
+    if (
+        level < 2
+        and clocks.resolution is ClockState.breached
+        and as_of > clocks.effective_resolution_due
+    ):
         level_2_at = raise_to(
             2, EscalationReason.resolution_breached, clocks.effective_resolution_due
         )

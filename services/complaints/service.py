@@ -625,7 +625,9 @@ def _apply(
         case ReopenBody():
             return domain.reopen(complaint, at=at)
         case EscalateBody():
-            return domain.escalate(complaint, at=at, reason=body.reason)
+            return domain.escalate_after_clocks(
+                complaint, at=at, reason=body.reason, policy=policy.sla
+            )
     raise TypeError(f"no workflow step for {type(body).__name__}")
 
 
@@ -671,23 +673,22 @@ async def take_step(
     facts = {k: v for k, v in step_fields.items() if k in FACT_FIELDS}
     texts = {k: v for k, v in step_fields.items() if k not in FACT_FIELDS}
     new_escalations = after.escalations[len(before.escalations) :]
-    if action is Action.escalate:
-        for escalation in new_escalations:
-            facts |= {"level": escalation.level}
-            session.add(
-                ComplaintEscalation(
-                    complaint_id=row.id,
-                    level=escalation.level,
-                    reason=escalation.reason.value,
-                    at=escalation.at,
-                    actor=actor,
-                )
-            )
-    elif (
-        new_escalations
-    ):  # the clocks' (see `domain.close_after_clocks`), as the checker writes them
+    manual = [e for e in new_escalations if e.reason is domain.EscalationReason.manual]
+    clocks = [e for e in new_escalations if e.reason is not domain.EscalationReason.manual]
+    if clocks:  # the clocks' (see `domain.close_after_clocks`), as the checker writes them
         await _record_clock_escalations(
-            session, complaint_id=row.id, status=before.status.value, escalations=new_escalations
+            session, complaint_id=row.id, status=before.status.value, escalations=clocks
+        )
+    for escalation in manual:
+        facts |= {"level": escalation.level}
+        session.add(
+            ComplaintEscalation(
+                complaint_id=row.id,
+                level=escalation.level,
+                reason=escalation.reason.value,
+                at=escalation.at,
+                actor=actor,
+            )
         )
     session.add(
         ComplaintStep(

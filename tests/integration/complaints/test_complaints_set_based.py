@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.complaints import domain, service
-from services.complaints.domain import Action, Complaint, SlaPolicy
+from services.complaints.domain import Action, ClockState, Complaint, SlaPolicy
 from services.complaints.handlers import PROCESS
 from services.complaints.models import MESSAGING
+from services.complaints.models import Complaint as ComplaintRow
 from shared.db import create_engine, migrate, session_factory
 from shared.devstack import PostgresServer
 from shared.events import CloudEvent, new_event
@@ -239,6 +240,44 @@ async def test_a_backlog_is_escalated_in_batches_exactly_as_the_rules_say(
     again = await service.evaluate_sla(sessions, as_of=AS_OF, batch_size=1000)
     assert (again.candidates, again.escalations) == (0, 0)
     assert len(await _rows(engine, "SELECT 1 FROM outbox")) == run.escalations
+
+
+async def test_the_sql_clocks_agree_with_the_rules(engine: AsyncEngine) -> None:
+    """The list's `breached` filter and the analytics' met/breached columns, judged in SQL on
+    random histories at several instants after their last step, against `domain.clock_states`."""
+    rng = random.Random(20261124)
+    customers = [uuid.uuid4() for _ in range(20)]
+    histories = [_random_history(rng, customers) for _ in range(300)]
+    await _store(engine, histories, set())
+    last = max(h.last_step_at for h in histories)
+    decided = {ClockState.met: True, ClockState.breached: False}
+    sessions = session_factory(engine)
+    for as_of in (last, last + timedelta(hours=30), last + timedelta(days=40)):
+        async with sessions() as session:
+            breached = set(
+                await session.scalars(select(ComplaintRow.id).where(service.breached(as_of)))
+            )
+            in_time = set(
+                await session.scalars(select(ComplaintRow.id).where(~service.breached(as_of)))
+            )
+            met = {
+                r.id: (r.first_response_met, r.resolution_met)
+                for r in await session.execute(
+                    text(
+                        service._PERIOD
+                        + "SELECT id, first_response_met, resolution_met FROM period"
+                    ),
+                    {"start": T0, "end": T0 + US, "as_of": as_of},
+                )
+            }
+        for h in histories:
+            clocks = domain.clock_states(h, as_of)
+            late = ClockState.breached in (clocks.first_response, clocks.resolution)
+            assert (h.complaint_id in breached, h.complaint_id in in_time) == (late, not late)
+            assert met[h.complaint_id] == (
+                decided.get(clocks.first_response),
+                decided.get(clocks.resolution),
+            ), (h, as_of, clocks)
 
 
 # --- the known-customers projection --------------------------------------------------------------

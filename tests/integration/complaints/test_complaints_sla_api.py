@@ -158,6 +158,64 @@ async def test_manual_escalation_then_automatic(complaints: Any) -> None:
     assert await _level(complaints, complaint["id"]) == 2
 
 
+async def test_a_manual_escalation_before_the_checker_runs_comes_after_the_missed_clocks(
+    complaints: Any,
+) -> None:
+    """First response missed at 1 h; an agent escalates at 2 h, before the checker's next run:
+    the miss is level 1 (the checker's, dated at the breach) and the agent's step level 2, as
+    had the checker run between."""
+    received = datetime(2026, 2, 7, 14, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    complaint = await complaints.open(await complaints.customer(), severity="critical")
+    cid = complaint["id"]
+    complaints.clock.set(received + 2 * H)
+    manual = await complaints.step(cid, "escalate", {"reason": "Customer on the phone"})
+    assert manual["escalation_level"] == 2
+    assert [(e["level"], e["reason"], at(e["at"]), e["actor"]) for e in manual["escalations"]] == [
+        (1, "first_response_breached", received + H, None),
+        (2, "manual", received + 2 * H, "agent-7"),
+    ]
+    detail = (await complaints.client.get(f"/v1/complaints/{cid}", headers=_writer())).json()
+    assert [(s["action"], s["actor"], s["facts"].get("level")) for s in detail["history"]] == [
+        ("open", "agent-7", None),
+        ("escalate", "sla-checker", 1),
+        ("escalate", "agent-7", 2),
+    ]
+    events = await complaints.events_of(cid, want=3)
+    assert [(e["data"].get("level"), e["data"].get("reason")) for e in events[1:]] == [
+        (1, "first_response_breached"),
+        (2, "manual"),
+    ]
+    await complaints.evaluate(received + 2 * H)
+    assert await _level(complaints, cid) == 2
+
+
+async def test_an_evaluation_as_of_a_past_instant_raises_what_was_due_then(
+    complaints: Any,
+) -> None:
+    """Answered 2 h late and resolved 6 h late, evaluated as of a time in between: only the
+    missed first response is raised; the missed resolution comes with a later evaluation."""
+    received = datetime(2026, 2, 7, 20, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    complaint = await complaints.open(await complaints.customer(), severity="critical")
+    cid = complaint["id"]
+    complaints.clock.set(received + 3 * H)
+    await complaints.step(cid, "acknowledge", {"message": "Sorry for the wait"})
+    await complaints.step(cid, "investigate")
+    complaints.clock.set(received + 30 * H)
+    resolution = {"root_cause": "policy", "root_cause_detail": "d", "resolution": "r"}
+    await complaints.step(cid, "resolve", resolution)
+
+    async def escalations() -> list[tuple[int, datetime]]:
+        detail = (await complaints.client.get(f"/v1/complaints/{cid}", headers=_writer())).json()
+        return [(e["level"], at(e["at"])) for e in detail["escalations"]]
+
+    await complaints.evaluate(received + 2 * H)
+    assert await escalations() == [(1, received + H)]
+    await complaints.evaluate(received + 30 * H)
+    assert await escalations() == [(1, received + H), (2, received + 24 * H)]
+
+
 async def test_await_customer_pauses_the_resolution_clock_exactly(complaints: Any) -> None:
     received = datetime(2026, 2, 8, 8, 0, tzinfo=UTC)
     complaints.clock.set(received)
@@ -373,3 +431,53 @@ async def _level(complaints: Any, complaint_id: str) -> int:
 
 async def _eventually(probe: Any, timeout: float = 20.0) -> None:
     await eventually(probe, timeout=timeout)
+
+
+async def test_pages_of_a_filtered_list_have_no_gaps_or_repeats(complaints: Any) -> None:
+    """Newest first, ties on `received_at` broken by id: walking the cursor with a small page
+    gives the whole filtered list once, in the order of one big page."""
+    now = datetime(2026, 2, 11, 8, 0, tzinfo=UTC)
+    complaints.clock.set(now)
+    customer = await complaints.customer()
+    opened = []
+    for n in range(9):
+        # three complaints at each of three instants (two back-dated), alternating severities
+        received = now - (n % 3) * H
+        opened.append(
+            await complaints.open(
+                customer,
+                severity="critical" if n % 2 else "low",
+                received_at=received.isoformat(),
+            )
+        )
+    complaints.clock.set(now + 2 * H)  # the critical ones are late for their first response
+
+    async def walk(limit: int, **query: str) -> list[str]:
+        found: list[str] = []
+        cursor: str | None = None
+        while True:
+            params = {"customer_id": str(customer), "limit": str(limit), **query}
+            if cursor:
+                params["cursor"] = cursor
+            response = await complaints.client.get(
+                "/v1/complaints", params=params, headers=_writer()
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            found += [c["id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return found
+
+    for query in ({}, {"breached": "true"}, {"breached": "false"}, {"status": "received"}):
+        whole = await walk(200, **query)
+        for limit in (1, 2, 4):
+            assert await walk(limit, **query) == whole, (query, limit)
+    everything = await walk(200)
+    assert sorted(everything) == sorted(c["id"] for c in opened)
+    by_id = {c["id"]: c for c in opened}
+    keys = [(at(by_id[i]["received_at"]), i) for i in everything]
+    assert keys == sorted(keys, reverse=True)
+    late = {c["id"] for c in opened if c["severity"] == "critical"}
+    assert set(await walk(2, breached="true")) == late
+    assert set(await walk(2, breached="false")) == set(everything) - late

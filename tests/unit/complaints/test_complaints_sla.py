@@ -493,3 +493,45 @@ def test_closing_first_raises_what_the_clocks_called_for_whenever_the_checker_ra
 def test_a_paused_complaint_is_not_escalated_for_resolution() -> None:
     complaint = domain.await_customer(investigating(), at=T0 + 100 * H).complaint
     assert domain.escalations_due(complaint, T0 + 1000 * H, POLICY) == []
+
+
+def test_an_evaluation_as_of_a_past_instant_raises_only_the_breaches_before_it() -> None:
+    """Answered late (due T0 + 1h, at T0 + 3h) and resolved late (due T0 + 24h, at T0 + 30h),
+    evaluated as of T0 + 2h: only the first response had been missed then."""
+    complaint = domain.acknowledge(opened(Severity.critical), at=T0 + 3 * H, message="m").complaint
+    complaint = resolve(domain.investigate(complaint, at=T0 + 4 * H).complaint, T0 + 30 * H)
+    assert levels(domain.escalations_due(complaint, T0 + 2 * H, POLICY)) == [
+        (1, "first_response_breached", T0 + H)
+    ]
+    assert domain.escalations_due(complaint, T0 + H, POLICY) == []
+    assert levels(domain.escalations_due(complaint, T0 + 24 * H + US, POLICY)) == [
+        (1, "first_response_breached", T0 + H),
+        (2, "resolution_breached", T0 + 24 * H),
+    ]
+
+
+def test_a_manual_escalation_first_raises_what_the_clocks_called_for() -> None:
+    """First response missed at T0 + 1h, escalated by hand at T0 + 2h before the checker ran:
+    the missed response is level 1 and the manual step level 2, as with a checker run between
+    (business time decides, not the checker's schedule)."""
+    complaint = opened(Severity.critical)
+    outcome = domain.escalate_after_clocks(complaint, at=T0 + 2 * H, reason="VIP", policy=POLICY)
+    expected = [(1, "first_response_breached", T0 + H), (2, "manual", T0 + 2 * H)]
+    assert levels(outcome.complaint.escalations) == expected
+    assert [(e.level, e.occurred_at) for e in escalated_events(outcome.events)] == [
+        (1, T0 + H),
+        (2, T0 + 2 * H),
+    ]
+    checked = domain.evaluate_sla(complaint, as_of=T0 + H + US, policy=POLICY).complaint
+    after_check = domain.escalate_after_clocks(checked, at=T0 + 2 * H, reason="VIP", policy=POLICY)
+    assert levels(after_check.complaint.escalations) == expected
+    # level 3 counts from the manual level 2, whichever ran first
+    assert levels(domain.escalations_due(outcome.complaint, T0 + 26 * H + US, POLICY)) == [
+        (3, "unresolved_after_escalation", T0 + 26 * H)
+    ]
+
+
+def test_a_manual_escalation_when_the_clocks_reached_the_top_is_refused() -> None:
+    complaint = opened(Severity.critical)  # levels 1, 2 and 3 due by T0 + 48h
+    with pytest.raises(domain.IllegalTransition):
+        domain.escalate_after_clocks(complaint, at=T0 + 49 * H, reason="late", policy=POLICY)

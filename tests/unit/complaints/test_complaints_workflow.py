@@ -369,3 +369,17 @@ def test_the_default_policy_lists_the_default_root_causes() -> None:
     assert policy.root_causes == domain.DEFAULT_ROOT_CAUSES
     assert "other" in policy.root_causes
     assert domain.ComplaintPolicy.model_validate_json(policy.model_dump_json()) == policy
+
+
+def test_escalation_at_the_top_level_says_why_it_is_refused() -> None:
+    complaint, at = complaint_in(Status.investigating)
+    for _ in range(3):
+        complaint = STEPS[Action.escalate](complaint, at).complaint
+    with pytest.raises(IllegalTransition) as refused:
+        STEPS[Action.escalate](complaint, at)
+    assert "highest escalation level (3)" in refused.value.detail
+    # a status that never allows escalation is named as the reason, as for every other step
+    closed, at = complaint_in(Status.closed)
+    with pytest.raises(IllegalTransition) as refused:
+        STEPS[Action.escalate](closed, at)
+    assert "highest" not in refused.value.detail
