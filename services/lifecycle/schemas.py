@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.lifecycle.domain import LifecyclePolicy, Reason, Stage
 from shared.http.inputs import BusinessTime
@@ -55,6 +55,9 @@ class DistributionRead(BaseModel):
 
 
 class EvaluateRequest(BaseModel):
+    # A misspelt field is a 422, not dropped: `{"asOf": ...}` would otherwise run as of now.
+    model_config = ConfigDict(extra="forbid")
+
     as_of: BusinessTime | None = Field(
         None, description="Business time to evaluate at (backfills, tests); default: now"
     )

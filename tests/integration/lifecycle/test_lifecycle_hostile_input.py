@@ -86,3 +86,23 @@ async def test_if_match_reads_as_rfc_9110(lifecycle: Lifecycle) -> None:
     listed = await put(f'"999999", {anything.headers["ETag"]}')
     assert listed.status_code == 200, listed.text
     assert (await put(current)).status_code == 412  # stale now
+
+
+async def test_an_evaluation_with_an_unknown_field_is_a_422_and_runs_nothing(
+    lifecycle: Lifecycle,
+) -> None:
+    """A misspelt `as_of` is not silently dropped (the run would be as of now, not then)."""
+    client = lifecycle.client
+
+    async def requested_runs() -> list[Any]:
+        listed = await client.get("/v1/lifecycle/evaluations", headers=READER)
+        assert listed.status_code == 200, listed.text
+        return [run for run in listed.json()["items"] if run["trigger"] != "schedule"]
+
+    before = await requested_runs()
+    for headers in (ADMIN, {**ADMIN, "Prefer": "respond-async"}):
+        response = await client.post(
+            "/v1/lifecycle/evaluate", json={"asOf": "2026-01-01T00:00:00Z"}, headers=headers
+        )
+        assert field_errors(response) == {"body.asOf"}
+    assert await requested_runs() == before
