@@ -1478,6 +1478,9 @@ async def customer_lifecycle(
     if row is None:
         raise NotFound(f"No lifecycle for customer {customer_id}")
     state = _to_state(row._mapping, SomeOrders())  # the order facts are in the row
+    # Under two purchase days g is the default of the policy in force: a policy change
+    # re-plans only growth, mature and declining customers' columns.
+    policy = (await policy_in_force(session, shared_lock=False)).policy
     history = (
         await session.execute(
             select(StageTransition)
@@ -1497,7 +1500,7 @@ async def customer_lifecycle(
         purchase_days=len(state.purchase_days),
         first_purchase_at=state.first_purchase_at,
         last_purchase_at=state.last_purchase_at,
-        median_gap_days=row.gap_days,
+        median_gap_days=domain.median_gap_days(state, policy),
         decline_due_at=row.decline_due_at,
         churn_due_at=row.churn_due_at,
         history=[

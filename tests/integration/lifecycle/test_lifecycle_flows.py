@@ -363,6 +363,32 @@ async def test_policy_is_validated_versioned_and_replans_the_due_times(
     assert again is not None and datetime.fromisoformat(again["decline_due_at"]) == day(130)
 
 
+async def test_g_shown_is_the_new_default_for_customers_without_two_purchase_days(
+    lifecycle: Lifecycle,
+) -> None:
+    """Not only growth, mature and declining customers: a prospect's g (and a churned
+    customer's with one purchase day) is the policy's `default_gap_days` in force."""
+    prospect = await lifecycle.register(day(0))
+    churned = await lifecycle.register(day(0))
+    await lifecycle.purchase(churned, day(1))
+    await lifecycle.wait_for(churned, "growth")
+    await lifecycle.evaluate(day(400))
+    await lifecycle.wait_for(churned, "churned")
+    await lifecycle.wait_for(prospect, "prospect")
+    policy = (await lifecycle.client.get("/v1/lifecycle/policy", headers=READER)).json()["policy"]
+    changed = await lifecycle.client.put(
+        "/v1/lifecycle/policy", json={**policy, "default_gap_days": 45}, headers=ADMIN
+    )
+    assert changed.status_code == 200, changed.text
+    try:
+        for customer in (prospect, churned):
+            body = await lifecycle.lifecycle(customer)
+            assert body is not None and body["median_gap_days"] == 45, body
+    finally:
+        restored = await lifecycle.client.put("/v1/lifecycle/policy", json=policy, headers=ADMIN)
+        assert restored.status_code == 200
+
+
 async def test_auth_scopes(lifecycle: Lifecycle) -> None:
     customer = uuid.uuid4()
     no_token = await lifecycle.client.get(f"/v1/customers/{customer}/lifecycle")
