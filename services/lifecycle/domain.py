@@ -46,7 +46,8 @@ Decisions recorded here (made with the lead; the tests pin every one of them):
 * **Implicit registration.** Events may arrive before the registration (different topics):
   a purchase, refund or complaint event for a customer we have no state for registers them
   at that event's time (change ``(none) -> prospect, registered``) and is then applied.
-  A later registration event only moves ``registered_at`` earlier; it changes no stage.
+  A later registration event only moves ``registered_at`` earlier; it changes no stage. So
+  does any other late event older than it (not a score): in order, it registered them.
 * **Complaints.** A high/critical complaint (per policy) opened or reopened for a growth or
   mature customer declines them (``complaint``), remembering the stage before. While in a
   complaint-caused decline, further such complaints join the causing set; recovery
@@ -734,17 +735,26 @@ def on_registered(state: CustomerLifecycle | None, *, at: datetime) -> Decision:
 
 
 def _enter(
-    state: CustomerLifecycle | None, policy: LifecyclePolicy, at: datetime
+    state: CustomerLifecycle | None,
+    policy: LifecyclePolicy,
+    at: datetime,
+    *,
+    registers: bool = True,
 ) -> tuple[CustomerLifecycle, list[StageChange]]:
     """Register an unknown customer, or apply the time rules up to the event first.
 
     Running the time rules up to the event's business time makes each decision equal to
     in-order processing whatever the sweep cadence: a purchase 130 days after the previous
     one is a lapse (day 120) and then a reactivation, swept in between or not.
+
+    An event that ``registers`` (all but a score) older than the registration known moves it
+    earlier: in business order that event registered the customer (implicit registration).
     """
     if state is None:
         registration = on_registered(None, at=at)
         return registration.state, list(registration.changes)
+    if registers and at < state.registered_at:
+        state = _evolve(state, registered_at=at)
     timed = evaluate(state, policy, as_of=at)
     return timed.state, list(timed.changes)
 
@@ -1092,7 +1102,7 @@ def on_value_scored(
     latest_order = state.latest_order_at
     if latest_order is not None and latest_order > at:
         return Decision(state)
-    current, changes = _enter(state, policy, at)
+    current, changes = _enter(state, policy, at, registers=False)
     score = low_score(policy, p_alive=p_alive, at=at)
     if score is None:
         return Decision(current, tuple(changes))  # at or above the threshold: moves nothing
@@ -1147,7 +1157,7 @@ def _apply_score(
     latest_order = state.latest_order_at
     if latest_order is not None and latest_order > at:
         return state, []
-    current, changes = _enter(state, policy, at)
+    current, changes = _enter(state, policy, at, registers=False)
     if current.stage is not Stage.DECLINE or p_alive >= policy.model_churn_p_alive:
         return current, changes
     if _in_force_at(current, at):

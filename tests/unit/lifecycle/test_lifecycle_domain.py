@@ -582,6 +582,24 @@ def test_a_purchase_before_registration_registers_implicitly(journey) -> None:
     assert (j.stage, j.now.registered_at) == (Stage.GROWTH, day(1))
 
 
+def test_an_older_event_than_the_implicit_registration_moves_it_earlier(journey) -> None:
+    """In business order the older event registered the customer; idle time counts from it
+    when no purchase counts, whichever event arrived first."""
+    j = journey()
+    j.buy(day(130), order_id="a")  # registers implicitly at day 130
+    j.complain(day(0), "c1", severity="low")  # came first in business time, arrives late
+    assert j.now.registered_at == day(0)
+    j.refund(day(131), order_id="a", total="25.00")  # no purchase counts: idle since day 0
+    assert moves(j.evaluate(day(132))) == [(Stage.GROWTH, Stage.DECLINE, Reason.LAPSING, day(130))]
+
+
+def test_a_score_older_than_the_registration_does_not_move_it(journey) -> None:
+    j = journey()
+    j.register(day(10))
+    j.score(day(5), 0.05)
+    assert j.now.registered_at == day(10)
+
+
 def test_a_purchase_dated_before_registration_moves_at_registration(journey) -> None:
     j = journey()
     j.register(day(10))
