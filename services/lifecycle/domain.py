@@ -33,10 +33,14 @@ Decisions recorded here (made with the lead; the tests pin every one of them):
   older than the current decline neither (in order it found the customer before it), unless
   the facts known now put the customer in decline at the score's time (then the churn is
   dated at the decline's start).
-  The exception: a late purchase can shorten g so much that an earlier gap becomes
-  churn-long in hindsight; in order that was a churn and a winback (growth), while the
-  customer may already be ``mature``: they stay mature, since stages only move along the
-  table.
+  The exceptions, all because stages only move along the table: a late purchase can
+  shorten g so much that an earlier gap becomes churn-long in hindsight; in order that was
+  a churn and a winback (growth), while the customer may already be ``mature``: they stay
+  mature. Likewise a complaint and a low score both older than the latest order (in order:
+  decline, churn, then winback to growth) leave a mature customer mature; a late refund
+  that lengthens g enough that a lapse would not have happened leaves the customer in
+  decline (refunds move no stage); and a reopened complaint is known by its latest opening
+  only, so a decline it causes is dated from then.
 * **Purchase days** are the distinct UTC dates of orders that are not fully refunded. A free
   (0.00) order counts as a purchase day (the customer chose to order) and can never be
   "fully refunded"; a partially refunded order still counts. ``g`` is the median gap in
