@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -409,6 +410,10 @@ def import_read(run: Any) -> ImportRead:
     return ImportRead.model_validate(run, from_attributes=True)
 
 
+def _instant(moment: str | datetime) -> datetime:
+    return datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+
+
 def view_360(row: dict[str, Any], *, masked: bool, currency: str) -> dict[str, Any]:
     """The 360 document (shape of `Customer360`) from the one-row query of service.customer_360."""
     money = domain.format_money
@@ -441,7 +446,9 @@ def view_360(row: dict[str, Any], *, masked: bool, currency: str) -> dict[str, A
         "profile": customer_dict(row, masked=masked),
         "consents": {
             "items": consents,
-            "updated_at": max((c["changed_at"] for c in consents), default=None),
+            # By instant, not by text: PostgreSQL writes the JSON's times in the session's
+            # time zone, and "10:00+02:00" sorts after "09:30+00:00" though it is earlier.
+            "updated_at": max((c["changed_at"] for c in consents), key=_instant, default=None),
         },
         "purchases": {
             "count": row["purchase_count"],
