@@ -32,6 +32,12 @@ def make_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+def server_settings(application_name: str) -> dict[str, str]:
+    """Session settings of every connection: UTC whatever the server's default (Debian's initdb
+    takes the machine's zone), so times PostgreSQL writes as text, in JSON say, read alike."""
+    return {"application_name": application_name, "timezone": "UTC"}
+
+
 def create_engine(url: str, *, pool_size: int = 10, application_name: str = "crm") -> AsyncEngine:
     """No pre-ping (with asyncpg it costs three round trips on every checkout): a connection lost
     to a database restart fails its statement once, which SQLAlchemy reports as a disconnect and
@@ -43,7 +49,7 @@ def create_engine(url: str, *, pool_size: int = 10, application_name: str = "crm
         max_overflow=pool_size,
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": application_name}},
+        connect_args={"server_settings": server_settings(application_name)},
     )
 
 
@@ -202,7 +208,11 @@ def run_alembic_env(target_metadata: MetaData) -> None:
             context.run_migrations()
 
     async def run() -> None:
-        engine = create_async_engine(url, poolclass=NullPool)
+        engine = create_async_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"server_settings": server_settings("crm-migrate")},
+        )
         async with engine.connect() as connection:
             await connection.run_sync(do_run)
             await connection.commit()

@@ -14,7 +14,7 @@ from services.profile import domain, worker
 from services.profile.config import ProfileSettings
 from services.profile.models import MESSAGING
 from services.profile.router import router
-from shared.db import asyncpg_dsn
+from shared.db import asyncpg_dsn, server_settings
 from shared.http.app import create_service_app
 from shared.http.problems import problem_response
 from shared.runtime import Role, ServiceRuntime
@@ -55,7 +55,7 @@ def _with_read_pool(app: FastAPI, runtime: ServiceRuntime) -> None:
                 asyncpg_dsn(runtime.settings.database_url),
                 min_size=1,
                 max_size=runtime.settings.db_pool_size,
-                server_settings={"application_name": "crm-profile-read"},
+                server_settings=server_settings("crm-profile-read"),
                 # The default reset is one more round trip per release; the 360 read leaves no
                 # session state behind (no SET, LISTEN, advisory lock or open cursor).
                 reset=_keep_session,
