@@ -183,7 +183,8 @@ def asyncapi_document() -> dict[str, Any]:
         "dlq.origin.offset, dlq.consumer.group, dlq.service, dlq.error, dlq.error.type "
         "(`unreadable`: refused when read, else the handler's error), dlq.event.type (for an "
         "unreadable message the contract type it claims, else `unreadable`), dlq.attempts, "
-        "dlq.failed_at. "
+        "dlq.failed_at; a message too large to be held with them comes without its value and "
+        "with dlq.value.omitted (its size in bytes; `crm dlq replay` skips it). "
         "`crm dlq replay` puts it back on its origin topic with the headers dlq.replayed_from and "
         "dlq.replay.group (the group that failed it): only that group applies the copy, and a "
         "consumer of another group must skip it (it processed the original).",

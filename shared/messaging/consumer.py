@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -56,6 +56,9 @@ DLQ_HEADER_PREFIX = "dlq."
 # Only that group applies it; the topic's other groups applied the original and skip the copy,
 # which their inboxes would drop only while they remember it (INBOX_RETENTION_HOURS).
 REPLAY_GROUP_HEADER = "dlq.replay.group"
+# On a dead letter too large for the DLQ with its message: the message's size. The letter holds
+# no value; the message is at its origin (topic, partition, offset) while the topic retains it.
+VALUE_OMITTED_HEADER = "dlq.value.omitted"
 
 
 @dataclass
@@ -95,7 +98,8 @@ def per_event(handlers: Mapping[str, Handler]) -> BatchProcessor:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Database/broker unavailability, deadlocks, serialization failures: retry the whole batch."""
+    """Database/broker unavailability (also no pooled connection free in time), deadlocks,
+    serialization failures: retry the whole batch."""
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
@@ -109,6 +113,7 @@ def is_transient(exc: BaseException) -> bool:
             OSError,
             ConnectionError,
             asyncio.TimeoutError,
+            sa_exc.TimeoutError,  # the pool's: every connection busy (the API's too) past its timeout
             sa_exc.InterfaceError,
             sa_exc.OperationalError,
             asyncpg.PostgresConnectionError,
@@ -131,15 +136,23 @@ def _keyed_by_its_customer(event: CloudEvent[Any]) -> CloudEvent[Any]:
     if event.type not in EVENTS:
         return event  # a service's own internal type (profile's ingested orders)
     customer_id = getattr(event.data, "customer_id", None)
-    # `hex` and a replace cost half of `str(customer_id)`, on every event consumed.
-    if customer_id is None or event.subject.replace("-", "") == customer_id.hex:
+    subject = event.subject
+    # Spelled as `str(customer_id)` (hyphens at 8, 13, 18, 23, lower-case hex), checked for a
+    # fraction of what `str(customer_id)` costs, on every event consumed.
+    if customer_id is None or (
+        len(subject) == 36
+        and subject[8] == subject[13] == subject[18] == subject[23] == "-"
+        and subject.replace("-", "") == customer_id.hex
+    ):
         return event
     with contextlib.suppress(ValueError):
-        if uuid.UUID(event.subject) == customer_id:
-            return event  # the same id, spelled otherwise (upper case, braces)
+        if uuid.UUID(subject) == customer_id:
+            # The same id spelled otherwise (upper case, braces, no hyphens): spelled as the
+            # service's writers spell it, which the customer's lock is keyed by.
+            return event.model_copy(update={"subject": str(customer_id)})
     raise EnvelopeError(
         f"invalid {event.type}: `subject` must be the customer id `data.customer_id` "
-        f"({customer_id}), not {event.subject[:100]!r}"
+        f"({customer_id}), not {subject[:100]!r}"
     )
 
 
@@ -546,19 +559,28 @@ class ConsumerRunner:
                 ("dlq.origin.offset", str(r.offset).encode()),
                 ("dlq.consumer.group", self.group_id.encode()),
                 ("dlq.service", self.service.encode()),
-                ("dlq.error", (m.error or "").encode()[:4000]),
+                # Cut to whole characters: a header cut inside one is no UTF-8 text.
+                ("dlq.error", (m.error or "").encode()[:4000].decode(errors="ignore").encode()),
                 ("dlq.error.type", (m.error_type or "").encode()),
                 ("dlq.attempts", str(m.attempts).encode()),
                 ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
                 ("dlq.event.type", event_type.encode()),
             ]
+            value = r.value
             while True:
                 try:
                     await self.producer.send_and_wait(
-                        topic_names.DLQ, value=r.value, key=r.key, headers=headers
+                        topic_names.DLQ, value=value, key=r.key, headers=headers
                     )
                     break
                 except KafkaError as exc:
+                    if isinstance(exc, MessageSizeTooLargeError) and value is not None:
+                        # The message fits its topic but not with our headers (or not the DLQ):
+                        # the letter names where it is instead, or the partition would stall.
+                        log.warning("consumer.dlq_value_omitted", size=len(value), error=repr(exc))
+                        headers.append((VALUE_OMITTED_HEADER, str(len(value)).encode()))
+                        value = None
+                        continue
                     if stop.is_set():
                         raise  # offsets stay uncommitted: the message is redone after restart
                     replace = self.producer_factory is not None and producer_is_broken(

@@ -5,7 +5,9 @@ headers, such as the structured-mode `content-type`) to the topic it came from, 
 the consumer group that dead-lettered it (header `dlq.replay.group`): the topic's other groups
 applied the original and skip the copy, however long ago that was; the group it is for applies
 it unless its inbox holds the id. A consumer group `crm-dlq-replayer` remembers how far replay
-went, so nothing is replayed twice by accident.
+went, so nothing is replayed twice by accident. A letter too large for the DLQ with its message
+holds none (header `dlq.value.omitted`, the message's size): it is listed, not replayed; the
+message is at the letter's origin (topic, partition, offset) while that topic retains it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import topics
-from shared.messaging.consumer import DLQ_HEADER_PREFIX, REPLAY_GROUP_HEADER
+from shared.messaging.consumer import DLQ_HEADER_PREFIX, REPLAY_GROUP_HEADER, VALUE_OMITTED_HEADER
 from shared.messaging.kafka import client_options, partitions_of, start_producer
 from shared.settings import ServiceSettings
 
@@ -63,6 +65,8 @@ class DeadLetter:
             "error": h.get("dlq.error"),
             "attempts": h.get("dlq.attempts"),
             "failed_at": h.get("dlq.failed_at"),
+            # The message's size, when it was too large to be held here: see its origin.
+            "value_omitted": h.get(VALUE_OMITTED_HEADER),
         }
 
 
@@ -152,8 +156,8 @@ async def replay(
                 letter = _to_letter(record)
                 if group is not None and letter.headers.get("dlq.consumer.group") != group:
                     continue
-                if not letter.origin_topic:
-                    continue
+                if not letter.origin_topic or VALUE_OMITTED_HEADER in letter.headers:
+                    continue  # nothing to put back (a letter without the message it names)
                 replayed += 1
                 if not dry_run:
                     await producer.send_and_wait(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +18,7 @@ from integration.shared.messaging_db import messaging_database
 from prometheus_client import REGISTRY
 from sqlalchemy import Column, Integer, MetaData, Table, Text, select, text
 from sqlalchemy.dialects.postgresql import UUID, insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from support import eventually, skip_history, topic_records, waiting_for_advisory_lock
 
 from shared.db import asyncpg_dsn, make_metadata, session_factory
@@ -345,6 +345,85 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
         await producer.stop()
 
 
+async def test_a_poison_message_too_large_for_its_dead_letter_does_not_stall_the_partition(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """A message its topic took, at the size limit: with the DLQ's headers it fits nowhere. The
+    letter names its origin and size without it, the partition moves on, and replay (which has
+    nothing to put back) leaves the letter alone instead of putting a null on the topic."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    before = await dlq_ends(settings)
+    group = f"g-{uuid.uuid4().hex}"
+    big = b'{"not": "' + b"a" * 1_048_300 + b'"}'
+    try:
+        await producer.send_and_wait(topics.PURCHASES, big, key=key)
+        await producer.send_and_wait(
+            topics.PURCHASES, purchase_event(customer, "after-big").to_bytes(), key=key
+        )
+        async with Worker(settings, engine, producer, group):
+            result = await eventually(
+                lambda: totals(engine, customer), timeout=30, what="the message after it applied"
+            )
+        assert result == (1, "after-big")
+        [letter] = [
+            r
+            for r in await read_dlq(settings, before)
+            # The new group reads the topic from its start: earlier tests' poison is there too.
+            if dict(r.headers).get("dlq.consumer.group") == group.encode() and r.key == key
+        ]
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert letter.value is None
+        assert headers["dlq.value.omitted"] == str(len(big))
+        assert headers["dlq.origin.topic"] == topics.PURCHASES
+        assert headers["dlq.error.type"] == "unreadable"
+        letters = await dlq.read_all(settings=settings, group=group)
+        [listed] = [x for x in letters if x.key == key]
+        assert listed.summary()["value_omitted"] == str(len(big))
+        # Replay would put back the group's other letters (earlier tests'), not this one.
+        others = len(letters) - 1
+        assert await dlq.replay(settings=settings, group=group, dry_run=True) == others
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("emits", [True, False], ids=["emitting", "projection"])
+async def test_no_connection_free_in_the_pool_is_waited_out_not_dead_lettered(
+    settings: ServiceSettings, engine: AsyncEngine, emits: bool
+) -> None:
+    """The service's pool (shared with its API) has no connection free for longer than its
+    timeout: an infrastructure failure like a database down. The batch is retried until one is
+    free, then applied; the consumer neither dead-letters its good events nor dies."""
+    small = create_async_engine(engine.url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    before = await dlq_ends(settings)
+    group = f"g-{uuid.uuid4().hex}"
+    try:
+        async with small.connect() as held:
+            await held.execute(text("SELECT 1"))  # the pool's one connection, taken
+            await producer.send_and_wait(
+                topics.PURCHASES, purchase_event(customer, "pooled-1").to_bytes(), key=key
+            )
+            worker = Worker(settings, small, producer, group, emits=emits)
+            async with worker:
+                # Longer than a batch needs to fail over to one by one, retry, dead-letter.
+                await asyncio.sleep(3)
+                assert worker.task is not None and not worker.task.done()
+                await held.close()
+                result = await eventually(
+                    lambda: totals(engine, customer),
+                    what="the batch applied once a connection is free",
+                )
+        assert result == (1, "pooled-1")
+        assert [r for r in await read_dlq(settings, before) if r.key == key] == []
+    finally:
+        await producer.stop()
+        await small.dispose()
+
+
 async def test_types_without_a_handler_are_read_past_and_unknown_types_go_to_the_dlq(
     settings: ServiceSettings, engine: AsyncEngine
 ) -> None:
@@ -592,6 +671,50 @@ async def test_an_emitting_consumer_waits_for_the_writer_holding_its_customers_l
                     lambda: totals(engine, customer), what="the batch applied after the writer"
                 )
         assert result == (1, "locked-1")
+    finally:
+        await producer.stop()
+
+
+def _hyphens_elsewhere(customer: uuid.UUID) -> str:
+    """36 characters, four hyphens, as uuid.UUID reads it, not where `str` puts them."""
+    hex_ = customer.hex
+    return "-".join((hex_[:4], hex_[4:8], hex_[8:12], hex_[12:16], hex_[16:]))
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [lambda c: str(c).upper(), lambda c: c.hex, lambda c: f"{{{c}}}", _hyphens_elsewhere],
+    ids=["upper-case", "no-hyphens", "braces", "hyphens-elsewhere"],
+)
+async def test_a_subject_spelled_otherwise_waits_for_the_writer_of_the_same_customer(
+    settings: ServiceSettings, engine: AsyncEngine, spelling: Callable[[uuid.UUID], str]
+) -> None:
+    """An event whose subject is its customer's id spelled otherwise is read, and its batch
+    takes the lock the service's writers take for that customer (not one named by the
+    spelling): it waits for a writer holding it, as with the usual spelling."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = advisory_key(f"customer:{customer}")
+    event = purchase_event(customer, "spelled-1")
+    try:
+        async with engine.connect() as writer:
+            await writer.begin()
+            await writer.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            await producer.send_and_wait(
+                topics.PURCHASES,
+                event.model_copy(update={"subject": spelling(customer)}).to_bytes(),
+                key=str(customer).encode(),
+            )
+            async with Worker(settings, engine, producer, f"g-{uuid.uuid4().hex}"):
+                assert await eventually(
+                    lambda: waiting_for_advisory_lock(engine, key), what="the batch waiting"
+                )
+                assert await totals(engine, customer) is None  # nothing applied while it waits
+                await writer.rollback()
+                result = await eventually(
+                    lambda: totals(engine, customer), what="the batch applied after the writer"
+                )
+        assert result == (1, "spelled-1")
     finally:
         await producer.stop()
 

@@ -494,3 +494,28 @@ def test_a_message_that_cannot_be_read_is_named_by_the_type_it_claims() -> None:
         "unreadable",
         "crm.ingest.order_received.v1",
     )
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        str(C).upper(),
+        C.hex,
+        f"{{{C}}}",
+        f"urn:uuid:{C}",
+        "-".join((C.hex[:4], C.hex[4:8], C.hex[8:12], C.hex[12:16], C.hex[16:])),
+    ],
+)
+def test_a_subject_spelled_otherwise_is_read_as_the_customer_id_writers_lock_by(
+    subject: str,
+) -> None:
+    """The runner locks a batch's customers by their events' subjects: the same id spelled
+    otherwise must name the lock the service's writers take (`str` of the id), not another."""
+    consumer = runner({ev.TIER_CHANGED})
+    raw = orjson.dumps({**envelope(ev.TIER_CHANGED, SAMPLES[ev.TIER_CHANGED]), "subject": subject})
+    decoded = consumer._decode(record(raw))
+    assert decoded.error is None and decoded.event is not None
+    assert decoded.event.subject == str(C)
+    assert decoded.event.model_dump(exclude={"subject"}) == two_step(raw).model_dump(
+        exclude={"subject"}
+    )
