@@ -361,8 +361,24 @@ class OutboxRelay:
         (a full one before the next of its partition is started), so each partition receives
         them in id order, as with one `send` per row, for a fraction of the CPU: `send` picks
         the partition and makes a future per message.
+
+        Without idempotence (Tansu, `KAFKA_ENABLE_IDEMPOTENCE=false`) a partition's next batch
+        waits for the previous one's acknowledgement: aiokafka fails a batch that expired in
+        its retries and then sends the partition's next one, which would land before the retry
+        of the failed one. An idempotent producer keeps the order itself (sequence numbers).
         """
         futures: list[asyncio.Future[Any]] = []
+        in_order = producer._txn_manager is None  # not idempotent
+        last_sent: dict[tuple[str, int], asyncio.Future[Any]] = {}
+
+        async def send(batch: BatchBuilder, topic: str, partition: int) -> None:
+            previous = last_sent.get((topic, partition))
+            if in_order and previous is not None:
+                await previous  # its failure stops this attempt before anything overtakes it
+            future = await producer.send_batch(batch, topic, partition=partition)
+            futures.append(future)
+            last_sent[topic, partition] = future
+
         try:
             open_batches: dict[tuple[str, int], BatchBuilder] = {}
             partitions: dict[str, tuple[list[int], list[int]]] = {}
@@ -384,14 +400,14 @@ class OutboxRelay:
                 if batch is None:
                     batch = open_batches[topic, partition] = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=_HEADERS) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    await send(batch, topic, partition)
                     batch = open_batches[topic, partition] = producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None, headers=_HEADERS)
             for (topic, partition), batch in open_batches.items():
                 # Closed, it is complete: the sender takes it at once instead of letting it
                 # linger for more messages (linger_ms) that will never come.
                 batch.close()
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                await send(batch, topic, partition)
             await asyncio.gather(*futures)
         except Exception:
             # What this attempt queued must settle (delivered or failed) before anything is sent

@@ -41,8 +41,11 @@ class _Batch:
 class _Producer:
     """What `_publish` uses of an AIOKafkaProducer; acknowledges each batch once released."""
 
-    def __init__(self, capacity: int, fail_partition: int | None = None) -> None:
+    def __init__(
+        self, capacity: int, fail_partition: int | None = None, *, idempotent: bool = True
+    ) -> None:
         partitions = set(range(PARTITIONS))
+        self._txn_manager = object() if idempotent else None  # aiokafka's, when idempotent
         self.client = SimpleNamespace(
             cluster=SimpleNamespace(
                 partitions_for_topic=lambda topic: partitions,
@@ -54,6 +57,7 @@ class _Producer:
         self.fail_partition = fail_partition
         self.sent: list[tuple[str, int, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]]] = []
         self.acks: list[asyncio.Future[None]] = []
+        self.handed_over_behind_unacknowledged = 0
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(PARTITIONS))
@@ -64,6 +68,12 @@ class _Producer:
     async def send_batch(
         self, batch: _Batch, topic: str, *, partition: int
     ) -> asyncio.Future[None]:
+        pending = [
+            ack
+            for (t, p, _), ack in zip(self.sent, self.acks, strict=True)
+            if (t, p) == (topic, partition) and not ack.done()
+        ]
+        self.handed_over_behind_unacknowledged += bool(pending)
         self.sent.append((topic, partition, list(batch.records)))
         # A batch still open lingers in the producer for messages that never come.
         assert batch.closed, "handed over open"
@@ -131,3 +141,47 @@ async def test_a_failed_batch_fails_the_attempt_once_every_batch_has_settled() -
     with pytest.raises(RuntimeError, match="broker said no"):
         await published
     assert all(ack.done() for ack in producer.acks)
+
+
+async def _acknowledge_as_sent(producer: _Producer, failing: set[int]) -> None:
+    """The broker: acknowledges (or fails, the batches numbered in `failing`) what is sent."""
+    while True:
+        for number, ack in enumerate(producer.acks):
+            if not ack.done():
+                if number in failing:
+                    ack.set_exception(RuntimeError("expired in its retries"))
+                else:
+                    ack.set_result(None)
+        await asyncio.sleep(0)
+
+
+async def test_without_idempotence_a_partition_next_batch_waits_for_the_previous_ack() -> None:
+    producer = _Producer(capacity=4, idempotent=False)
+    broker = asyncio.create_task(_acknowledge_as_sent(producer, failing=set()))
+    try:
+        await relay(producer)._publish(producer, rows())  # type: ignore[arg-type]
+    finally:
+        broker.cancel()
+    assert producer.handed_over_behind_unacknowledged == 0
+    assert sum(len(records) for _, _, records in producer.sent) == len(rows())
+    # The idempotent producer is trusted with the order: everything is handed over at once.
+    idempotent = _Producer(capacity=4)
+    published = asyncio.create_task(relay(idempotent)._publish(idempotent, rows()))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert idempotent.handed_over_behind_unacknowledged > 0
+    idempotent.settle()
+    await published
+
+
+async def test_without_idempotence_a_failed_batch_is_overtaken_by_nothing() -> None:
+    # aiokafka fails a batch that expired in its retries, then sends the partition's next one:
+    # it would land before the relay's retry of the first.
+    producer = _Producer(capacity=4, idempotent=False)
+    broker = asyncio.create_task(_acknowledge_as_sent(producer, failing={0}))
+    try:
+        with pytest.raises(RuntimeError, match="expired"):
+            await relay(producer)._publish(producer, rows())  # type: ignore[arg-type]
+    finally:
+        broker.cancel()
+    first_topic, first_partition, _ = producer.sent[0]
+    assert [(t, p) for t, p, _ in producer.sent].count((first_topic, first_partition)) == 1
