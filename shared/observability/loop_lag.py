@@ -101,7 +101,10 @@ class LoopLag:
 
     def _watch(self, done: threading.Event) -> None:
         while not done.wait(self.interval):
-            self.check_blocked(time.monotonic())
+            try:
+                self.check_blocked(time.monotonic())
+            except Exception:  # a failing log line must not end the watch for the process
+                log.exception("event_loop.watchdog_failed")
 
     def check_blocked(self, now: float) -> None:
         """Log the loop thread's stack if the loop has not woken for `blocked_after` (once per
@@ -111,8 +114,9 @@ class LoopLag:
             return
         self._reported = woke
         frame = sys._current_frames().get(self._loop_thread or -1)
-        stack = [
+        frames = [
             f"{f.filename}:{f.lineno} {f.name}"
             for f in (traceback.extract_stack(frame)[-STACK_FRAMES:] if frame else [])
         ]
-        log.warning("event_loop.blocked", blocked_ms=round((now - woke) * 1000), stack=stack)
+        # Not `stack`: structlog's console renderer takes that key for stack_info's text.
+        log.warning("event_loop.blocked", blocked_ms=round((now - woke) * 1000), frames=frames)

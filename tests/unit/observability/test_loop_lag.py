@@ -92,7 +92,11 @@ def test_a_loop_blocked_for_long_is_logged_once_with_the_stack_that_holds_it() -
 
     [blocked] = asyncio.run(scenario())
     assert 150 <= blocked["blocked_ms"] < 500  # type: ignore[operator]
-    stack = blocked["stack"]
+    stack = blocked["frames"]
     assert isinstance(stack, list)
     assert "hold_the_loop" in stack[-1] and "test_loop_lag.py" in stack[-1]
     assert any("scenario" in frame for frame in stack)
+    # The development console renders it too (a `stack` key was a TypeError there, which
+    # ended the watchdog thread).
+    rendered = structlog.dev.ConsoleRenderer(colors=False)(None, "warning", dict(blocked))
+    assert "hold_the_loop" in str(rendered)
