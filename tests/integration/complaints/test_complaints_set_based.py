@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from unit.complaints.complaint_steps import take_step
 
 from services.complaints import domain, service
-from services.complaints.domain import Action, ClockState, Complaint, SlaPolicy
+from services.complaints.domain import ClockState, Complaint, SlaPolicy
 from services.complaints.handlers import PROCESS
 from services.complaints.models import MESSAGING
 from services.complaints.models import Complaint as ComplaintRow
@@ -59,28 +60,6 @@ async def engine(own_database: str) -> AsyncIterator[AsyncEngine]:
 # --- the SLA checker ---------------------------------------------------------------------------
 
 
-def _step(complaint: Complaint, action: Action, at: datetime) -> Complaint:
-    match action:
-        case Action.acknowledge:
-            return domain.acknowledge(complaint, at=at, message="m").complaint
-        case Action.investigate:
-            return domain.investigate(complaint, at=at).complaint
-        case Action.propose:
-            return domain.propose(complaint, at=at, proposed_resolution="p").complaint
-        case Action.await_customer:
-            return domain.await_customer(complaint, at=at).complaint
-        case Action.resolve:
-            return domain.resolve(
-                complaint, at=at, root_cause="other", root_cause_detail="d", resolution="r"
-            ).complaint
-        case Action.close:
-            return domain.close(complaint, at=at, satisfaction=3, feedback="f").complaint
-        case Action.reopen:
-            return domain.reopen(complaint, at=at).complaint
-        case Action.escalate:
-            return domain.escalate(complaint, at=at, reason="r").complaint
-
-
 def _opened(customer: uuid.UUID, severity: domain.Severity, received_at: datetime) -> Complaint:
     return domain.open_complaint(
         complaint_id=uuid.uuid4(),
@@ -104,7 +83,7 @@ def _random_history(rng: random.Random, customers: list[uuid.UUID]) -> Complaint
             continue
         actions = domain.allowed_actions(complaint)
         if actions:
-            complaint = _step(complaint, rng.choice(actions), at)
+            complaint = take_step(complaint, rng.choice(actions), at)
     return complaint
 
 

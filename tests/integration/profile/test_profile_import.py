@@ -19,6 +19,18 @@ pytestmark = pytest.mark.integration
 HEADER = "external_ref,order_id,occurred_at,amount,currency,sku,category,quantity\n"
 
 
+async def imported(profile: Profile, csv_bytes: bytes) -> dict[str, Any]:
+    """The summary of a CSV import posted as the body (200)."""
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=csv_bytes,
+        headers={**WRITER, "Content-Type": "text/csv"},
+    )
+    assert response.status_code == 200, response.text
+    summary: dict[str, Any] = response.json()
+    return summary
+
+
 async def test_import_creates_customers_records_orders_and_reports_bad_rows(
     profile: Profile,
 ) -> None:
@@ -35,13 +47,7 @@ async def test_import_creates_customers_records_orders_and_reports_bad_rows(
         + f"new-{m},{m}-6,2023-03-01T00:00:00Z,10.00,USD,A,x,1\n"
         + f"new-{m},{m}-6,2023-03-01T00:00:00Z,10.00,USD,B,x,0\n"
     )
-    response = await profile.client.post(
-        "/v1/imports/purchases",
-        content=csv_text.encode(),
-        headers={**WRITER, "Content-Type": "text/csv"},
-    )
-    assert response.status_code == 200, response.text
-    summary = response.json()
+    summary = await imported(profile, csv_text.encode())
     assert summary["status"] == "done"
     assert (summary["rows_read"], summary["orders_total"], summary["orders_done"]) == (8, 3, 3)
     assert (summary["purchases_created"], summary["duplicates"]) == (3, 0)
@@ -132,13 +138,7 @@ async def test_an_order_id_recorded_differently_is_rejected_not_counted_a_duplic
         + f"owner-{m},{m}-same,2023-01-01T00:00:00Z,10.00,USD,,,\n"
         + f"owner-{m},{m}-new,2023-01-02T00:00:00Z,7.00,USD,,,\n"
     )
-    response = await profile.client.post(
-        "/v1/imports/purchases",
-        content=csv_text.encode(),
-        headers={**WRITER, "Content-Type": "text/csv"},
-    )
-    assert response.status_code == 200, response.text
-    summary = response.json()
+    summary = await imported(profile, csv_text.encode())
     assert (summary["purchases_created"], summary["duplicates"], summary["rejected"]) == (1, 1, 3)
     reasons = {r["line"]: (r["order_id"], r["reason"]) for r in summary["rejections"]}
     assert sorted(reasons) == [2, 3, 4]
@@ -171,16 +171,7 @@ async def test_a_file_imported_again_after_an_erasure_does_not_bring_the_custome
     m = uuid.uuid4().hex[:8]
     csv_text = HEADER + f"gone-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,,,\n"
 
-    async def import_file() -> dict[str, Any]:
-        response = await profile.client.post(
-            "/v1/imports/purchases",
-            content=csv_text.encode(),
-            headers={**WRITER, "Content-Type": "text/csv"},
-        )
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    first = await import_file()
+    first = await imported(profile, csv_text.encode())
     assert (first["customers_created"], first["purchases_created"]) == (1, 1)
     (customer_id,) = (
         row[0]
@@ -190,7 +181,7 @@ async def test_a_file_imported_again_after_an_erasure_does_not_bring_the_custome
     )
     erased = await profile.client.delete(f"/v1/customers/{customer_id}", headers=WRITER)
     assert erased.status_code == 204
-    again = await import_file()
+    again = await imported(profile, csv_text.encode())
     assert (again["customers_created"], again["purchases_created"], again["rejected"]) == (0, 0, 1)
     assert again["rejections"] == [
         {
@@ -232,13 +223,10 @@ async def test_the_file_is_parsed_off_the_event_loop(
 
     monkeypatch.setattr(domain, "parse_purchase_csv", recording)
     m = uuid.uuid4().hex[:8]
-    response = await profile.client.post(
-        "/v1/imports/purchases",
-        content=f"{HEADER}th-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,S,c,1\n".encode(),
-        headers={**WRITER, "Content-Type": "text/csv"},
+    summary = await imported(
+        profile, f"{HEADER}th-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,S,c,1\n".encode()
     )
-    assert response.status_code == 200, response.text
-    assert response.json()["purchases_created"] == 1
+    assert summary["purchases_created"] == 1
     assert parsed_on and parsed_on != [threading.get_ident()]
 
 

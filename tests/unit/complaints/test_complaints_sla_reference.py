@@ -16,6 +16,7 @@ from uuid import UUID
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit.complaints.complaint_steps import take_step
 
 from services.complaints import domain
 from services.complaints.domain import (
@@ -141,32 +142,6 @@ GAPS = st.sampled_from(
 )
 
 
-def apply(complaint: Complaint, action: Action, at: datetime) -> Complaint:
-    match action:
-        case Action.acknowledge:
-            return domain.acknowledge(complaint, at=at, message="m").complaint
-        case Action.investigate:
-            return domain.investigate(complaint, at=at).complaint
-        case Action.propose:
-            return domain.propose(complaint, at=at, proposed_resolution="p").complaint
-        case Action.await_customer:
-            return domain.await_customer(complaint, at=at).complaint
-        case Action.resolve:
-            return domain.resolve(
-                complaint, at=at, root_cause="other", root_cause_detail="d", resolution="r"
-            ).complaint
-        case Action.close:
-            return domain.close_after_clocks(
-                complaint, at=at, satisfaction=3, feedback="f", policy=POLICY
-            ).complaint
-        case Action.reopen:
-            return domain.reopen(complaint, at=at).complaint
-        case Action.escalate:
-            return domain.escalate_after_clocks(
-                complaint, at=at, reason="r", policy=POLICY
-            ).complaint
-
-
 @st.composite
 def histories(
     draw: st.DrawFn, manual: bool = False, checked: bool = True
@@ -198,7 +173,7 @@ def histories(
         action = draw(st.sampled_from(actions))
         before = complaint.status
         try:
-            complaint = apply(complaint, action, at)
+            complaint = take_step(complaint, action, at, clocks_first=POLICY)
         except IllegalTransition:
             assert action is Action.escalate  # the clocks had already reached the top level
             continue

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
+from unit.complaints.complaint_steps import take_step
 
 from services.complaints import domain
 from services.complaints.domain import (
-    Action,
     Category,
     Channel,
     Complaint,
@@ -27,28 +27,6 @@ from services.complaints.domain import (
 T0 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 US = timedelta(microseconds=1)
 POLICY = SlaPolicy()
-
-
-def step(complaint: Complaint, action: Action, at: datetime) -> Complaint:
-    match action:
-        case Action.acknowledge:
-            return domain.acknowledge(complaint, at=at, message="m").complaint
-        case Action.investigate:
-            return domain.investigate(complaint, at=at).complaint
-        case Action.propose:
-            return domain.propose(complaint, at=at, proposed_resolution="p").complaint
-        case Action.await_customer:
-            return domain.await_customer(complaint, at=at).complaint
-        case Action.resolve:
-            return domain.resolve(
-                complaint, at=at, root_cause="other", root_cause_detail="d", resolution="r"
-            ).complaint
-        case Action.close:
-            return domain.close(complaint, at=at, satisfaction=3, feedback="f").complaint
-        case Action.reopen:
-            return domain.reopen(complaint, at=at).complaint
-        case Action.escalate:
-            return domain.escalate(complaint, at=at, reason="r").complaint
 
 
 def random_history(rng: random.Random) -> Complaint:
@@ -72,7 +50,7 @@ def random_history(rng: random.Random) -> Complaint:
             continue
         actions = domain.allowed_actions(complaint)
         if actions:
-            complaint = step(complaint, rng.choice(actions), at)
+            complaint = take_step(complaint, rng.choice(actions), at)
     return complaint
 
 
