@@ -7,10 +7,10 @@ import os
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from shared.clock import utc
 
@@ -19,17 +19,30 @@ CONTENT_TYPE = "application/cloudevents+json"
 P = TypeVar("P", bound=BaseModel)
 
 
+def _rfc3339_text(value: object) -> object:
+    """What the contract's `date-time` allows: RFC 3339 text (or, built in Python, a datetime).
+    pydantic alone also reads a number, or digits in a string, as seconds since 1970."""
+    if isinstance(value, datetime) or (isinstance(value, str) and value[4:5] == "-"):
+        return value
+    raise ValueError("must be an RFC 3339 date-time text, such as 2026-11-25T09:30:00Z")
+
+
+#: A time in an event: RFC 3339 text with an offset (`format: date-time` in the schemas).
+EventTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+
+
 class CloudEvent(BaseModel, Generic[P]):
     """The envelope. `time` is business time (when it happened), not processing time."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
+    # Defaulted for the events we make; required in what we read (`registry.parse`).
     specversion: Literal["1.0"] = "1.0"
     id: uuid.UUID
     source: str = Field(pattern=r"^/crm/[a-z]+$")
     type: str = Field(pattern=r"^crm\.[a-z_]+\.[a-z_]+\.v[0-9]+$")
     subject: str = Field(min_length=1, description="The customer id")
-    time: AwareDatetime
+    time: EventTime
     datacontenttype: Literal["application/json"] = "application/json"
     traceparent: str | None = Field(
         default=None, description="W3C trace context, when tracing is on"

@@ -12,7 +12,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+
+from shared.events.envelope import EventTime
 
 Money = Annotated[
     Decimal,
@@ -147,8 +149,8 @@ class ComplaintOpened(ComplaintPayload):
     channel: ComplaintChannel
     category: ComplaintCategory
     order_id: str | None = None
-    first_response_due: AwareDatetime
-    resolution_due: AwareDatetime
+    first_response_due: EventTime
+    resolution_due: EventTime
     tier_at_intake: str | None = None
 
 

@@ -234,8 +234,12 @@ def parse_fast(raw: bytes, types: Container[str] = EVENTS) -> CloudEvent[Any] | 
         event: CloudEvent[Any] = validate_json(raw)
     except ValidationError:
         return None
-    if event.type != event_type or event.__pydantic_extra__:
-        return None  # another "type" came first, or extension attributes
+    if (
+        event.type != event_type
+        or event.__pydantic_extra__
+        or "specversion" not in event.__pydantic_fields_set__
+    ):
+        return None  # another "type" came first, extension attributes, or no specversion
     if _times_problem(event) is not None:
         return None
     return event
@@ -270,6 +274,9 @@ def parse_document(doc: dict[str, Any]) -> CloudEvent[Any]:
     model = _ENVELOPES.get(event_type) if isinstance(event_type, str) else None
     if model is None:
         raise UnknownEventType(f"unknown event type {event_type!r}")
+    if "specversion" not in doc:
+        # Required by CloudEvents; the model defaults it only for the events we make.
+        raise EnvelopeError(f'invalid {event_type}: specversion is required ("1.0")')
     try:
         event: CloudEvent[Any] = model.model_validate(doc)
     except ValidationError as exc:

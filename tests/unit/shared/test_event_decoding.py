@@ -519,3 +519,47 @@ def test_a_subject_spelled_otherwise_is_read_as_the_customer_id_writers_lock_by(
     assert decoded.event.model_dump(exclude={"subject"}) == two_step(raw).model_dump(
         exclude={"subject"}
     )
+
+
+def _erased(**envelope_changes: Any) -> dict[str, Any]:
+    doc = envelope(ev.CUSTOMER_ERASED, SAMPLES[ev.CUSTOMER_ERASED])
+    doc.update(envelope_changes)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        # Required attributes of CloudEvents 1.0 and of the AsyncAPI document: pydantic
+        # defaulted a missing specversion and read a number, or digits, as seconds since 1970.
+        (_erased(specversion=None), "specversion is required"),
+        (_erased(time=1772366400), "RFC 3339"),
+        (_erased(time=1772366400.5), "RFC 3339"),
+        (_erased(time="1772366400"), "RFC 3339"),
+        (_erased(time=True), "RFC 3339"),
+        (
+            envelope(
+                ev.COMPLAINT_OPENED, {**SAMPLES[ev.COMPLAINT_OPENED], "resolution_due": 1772366400}
+            ),
+            "RFC 3339",
+        ),
+    ],
+)
+def test_an_envelope_without_specversion_or_with_a_time_not_in_rfc_3339_is_refused(
+    doc: dict[str, Any], reason: str
+) -> None:
+    raw = orjson.dumps(doc)
+    assert parse_fast(raw) is None
+    with pytest.raises(EnvelopeError, match=reason):
+        parse(raw)
+
+
+def test_rfc_3339_times_with_any_offset_are_still_read() -> None:
+    for time_text in (
+        "2026-03-01T12:00:00Z",
+        "2026-03-01T13:00:00.5+01:00",
+        "2026-03-01T12:00:00.123456Z",
+    ):
+        raw = orjson.dumps(_erased(time=time_text))
+        assert parse_fast(raw) == parse(raw) == two_step(raw)
+        assert parse(raw).time.utcoffset() is not None
