@@ -138,7 +138,8 @@ async def replay(
     )
     replayed = 0
     async with _started(consumer):
-        producer = await start_producer(settings)
+        # A dry run only reads: no producer (an idempotent one registers with the broker).
+        producer = None if dry_run else await start_producer(settings)
         try:
             deadline = asyncio.get_running_loop().time() + 30
             while not consumer.assignment():
@@ -159,7 +160,7 @@ async def replay(
                 if not letter.origin_topic or VALUE_OMITTED_HEADER in letter.headers:
                     continue  # nothing to put back (a letter without the message it names)
                 replayed += 1
-                if not dry_run:
+                if producer is not None:
                     await producer.send_and_wait(
                         letter.origin_topic,
                         value=letter.value,
@@ -172,5 +173,6 @@ async def replay(
                     last[TopicPartition(record.topic, record.partition)] = record.offset + 1
                 await consumer.commit(last)
         finally:
-            await producer.stop()
+            if producer is not None:
+                await producer.stop()
     return replayed

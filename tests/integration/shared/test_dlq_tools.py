@@ -25,7 +25,7 @@ async def origin_messages(settings: ServiceSettings, topic: str, marker: bytes) 
 
 
 async def test_dead_letters_are_listed_and_replayed_once(
-    kafka_broker: Broker, contract_topics: dict[str, int]
+    kafka_broker: Broker, contract_topics: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = ServiceSettings(
         kafka_bootstrap_servers=kafka_broker.bootstrap_servers, kafka_enable_idempotence="false"
@@ -57,7 +57,12 @@ async def test_dead_letters_are_listed_and_replayed_once(
     assert [letter.summary()["origin"] for letter in listed] == [f"{topics.INGEST_ORDERS}[2]@41"]
     assert listed[0].summary()["error"] == "not JSON" and listed[0].value == value
 
-    assert await dlq.replay(settings=settings, group=group, dry_run=True) == 1
+    async def no_producer_for_a_dry_run(_settings: ServiceSettings) -> None:
+        raise AssertionError("a dry run only reads")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dlq, "start_producer", no_producer_for_a_dry_run)
+        assert await dlq.replay(settings=settings, group=group, dry_run=True) == 1
     assert await origin_messages(settings, topics.INGEST_ORDERS, marker) == []
     assert await dlq.replay(settings=settings, group=group) == 1
     assert await origin_messages(settings, topics.INGEST_ORDERS, marker) == [value]
