@@ -22,12 +22,15 @@ from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictFloat,
     TypeAdapter,
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticKnownError
 
 from shared.errors import Conflict, InvalidInput
 from shared.events import payloads
@@ -166,7 +169,21 @@ def _hours(**targets: float) -> dict[Severity, timedelta]:
 # A target of a year or more is a typo (hours as days, seconds as hours), never a promise: refused
 # with the field named, before it reaches the SLA arithmetic and the scheduled checks.
 MAX_SLA_DURATION = timedelta(days=365)
-SlaDuration = Annotated[timedelta, Field(gt=timedelta(0), lt=MAX_SLA_DURATION)]
+
+
+def _not_a_bool(duration: object) -> object:
+    # Lax mode reads a number as seconds and JSON `true` as the number 1 (one second); a strict
+    # timedelta would refuse ISO 8601 text (PT4H) too, so only booleans are refused here.
+    if isinstance(duration, bool):
+        raise PydanticKnownError("time_delta_type")
+    return duration
+
+
+# Listed after the bounds, the bool check still runs before them (listed before them, it would
+# add non-standard `gt`/`lt` keys to the JSON schema).
+SlaDuration = Annotated[
+    timedelta, Field(gt=timedelta(0), lt=MAX_SLA_DURATION), BeforeValidator(_not_a_bool)
+]
 # Most urgent first: a more severe complaint never gets a longer target than a less severe one.
 URGENCY = (Severity.critical, Severity.high, Severity.medium, Severity.low)
 
@@ -211,7 +228,7 @@ class SlaPolicy(BaseModel):
     first_response_cap: SlaDuration = Field(
         timedelta(hours=24), description="No complaint waits longer for a first response"
     )
-    tier_factors: dict[Tier, float] = Field(
+    tier_factors: dict[Tier, StrictFloat] = Field(
         default_factory=lambda: {Tier.key: 0.5},
         description="Multiplier of every target per tier; tiers not listed keep 1.0",
     )

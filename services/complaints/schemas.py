@@ -83,7 +83,7 @@ class ResolveBody(StepBody):
 
 
 class CloseBody(StepBody):
-    satisfaction: int = Field(ge=1, le=5, description="CSAT 1-5")
+    satisfaction: int = Field(ge=1, le=5, strict=True, description="CSAT 1-5")
     feedback: Text
 
 

@@ -91,9 +91,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Self
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from shared.errors import NotRetryable
 
@@ -232,40 +232,41 @@ def _plus(at: datetime, idle: timedelta) -> datetime:
         return _END_OF_TIME
 
 
+#: The lapse threshold each churn threshold must exceed.
+_LAPSE_TWIN = {"churn_min_days": "lapse_min_days", "churn_gap_multiplier": "lapse_gap_multiplier"}
+
+
 class LifecyclePolicy(BaseModel):
     """Thresholds of the stage rules (DOMAIN.md §1 defaults); immutable and validated."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     # Days up to a century and multipliers up to a thousand: beyond, a rule would never fire
-    # within the calendar (and a due time could not be written as a date).
+    # within the calendar (and a due time could not be written as a date). Numbers are strict:
+    # lax mode reads JSON `true` as 1.
     default_gap_days: float = Field(
-        60, gt=0, le=MAX_POLICY_DAYS, description="g with fewer than two purchase days"
+        60, gt=0, le=MAX_POLICY_DAYS, strict=True, description="g with fewer than two purchase days"
     )
-    lapse_min_days: float = Field(60, gt=0, le=MAX_POLICY_DAYS)
-    lapse_gap_multiplier: float = Field(2, gt=0, le=MAX_GAP_MULTIPLIER)
-    churn_min_days: float = Field(180, gt=0, le=MAX_POLICY_DAYS)
-    churn_gap_multiplier: float = Field(4, gt=0, le=MAX_GAP_MULTIPLIER)
-    mature_min_purchase_days: int = Field(3, ge=1, le=MAX_POLICY_DAYS)
-    mature_min_tenure_days: int = Field(90, ge=0, le=MAX_POLICY_DAYS)
+    lapse_min_days: float = Field(60, gt=0, le=MAX_POLICY_DAYS, strict=True)
+    lapse_gap_multiplier: float = Field(2, gt=0, le=MAX_GAP_MULTIPLIER, strict=True)
+    churn_min_days: float = Field(180, gt=0, le=MAX_POLICY_DAYS, strict=True)
+    churn_gap_multiplier: float = Field(4, gt=0, le=MAX_GAP_MULTIPLIER, strict=True)
+    mature_min_purchase_days: int = Field(3, ge=1, le=MAX_POLICY_DAYS, strict=True)
+    mature_min_tenure_days: int = Field(90, ge=0, le=MAX_POLICY_DAYS, strict=True)
     complaint_severities: frozenset[Severity] = frozenset({Severity.HIGH, Severity.CRITICAL})
-    recovery_min_satisfaction: int = Field(4, ge=1, le=5)
-    model_churn_p_alive: float = Field(0.1, gt=0, lt=1)
+    recovery_min_satisfaction: int = Field(4, ge=1, le=5, strict=True)
+    model_churn_p_alive: float = Field(0.1, gt=0, lt=1, strict=True)
 
-    @model_validator(mode="after")
-    def _churn_comes_after_lapse(self) -> Self:
-        # Churn must never be due before the decline it follows, for any g.
-        if self.churn_min_days <= self.lapse_min_days:
-            raise ValueError(
-                f"churn_min_days ({self.churn_min_days}) must exceed "
-                f"lapse_min_days ({self.lapse_min_days})"
-            )
-        if self.churn_gap_multiplier <= self.lapse_gap_multiplier:
-            raise ValueError(
-                f"churn_gap_multiplier ({self.churn_gap_multiplier}) must exceed "
-                f"lapse_gap_multiplier ({self.lapse_gap_multiplier})"
-            )
-        return self
+    @field_validator("churn_min_days", "churn_gap_multiplier")
+    @classmethod
+    def _churn_comes_after_lapse(cls, churn: float, info: ValidationInfo) -> float:
+        # Churn must never be due before the decline it follows, for any g. Checked on the churn
+        # field (declared after its lapse twin, so `info.data` holds that) to name it when refused.
+        lapse_field = _LAPSE_TWIN[str(info.field_name)]
+        lapse = info.data.get(lapse_field)
+        if lapse is not None and churn <= lapse:  # None: the lapse field was refused itself
+            raise ValueError(f"{info.field_name} ({churn}) must exceed {lapse_field} ({lapse})")
+        return churn
 
     def lapse_after(self, gap_days: float) -> timedelta:
         """Idle time after which a growth/mature customer is lapsing: max(min, mult·g)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from services.scoring.domain.calibration import TimeUnit
 
@@ -23,17 +23,19 @@ def _check_sums_to_one(model: BaseModel, what: str) -> None:
 
 class _Settings(BaseModel):
     # No inf or NaN: a JSON body may carry them (Infinity, 1e999) and JSONB cannot store them.
+    # Every number is `strict=True`: lax mode reads JSON `true` as 1. Field by field: a strict
+    # config would refuse the time unit sent as text ("week") as well.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DimensionWeights(_Settings):
     """Weights of the five composite dimensions (DOMAIN.md defaults)."""
 
-    current_contribution: float = Field(0.30, ge=0, le=1)
-    future_contribution: float = Field(0.30, ge=0, le=1)
-    credit: float = Field(0.10, ge=0, le=1)
-    loyalty: float = Field(0.20, ge=0, le=1)
-    growth_potential: float = Field(0.10, ge=0, le=1)
+    current_contribution: float = Field(0.30, ge=0, le=1, strict=True)
+    future_contribution: float = Field(0.30, ge=0, le=1, strict=True)
+    credit: float = Field(0.10, ge=0, le=1, strict=True)
+    loyalty: float = Field(0.20, ge=0, le=1, strict=True)
+    growth_potential: float = Field(0.10, ge=0, le=1, strict=True)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Self:
@@ -41,37 +43,47 @@ class DimensionWeights(_Settings):
         return self
 
 
+#: The cut-off each later one must exceed.
+_EARLIER_CUTOFF = {"major": "key", "ordinary": "major"}
+
+
 class TierCutoffs(_Settings):
     """Cumulative shares of customers, by descending score, that end each tier."""
 
-    key: float = Field(0.05, gt=0, lt=1)
-    major: float = Field(0.20, gt=0, lt=1)
-    ordinary: float = Field(0.50, gt=0, lt=1)
+    # Defaults validated too: a changed cut-off is checked against the one before it, sent or not.
+    model_config = ConfigDict(validate_default=True)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if not self.key < self.major < self.ordinary:
+    key: float = Field(0.05, gt=0, lt=1, strict=True)
+    major: float = Field(0.20, gt=0, lt=1, strict=True)
+    ordinary: float = Field(0.50, gt=0, lt=1, strict=True)
+
+    @field_validator("major", "ordinary")
+    @classmethod
+    def _ordered(cls, cutoff: float, info: ValidationInfo) -> float:
+        # Checked on the later cut-off of a pair (`info.data` holds the earlier) to name it.
+        earlier = info.data.get(_EARLIER_CUTOFF[str(info.field_name)])
+        if earlier is not None and not earlier < cutoff:  # None: the earlier one was refused
             raise ValueError("tier cut-offs must be ordered: key < major < ordinary")
-        return self
+        return cutoff
 
 
 class ClvSettings(_Settings):
     time_unit: TimeUnit = TimeUnit.WEEK
-    horizon_weeks: float = Field(52.0, gt=0, le=520)
-    annual_discount_rate: float = Field(0.10, ge=0, le=1)
-    margin: float = Field(1.0, gt=0, le=1)
+    horizon_weeks: float = Field(52.0, gt=0, le=520, strict=True)
+    annual_discount_rate: float = Field(0.10, ge=0, le=1, strict=True)
+    margin: float = Field(1.0, gt=0, le=1, strict=True)
     # Fewer customers with a repeat purchase than this and no model is fitted.
-    min_repeat_customers: int = Field(20, ge=2)
+    min_repeat_customers: int = Field(20, ge=2, strict=True)
 
 
 class BehaviouralWeights(_Settings):
     """Sub-weights of behavioural loyalty; each component is scaled to [0, 1] first."""
 
-    repeat_rate: float = Field(0.30, ge=0, le=1)
-    frequency: float = Field(0.30, ge=0, le=1)
-    tenure: float = Field(0.20, ge=0, le=1)
-    category_breadth: float = Field(0.10, ge=0, le=1)
-    referrals: float = Field(0.10, ge=0, le=1)
+    repeat_rate: float = Field(0.30, ge=0, le=1, strict=True)
+    frequency: float = Field(0.30, ge=0, le=1, strict=True)
+    tenure: float = Field(0.20, ge=0, le=1, strict=True)
+    category_breadth: float = Field(0.10, ge=0, le=1, strict=True)
+    referrals: float = Field(0.10, ge=0, le=1, strict=True)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> Self:
@@ -82,23 +94,23 @@ class BehaviouralWeights(_Settings):
 class LoyaltySettings(_Settings):
     behavioural_weights: BehaviouralWeights = BehaviouralWeights()
     # Tenure, categories and referrals count fully at these values (linear below, capped above).
-    tenure_saturation_days: float = Field(730.0, gt=0)
-    category_saturation: float = Field(5.0, gt=0)
-    referral_saturation: float = Field(3.0, gt=0)
-    open_complaint_penalty: float = Field(10.0, ge=0, le=100)
-    behavioural_share: float = Field(0.6, ge=0, le=1)
-    type_cut: float = Field(50.0, gt=0, lt=100)
+    tenure_saturation_days: float = Field(730.0, gt=0, strict=True)
+    category_saturation: float = Field(5.0, gt=0, strict=True)
+    referral_saturation: float = Field(3.0, gt=0, strict=True)
+    open_complaint_penalty: float = Field(10.0, ge=0, le=100, strict=True)
+    behavioural_share: float = Field(0.6, ge=0, le=1, strict=True)
+    type_cut: float = Field(50.0, gt=0, lt=100, strict=True)
 
 
 class CreditSettings(_Settings):
     # Each chargeback lowers the credit ratio (1 - refunded share) by this much.
-    chargeback_penalty: float = Field(0.25, ge=0, le=1)
+    chargeback_penalty: float = Field(0.25, ge=0, le=1, strict=True)
 
 
 class GrowthSettings(_Settings):
     # Growth potential = trend_weight * spend trend + (1 - trend_weight) * category breadth.
-    trend_weight: float = Field(0.6, ge=0, le=1)
-    category_saturation: float = Field(5.0, gt=0)
+    trend_weight: float = Field(0.6, ge=0, le=1, strict=True)
+    category_saturation: float = Field(5.0, gt=0, strict=True)
 
 
 class ValueModelPolicy(_Settings):
@@ -109,5 +121,5 @@ class ValueModelPolicy(_Settings):
     credit: CreditSettings = CreditSettings()
     growth: GrowthSettings = GrowthSettings()
     # Quantile breakpoints kept per dimension for scoring one customer between recomputes.
-    percentile_resolution: int = Field(200, ge=10, le=10_000)
-    publish_min_score_change: float = Field(1.0, ge=0, le=100)
+    percentile_resolution: int = Field(200, ge=10, le=10_000, strict=True)
+    publish_min_score_change: float = Field(1.0, ge=0, le=100, strict=True)

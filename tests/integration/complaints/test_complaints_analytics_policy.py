@@ -169,6 +169,27 @@ async def test_policy_is_validated_versioned_and_applied_to_new_complaints(compl
         assert restore.status_code == 200
 
 
+async def test_a_boolean_in_the_policy_is_a_422_naming_it_and_changes_nothing(
+    complaints: Any,
+) -> None:
+    """JSON `true` was read as 1: a tier factor of 1, a duration of one second."""
+    policy = (await complaints.client.get("/v1/complaints/policy", headers=READER)).json()
+    version = policy.pop("version")
+    for change, field, reason in (
+        ({"tier_factors": {"key": True}}, "body.sla.tier_factors.key", "valid number"),
+        ({"level_3_after": True}, "body.sla.level_3_after", "valid timedelta"),
+        ({"first_response_cap": False}, "body.sla.first_response_cap", "valid timedelta"),
+    ):
+        bad = {**policy, "sla": {**policy["sla"], **change}}
+        refused = await complaints.client.put("/v1/complaints/policy", json=bad, headers=WRITER)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"] == [
+            {"field": field, "reason": f"Input should be a {reason}"}
+        ]
+    after = (await complaints.client.get("/v1/complaints/policy", headers=READER)).json()
+    assert after == {**policy, "version": version}
+
+
 async def test_a_shorter_level_three_delay_applies_to_complaints_at_level_two(
     complaints: Any,
 ) -> None:

@@ -153,6 +153,27 @@ async def test_root_cause_must_come_from_the_managed_list(complaints: Any) -> No
     assert unchanged["status"] == "investigating"
 
 
+async def test_a_satisfaction_of_true_is_a_422_and_closes_nothing(complaints: Any) -> None:
+    """JSON `true` was read as a CSAT of 1: the complaint closed with a rating nobody gave."""
+    complaint = await resolved(
+        complaints, await complaints.customer(), datetime(2026, 3, 5, 14, 0, tzinfo=UTC)
+    )
+    cid = complaint["id"]
+    response = await complaints.client.post(
+        f"/v1/complaints/{cid}/close", json={"satisfaction": True, "feedback": "x"}, headers=WRITER
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "body.satisfaction", "reason": "Input should be a valid integer"}
+    ]
+    unchanged = (await complaints.client.get(f"/v1/complaints/{cid}", headers=WRITER)).json()
+    assert (unchanged["status"], unchanged["satisfaction"], unchanged["version"]) == (
+        "resolved",
+        None,
+        complaint["version"],
+    )
+
+
 async def test_intake_validation(complaints: Any) -> None:
     now = datetime(2026, 3, 6, 9, 0, tzinfo=UTC)
     complaints.clock.set(now)

@@ -106,3 +106,39 @@ async def test_an_evaluation_with_an_unknown_field_is_a_422_and_runs_nothing(
         )
         assert field_errors(response) == {"body.asOf"}
     assert await requested_runs() == before
+
+
+async def test_a_refused_policy_names_the_field_and_changes_nothing(lifecycle: Lifecycle) -> None:
+    """JSON `true` was read as the number 1 (a policy of one-day gaps), and a churn threshold
+    not after its lapse threshold was a 422 naming only `body`."""
+    client = lifecycle.client
+    read = await client.get("/v1/lifecycle/policy", headers=READER)
+    policy, current = read.json()["policy"], read.headers["ETag"]
+    lapse_days, lapse_gaps = policy["lapse_min_days"], policy["lapse_gap_multiplier"]
+    refused: list[tuple[dict[str, Any], str, str]] = [
+        ({**policy, "default_gap_days": True}, "body.default_gap_days", "valid number"),
+        ({**policy, "lapse_gap_multiplier": False}, "body.lapse_gap_multiplier", "valid number"),
+        ({**policy, "mature_min_tenure_days": False}, "body.mature_min_tenure_days", "integer"),
+        (
+            {**policy, "recovery_min_satisfaction": True},
+            "body.recovery_min_satisfaction",
+            "integer",
+        ),
+        (
+            {**policy, "churn_min_days": lapse_days},
+            "body.churn_min_days",
+            f"churn_min_days ({float(lapse_days)}) must exceed lapse_min_days ({float(lapse_days)})",
+        ),
+        (
+            {**policy, "churn_gap_multiplier": lapse_gaps},
+            "body.churn_gap_multiplier",
+            f"churn_gap_multiplier ({float(lapse_gaps)}) must exceed "
+            f"lapse_gap_multiplier ({float(lapse_gaps)})",
+        ),
+    ]
+    for body, field, reason in refused:
+        response = await client.put("/v1/lifecycle/policy", json=body, headers=ADMIN)
+        assert field_errors(response) == {field}, body
+        assert reason in response.json()["errors"][0]["reason"]
+    unchanged = await client.get("/v1/lifecycle/policy", headers=READER)
+    assert (unchanged.headers["ETag"], unchanged.json()["policy"]) == (current, policy)

@@ -122,6 +122,47 @@ async def test_invalid_policy_is_refused_and_nothing_changes(scoring: Scoring) -
 
 
 @pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        # JSON true and false were read as 1 and 0
+        ({"clv": {"margin": True}}, "body.clv.margin", "Input should be a valid number"),
+        (
+            {"percentile_resolution": True},
+            "body.percentile_resolution",
+            "Input should be a valid integer",
+        ),
+        (
+            {"loyalty": {"behavioural_weights": {"referrals": False}}},
+            "body.loyalty.behavioural_weights.referrals",
+            "Input should be a valid number",
+        ),
+        # the whole cut-offs were named, not the one out of order
+        (
+            {"tier_cutoffs": {"key": 0.3, "major": 0.2, "ordinary": 0.5}},
+            "body.tier_cutoffs.major",
+            "Value error, tier cut-offs must be ordered: key < major < ordinary",
+        ),
+        (
+            {"tier_cutoffs": {"ordinary": 0.15}},
+            "body.tier_cutoffs.ordinary",
+            "Value error, tier cut-offs must be ordered: key < major < ordinary",
+        ),
+    ],
+)
+async def test_a_refused_policy_names_the_field_and_changes_nothing(
+    scoring: Scoring, body: dict[str, object], field: str, reason: str
+) -> None:
+    before = await scoring.client.get("/v1/value/model", headers=READER)
+    response = await scoring.client.put("/v1/value/model", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["errors"] == [{"field": field, "reason": reason}]
+    after = await scoring.client.get("/v1/value/model", headers=READER)
+    assert after.json()["policy"] == before.json()["policy"]
+    assert after.headers["ETag"] == before.headers["ETag"]
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b'{"loyalty": {"tenure_saturation_days": Infinity}}',

@@ -168,3 +168,21 @@ async def test_what_the_database_cannot_store_is_refused_at_the_edge(  # type: i
         )
     assert response.status_code == 422, response.text
     assert field in [e["field"] for e in response.json()["errors"]]
+
+
+@pytest.mark.parametrize("satisfaction", [True, False])
+async def test_a_boolean_is_not_a_satisfaction_score(  # type: ignore[no-untyped-def]
+    app, satisfaction: bool
+) -> None:
+    # Lax mode read JSON `true` as a CSAT of 1 (and `false` as 0, refused only as too low).
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            f"/v1/complaints/{UUID(int=1)}/close",
+            json={"satisfaction": satisfaction, "feedback": "fine"},
+            headers=auth("complaints:read", "complaints:write"),
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [
+        {"field": "body.satisfaction", "reason": "Input should be a valid integer"}
+    ]

@@ -1,7 +1,7 @@
 """SLA durations in a complaints policy are bounded and ordered: positive, under a year, shorter
 for more severe complaints, and a first response no later than the resolution. A policy that
 breaks a bound is a 422 problem+json naming the field (found by the chaos/fuzz runs: a
-`level_3_after` of years was accepted)."""
+`level_3_after` of years was accepted). JSON `true` is neither a duration nor a tier factor."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from support import auth
 
 from services.complaints.config import ComplaintsSettings
-from services.complaints.domain import MAX_SLA_DURATION, ComplaintPolicy, Severity, SlaPolicy
+from services.complaints.domain import MAX_SLA_DURATION, ComplaintPolicy, Severity, SlaPolicy, Tier
 from services.complaints.main import create_app
 
 DEFAULT_SLA: dict[str, Any] = SlaPolicy().model_dump(mode="json")
@@ -128,3 +128,55 @@ async def test_the_api_answers_422_naming_the_field() -> None:
     assert body["errors"] == [
         {"field": "body.sla.level_3_after", "reason": "Input should be less than 365 days"}
     ]
+
+
+BOOLEANS: dict[str, tuple[dict[str, Any], str, str]] = {
+    # name: (policy, field, reason); lax mode read JSON true as 1 (a second, a factor of 1) and
+    # false as 0
+    "level 3 after true": (
+        with_sla(level_3_after=True),
+        "sla.level_3_after",
+        "Input should be a valid timedelta",
+    ),
+    "a response cap of true": (
+        with_sla(first_response_cap=True),
+        "sla.first_response_cap",
+        "Input should be a valid timedelta",
+    ),
+    "a first response of false": (
+        with_sla(first_response={**DEFAULT_SLA["first_response"], "critical": False}),
+        "sla.first_response.critical",
+        "Input should be a valid timedelta",
+    ),
+    "a tier factor of true": (
+        with_sla(tier_factors={"key": True}),
+        "sla.tier_factors.key",
+        "Input should be a valid number",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOOLEANS))
+async def test_a_boolean_is_neither_a_duration_nor_a_factor(name: str) -> None:
+    policy, field, reason = BOOLEANS[name]
+    with pytest.raises(ValidationError) as refused:
+        ComplaintPolicy.model_validate(policy)
+    assert [(".".join(map(str, e["loc"])), e["msg"]) for e in refused.value.errors()] == [
+        (field, reason)
+    ]
+    app = create_app(settings=ComplaintsSettings(crm_env="test"), configure_logs=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.put(
+            "/v1/complaints/policy",
+            json=policy,
+            headers=auth("complaints:write", "complaints:read"),
+        )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": f"body.{field}", "reason": reason}]
+    # A number is still a duration in seconds, and a whole number a factor.
+    numbers = ComplaintPolicy.model_validate(with_sla(level_3_after=7200, tier_factors={"key": 1}))
+    assert (numbers.sla.level_3_after, numbers.sla.tier_factors) == (
+        timedelta(hours=2),
+        {Tier.key: 1.0},
+    )

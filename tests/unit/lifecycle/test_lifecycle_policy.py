@@ -106,3 +106,67 @@ def test_rules_as_far_out_as_the_policy_allows_are_never_due_within_the_calendar
     assert due_times_for(
         stage=Stage.GROWTH, since=at, idle_from=at, gap_days=10, policy=LifecyclePolicy()
     ) == (at + timedelta(days=60), at + timedelta(days=180))
+
+
+#: The policy's numbers (thresholds in days, multipliers, counts, a probability).
+NUMBERS = {
+    name: field
+    for name, field in LifecyclePolicy.model_fields.items()
+    if field.annotation in (int, float)
+}
+NOT_A_NUMBER = {int: "Input should be a valid integer", float: "Input should be a valid number"}
+
+
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("name", sorted(NUMBERS))
+def test_a_boolean_is_not_a_number(name: str, flag: bool) -> None:
+    # Pydantic's lax mode read JSON `true` as 1 and `false` as 0: `{"default_gap_days": true}`
+    # was a policy of one-day gaps.
+    field = NUMBERS[name]
+    with pytest.raises(ValidationError) as refused:
+        LifecyclePolicy.model_validate({name: flag})
+    assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [
+        ((name,), NOT_A_NUMBER[field.annotation])
+    ]
+    # A whole number is still a number for a float (the defaults are written `60`, `2`, ...).
+    assert getattr(LifecyclePolicy.model_validate({name: field.default}), name) == field.default
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "reason"),
+    [
+        (
+            {"churn_min_days": 60},
+            "churn_min_days",
+            "Value error, churn_min_days (60.0) must exceed lapse_min_days (60.0)",
+        ),
+        # the churn threshold is named though the lapse one was sent: it is the one that must
+        # exceed the other
+        (
+            {"lapse_min_days": 200},
+            "churn_min_days",
+            "Value error, churn_min_days (180.0) must exceed lapse_min_days (200.0)",
+        ),
+        (
+            {"churn_gap_multiplier": 2},
+            "churn_gap_multiplier",
+            "Value error, churn_gap_multiplier (2.0) must exceed lapse_gap_multiplier (2.0)",
+        ),
+    ],
+)
+def test_a_churn_threshold_not_after_its_lapse_threshold_names_the_churn_field(
+    changes: dict[str, float], field: str, reason: str
+) -> None:
+    # A model-wide check had no location: the API's 422 named only `body`.
+    with pytest.raises(ValidationError) as refused:
+        LifecyclePolicy.model_validate(changes)
+    assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [((field,), reason)]
+
+
+def test_both_churn_thresholds_before_their_lapse_twins_are_both_named() -> None:
+    with pytest.raises(ValidationError) as refused:
+        LifecyclePolicy(lapse_min_days=200, lapse_gap_multiplier=5)
+    assert [e["loc"] for e in refused.value.errors()] == [
+        ("churn_min_days",),
+        ("churn_gap_multiplier",),
+    ]

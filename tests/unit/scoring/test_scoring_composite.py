@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.scoring.domain.composite import (
     Dimension,
@@ -73,6 +73,79 @@ def test_a_policy_refuses_values_that_are_not_finite(document: dict[str, object]
     # The policy is stored as JSONB, which has no inf or NaN: refused here, a 422 at the edge.
     with pytest.raises(ValidationError, match="finite"):
         ValueModelPolicy.model_validate(document)
+
+
+def _numbers(model: type[BaseModel], at: tuple[str, ...] = ()) -> dict[tuple[str, ...], type]:
+    """Where the policy holds a number, nested settings included, and its type."""
+    found: dict[tuple[str, ...], type] = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            found |= _numbers(kind, (*at, name))
+        elif kind in (int, float):
+            found[(*at, name)] = kind
+    return found
+
+
+NUMBERS = _numbers(ValueModelPolicy)
+NOT_A_NUMBER = {int: "Input should be a valid integer", float: "Input should be a valid number"}
+
+
+def _document(path: tuple[str, ...], value: object) -> dict[str, object]:
+    for name in reversed(path):
+        value = {name: value}
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("path", sorted(NUMBERS), ids=".".join)
+def test_a_boolean_is_not_a_number(path: tuple[str, ...], flag: bool) -> None:
+    # Pydantic's lax mode read JSON `true` as 1 and `false` as 0 (`{"clv": {"margin": true}}`
+    # was a margin of 100 %).
+    with pytest.raises(ValidationError) as refused:
+        ValueModelPolicy.model_validate(_document(path, flag))
+    assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [
+        (path, NOT_A_NUMBER[NUMBERS[path]])
+    ]
+
+
+def test_a_whole_number_is_still_a_number_where_true_is_not() -> None:
+    weights: dict[str, object] = {
+        "current_contribution": 1,
+        "future_contribution": 0,
+        "credit": 0,
+        "loyalty": 0,
+        "growth_potential": 0,
+    }
+    policy = ValueModelPolicy.model_validate({"weights": weights, "clv": {"horizon_weeks": 26}})
+    assert (policy.weights.current_contribution, policy.clv.horizon_weeks) == (1.0, 26.0)
+    with pytest.raises(ValidationError) as refused:
+        ValueModelPolicy.model_validate({"weights": {**weights, "current_contribution": True}})
+    assert [e["loc"] for e in refused.value.errors()] == [("weights", "current_contribution")]
+
+
+@pytest.mark.parametrize(
+    ("cutoffs", "field"),
+    [
+        ({"key": 0.3}, "major"),  # the default major (0.20) no longer follows key
+        ({"key": 0.3, "major": 0.2, "ordinary": 0.5}, "major"),
+        ({"major": 0.5, "ordinary": 0.5}, "ordinary"),
+        ({"ordinary": 0.1}, "ordinary"),
+    ],
+)
+def test_unordered_tier_cutoffs_name_the_cutoff_out_of_order(
+    cutoffs: dict[str, float], field: str
+) -> None:
+    # A check of the whole cut-offs had the API's 422 name `body.tier_cutoffs` only.
+    with pytest.raises(ValidationError) as refused:
+        ValueModelPolicy.model_validate({"tier_cutoffs": cutoffs})
+    assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [
+        (
+            ("tier_cutoffs", field),
+            "Value error, tier cut-offs must be ordered: key < major < ordinary",
+        )
+    ]
 
 
 def test_percentile_of_a_small_population_is_its_rank_share() -> None:
