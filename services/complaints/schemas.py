@@ -227,8 +227,13 @@ class Analytics(BaseModel):
     as_of: datetime
     complaints: int
     sla_compliance: dict[Literal["first_response", "resolution", "overall"], Share]
-    time_to_first_response: Durations
-    time_to_resolution: Durations
+    time_to_first_response: Durations = Field(
+        description="Elapsed hours from receipt to the acknowledgement"
+    )
+    time_to_resolution: Durations = Field(
+        description="Elapsed hours from receipt to the (latest) resolution, time awaiting the "
+        "customer included; the SLA compliance above judges the resolution clock without it"
+    )
     reopen_rate_pct: float | None = Field(description="Reopened among complaints ever resolved")
     csat_mean: float | None
     csat_responses: int
