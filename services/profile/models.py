@@ -53,7 +53,8 @@ class Customer(Base):
             postgresql_where=text("external_ref IS NOT NULL"),
         ),
         Index("ix_customers_created_at_id", "created_at", "id"),
-        Index("ix_customers_lower_name", text("lower(name)")),
+        # Search's whole-name match: unaccent_lower(), a SQL function of migration 0003.
+        Index("ix_customers_unaccent_lower_name", text("unaccent_lower(name)")),
         Index("ix_customers_phone", "phone"),
     )
 

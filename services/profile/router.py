@@ -221,7 +221,9 @@ async def search(
             description=(
                 "Search term. With `pii:read`: part of a name, the start of an e-mail, 4+ digits "
                 "of a phone, or an external_ref. Without it (the results are masked): a whole "
-                "name, e-mail, phone number with its country code, or an external_ref"
+                "name, e-mail, phone number with its country code, or an external_ref. Names "
+                "match regardless of accents and letter case, both ways: `muller` finds "
+                "`Müller`, `José` finds `Jose`, `strauss` finds `Strauß`"
             ),
         ),
     ] = None,

@@ -300,6 +300,65 @@ async def test_a_name_typed_with_extra_spaces_is_found_with_pii_read_as_without(
         assert [c["id"] for c in response.json()["items"]] == [customer["id"]], headers
 
 
+async def _found(profile: Profile, q: str, headers: dict[str, str]) -> set[str]:
+    """Ids of the customers a search finds (one page is enough: names carry a marker)."""
+    response = await profile.client.get(
+        "/v1/customers", params={"q": q, "limit": 100}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return {c["id"] for c in response.json()["items"]}
+
+
+async def test_names_are_found_regardless_of_accents_and_letter_case(profile: Profile) -> None:
+    """Users of a European CRM type "muller" for "Müller": accents and case are ignored both
+    ways (the term's and the stored name's), with `pii:read` as without."""
+    marker = uuid.uuid4().hex[:8]
+    muller = await profile.register(name=f"Jürgen Müller {marker}")
+    jose_accented = await profile.register(name=f"José Núñez {marker}")
+    jose_plain = await profile.register(name=f"Jose Nunez {marker}")
+    francois = await profile.register(name=f"FRANÇOIS Lefèvre {marker}")
+    jose = {jose_accented["id"], jose_plain["id"]}
+    cases = {
+        f"jurgen muller {marker}": {muller["id"]},
+        f"Jurgen Muller {marker}": {muller["id"]},
+        f"JÜRGEN MÜLLER {marker}": {muller["id"]},
+        f"jose nunez {marker}": jose,
+        f"José Núñez {marker}": jose,
+        f"JOSE NUNEZ {marker}": jose,
+        f"Francois Lefevre {marker}": {francois["id"]},
+        f"françois lefèvre {marker}": {francois["id"]},
+    }
+    for headers in (READER, PII_READER):
+        for q, expected in cases.items():
+            assert await _found(profile, q, headers) == expected, (q, headers)
+
+
+async def test_without_pii_read_an_accented_name_still_matches_whole_only(
+    profile: Profile,
+) -> None:
+    """Ignoring accents widens what a whole name matches, not the rule: without `pii:read` a
+    part of a name finds nothing, however it is spelled; with it, the part finds the customer."""
+    marker = uuid.uuid4().hex[:8]
+    customer = await profile.register(name=f"Søren Ødegård {marker}")
+    assert await _found(profile, f"soren odegard {marker}", READER) == {customer["id"]}
+    for partial in (f"odegard {marker}", f"Ødegård {marker}", "SOREN ODEGAR", "ødegård"):
+        assert customer["id"] not in await _found(profile, partial, READER), partial
+        assert customer["id"] in await _found(profile, partial, PII_READER), partial
+
+
+async def test_with_pii_read_part_of_a_name_matches_regardless_of_accents(
+    profile: Profile,
+) -> None:
+    """The substring match folds both sides as the whole-name match does (ß -> ss included);
+    the term's LIKE wildcards stay literal characters."""
+    marker = uuid.uuid4().hex[:8]
+    strauss = await profile.register(name=f"Annaëlle Strauß-{marker}")
+    for partial in (f"strauss-{marker}", f"STRAUSS-{marker}", f"naelle strauß-{marker}"):
+        assert await _found(profile, partial, PII_READER) == {strauss["id"]}, partial
+    for wildcard in (f"anna%{marker}", f"strau__-{marker}"):
+        assert await _found(profile, wildcard, PII_READER) == set(), wildcard
+
+
 def _cursor(key: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
 
