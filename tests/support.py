@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
+from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from pydantic import BaseModel
 
@@ -129,3 +130,28 @@ async def waiting_for_advisory_lock(engine: Any, key: int) -> bool | None:
             {"high": (key >> 32) & 0xFFFFFFFF, "low": key & 0xFFFFFFFF},
         )
         return waiting.scalar_one() > 0 or None
+
+
+def kafka_record(
+    value: bytes | None,
+    *,
+    topic: str,
+    partition: int = 0,
+    offset: int = 0,
+    key: bytes | None = b"k",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> ConsumerRecord[bytes, bytes]:
+    """A consumed record as aiokafka hands it over, for driving decoders and runners in memory."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=headers or [],
+    )

@@ -34,6 +34,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from hypothesis import strategies as st
+from support import kafka_record
 
 from shared.db import SessionFactory
 from shared.events import EVENTS, topics
@@ -124,17 +125,11 @@ _offsets = iter(range(10**12))
 
 
 def record(topic: str, key: bytes | None, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
+    return kafka_record(
+        value,
         topic=topic,
-        partition=0,
         offset=next(_offsets),
-        timestamp=0,
-        timestamp_type=0,
         key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
         headers=[("content-type", b"application/cloudevents+json")],
     )
 

@@ -7,7 +7,7 @@ from uuid import UUID
 
 import orjson
 import pytest
-from aiokafka.structs import ConsumerRecord
+from support import kafka_record
 
 from services.profile.handlers import INGESTED_ORDER, ingest_decoder, tolerant_decoder
 from shared.clock import FixedClock
@@ -20,7 +20,7 @@ decode_order = ingest_decoder(base_currency="USD", clock=FixedClock(NOW))
 
 
 def record(value: bytes, *, topic: str = topics.INGEST_ORDERS, offset: int = 7) -> Any:
-    return ConsumerRecord(topic, 2, offset, 0, 0, None, value, None, 0, len(value), [])
+    return kafka_record(value, topic=topic, partition=2, offset=offset, key=None)
 
 
 def order(**fields: Any) -> bytes:

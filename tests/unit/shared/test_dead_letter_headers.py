@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, cast
 
 from aiokafka.structs import ConsumerRecord
+from support import kafka_record
 
 from shared.events import topics
 from shared.messaging.consumer import ConsumerRunner, Message
@@ -20,19 +21,7 @@ class _Producer:
 
 
 def _record(value: bytes) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topics.PURCHASES,
-        partition=3,
-        offset=41,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"k",
-        value=value,
-        checksum=None,
-        serialized_key_size=1,
-        serialized_value_size=len(value),
-        headers=[],
-    )
+    return kafka_record(value, topic=topics.PURCHASES, partition=3, offset=41)
 
 
 async def test_a_long_error_in_any_script_is_cut_to_whole_characters() -> None:

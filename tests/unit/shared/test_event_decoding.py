@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
+from support import kafka_record
 
 from shared.events import EVENTS, CloudEvent, EnvelopeError, new_event, parse, topics
 from shared.events import payloads as p
@@ -323,19 +324,7 @@ def runner(handled: set[str], *, every_replay: bool = False) -> ConsumerRunner:
 def record(
     value: bytes | None, offset: int = 0, headers: list[tuple[str, bytes]] | None = None
 ) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topics.VALUE,
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"k",
-        value=value,
-        checksum=None,
-        serialized_key_size=1,
-        serialized_value_size=len(value or b""),
-        headers=headers or [],
-    )
+    return kafka_record(value, topic=topics.VALUE, offset=offset, headers=headers)
 
 
 def test_the_consumer_decodes_ignores_and_refuses_as_before() -> None:

@@ -17,6 +17,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
     UnknownProducerId,
 )
+from support import kafka_record
 
 from shared.messaging.kafka import producer_is_broken
 from shared.messaging.outbox import OutboxRelay
@@ -74,8 +75,6 @@ class _FakeProducer:
 async def test_the_consumer_replaces_a_broken_dlq_producer_with_one_of_its_own() -> None:
     import asyncio
 
-    from aiokafka.structs import ConsumerRecord
-
     from shared.events import topics
     from shared.messaging.consumer import ConsumerRunner, Message
 
@@ -97,19 +96,7 @@ async def test_the_consumer_replaces_a_broken_dlq_producer_with_one_of_its_own()
         backoff=0.001,
         producer_factory=factory,  # type: ignore[arg-type]
     )
-    record = ConsumerRecord(
-        topic=topics.PURCHASES,
-        partition=0,
-        offset=7,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"k",
-        value=b"poison",
-        checksum=None,
-        serialized_key_size=1,
-        serialized_value_size=6,
-        headers=(),
-    )
+    record = kafka_record(b"poison", topic=topics.PURCHASES, offset=7)
     failed = Message(record, error="bad", error_type="unreadable")
     await asyncio.wait_for(runner._dead_letter([failed], asyncio.Event()), 5)
     assert [p.sent for p in made] == [[(topics.DLQ, b"poison")]]
