@@ -28,6 +28,7 @@ from shared.http.deps import Runtime
 from shared.http.inputs import BusinessTime
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
 from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
+from shared.http.prefer import respond_async
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
 
@@ -84,14 +85,6 @@ async def read_distribution(
         return await service.distribution(session, as_of=as_of, now=rt.clock.now())
 
 
-def _respond_async(prefer: str | None) -> bool:
-    """Whether a `Prefer` header (RFC 7240) asks for `respond-async`."""
-    if not prefer:
-        return False
-    names = (part.split(";")[0].split("=")[0].strip().lower() for part in prefer.split(","))
-    return "respond-async" in names
-
-
 Prefer = Annotated[
     str | None,
     Header(
@@ -126,7 +119,7 @@ async def evaluate(
     assert isinstance(settings, LifecycleSettings)
     now = rt.clock.now()
     as_of = (body.as_of if body else None) or now
-    if _respond_async(prefer):
+    if respond_async(prefer):
         async with transaction(rt.sessions) as session:
             run = await service.request_evaluation(
                 session, as_of=as_of, requested_by=principal.subject, now=now
