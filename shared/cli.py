@@ -299,6 +299,73 @@ def _refusal(response: Any) -> str:
     return f"the import was refused (HTTP {response.status_code}): {detail or response.text}"
 
 
+#: How often `crm import purchases` asks where a running import stands.
+IMPORT_POLL_SECONDS = 0.5
+#: Polls that may fail in a row (a service restarting) before the command gives up following.
+IMPORT_POLL_FAILURES = 10
+
+
+def _import_progress(state: dict[str, Any], elapsed: float) -> str:
+    """Where a running import stands, in one line."""
+    total, done = state.get("orders_total") or 0, state.get("orders_done") or 0
+    if not total:
+        return f"reading the file ... {elapsed:.0f}s"
+    line = f"written {done:,} of {total:,} orders ({100 * done // total}%), {elapsed:.0f}s"
+    if 0 < done < total:
+        line += f", about {elapsed * (total - done) / done:.0f}s left"
+    return line
+
+
+def _follow_import(
+    status_url: str, *, bearer: str, running: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """Poll a running import until it ends, showing its progress on stderr: one line rewritten
+    on a terminal, else a line at each tenth of the orders (a log stays short)."""
+    import httpx
+
+    on_terminal = sys.stderr.isatty()
+    typer.echo(f"import {running['id']} running; following it at {status_url}", err=True)
+    shown: int | None = None  # the tenth of the orders last shown (-1: reading the file)
+    failures = 0
+    try:
+        while running.get("status") == "running":
+            line = _import_progress(running, time.perf_counter() - started)
+            total = running.get("orders_total") or 0
+            step = (10 * (running.get("orders_done") or 0) // total) if total else -1
+            if on_terminal:
+                typer.echo(f"\r\033[K{line}", err=True, nl=False)
+            elif step != shown:
+                typer.echo(line, err=True)
+                shown = step
+            time.sleep(IMPORT_POLL_SECONDS)
+            try:
+                response = httpx.get(
+                    status_url, headers={"Authorization": f"Bearer {bearer}"}, timeout=30
+                )
+            except httpx.TransportError as error:
+                failures += 1
+                if failures >= IMPORT_POLL_FAILURES:
+                    _import_lost(status_url, f"the service does not answer ({error})")
+                continue
+            if response.status_code >= 400:
+                _import_lost(status_url, _refusal(response).replace("import was", "progress was"))
+            running, failures = response.json(), 0
+    except KeyboardInterrupt:
+        _import_lost(status_url, "stopped following it (Ctrl-C)", code=130)
+    if on_terminal:
+        typer.echo("\r\033[K", err=True, nl=False)
+    return running
+
+
+def _import_lost(status_url: str, why: str, *, code: int = 1) -> NoReturn:
+    typer.echo(
+        f"\nError: {why}. The import goes on in the service, or stopped and says why: "
+        f"GET {status_url} (a token with customers:read) shows where it stands.",
+        err=True,
+    )
+    raise typer.Exit(code)
+
+
 @import_app.command("purchases")
 def import_purchases(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file")],
@@ -322,25 +389,36 @@ def import_purchases(
     size = file.stat().st_size
     # Progress on stderr: stdout is the summary alone, one JSON document for scripts.
     typer.echo(
-        f"uploading {file} ({size / 1e6:.1f} MB) to {url}/v1/imports/purchases; the service "
-        "answers once every row is written ...",
-        err=True,
+        f"uploading {file} ({size / 1e6:.1f} MB) to {url}/v1/imports/purchases ...", err=True
     )
     started = time.perf_counter()
     with file.open("rb") as body:
         response = httpx.post(
             f"{url}/v1/imports/purchases",
             content=body.read(),
-            # No limit on the wait for the answer: a file at the service's size limit takes
-            # longer than 10 minutes; a service that stops closes the connection.
+            # No limit on the wait for the answer: a service that does not answer at once (one
+            # older than `respond-async`) answers when every row is written, which takes longer
+            # than 10 minutes at its size limit; a service that stops closes the connection.
             timeout=httpx.Timeout(60, read=None),
-            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "text/csv"},
+            headers={
+                "Authorization": f"Bearer {bearer}",
+                "Content-Type": "text/csv",
+                "Prefer": "respond-async",
+            },
         )
     if response.status_code >= 400:
         hint = f" (is {url} the profile service?)" if response.status_code == 404 else ""
         typer.echo(f"Error: {_refusal(response)}{hint}", err=True)
         raise typer.Exit(1)
     summary = response.json()
+    if response.status_code == 202:
+        # Not its `Location`: that path lacks the prefix of a proxy that `--url` may include.
+        summary = _follow_import(
+            f"{url}/v1/imports/{summary['id']}",
+            bearer=bearer,
+            running=summary,
+            started=started,
+        )
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"done in {time.perf_counter() - started:.1f}s", err=True)
     if summary.get("status") == "failed":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -55,6 +55,8 @@ class ServiceRuntime:
     stop_event: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     producer_ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(init=False, default_factory=list)
+    # Work an HTTP request started and answered before it ended (`Prefer: respond-async`).
+    background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
     runners: list[ConsumerRunner] = field(init=False, default_factory=list)
     relay: OutboxRelay | None = field(init=False, default=None)
 
@@ -124,10 +126,24 @@ class ServiceRuntime:
 
             os.kill(os.getpid(), signal.SIGTERM)
 
+    def run_in_background(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run work a request answered before it ended; a failure is logged (the work records
+        its own outcome), and stopping waits for it as for the worker's jobs."""
+        task = asyncio.create_task(work, name=name)
+        self.background.add(task)
+
+        def finished(done: asyncio.Task[Any]) -> None:
+            self.background.discard(done)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("background.failed", work=name, exc_info=done.exception())
+
+        task.add_done_callback(finished)
+        return task
+
     async def stop(self, grace_seconds: float = 20.0) -> None:
         self.stop_event.set()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=grace_seconds)
+        if self.tasks or self.background:
+            _, pending = await asyncio.wait([*self.tasks, *self.background], timeout=grace_seconds)
             for task in pending:
                 task.cancel()
             with contextlib.suppress(Exception):

@@ -34,6 +34,22 @@ def auth(*scopes: str, subject: str = "test-user") -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def wait_for(
+    fetch: Callable[[], httpx.Response], ok: Callable[[Any], bool], *, within: float
+) -> tuple[Any, float]:
+    """Poll an HTTP read until it answers 200 with ok(body); returns the body and how long it
+    took. Fails after `within` seconds with the last answer."""
+    started = time.perf_counter()
+    last = None
+    while time.perf_counter() - started < within:
+        response = fetch()
+        if response.status_code == 200 and ok(response.json()):
+            return response.json(), time.perf_counter() - started
+        last = (response.status_code, response.text[:200])
+        time.sleep(0.02)
+    raise AssertionError(f"not reached within {within}s; last response {last}")
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T | None]],
     *,

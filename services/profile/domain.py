@@ -22,7 +22,7 @@ import csv
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -936,11 +936,7 @@ def parse_purchase_csv(
     - Blank lines are skipped and not counted.
     """
     reader = csv.reader(text_lines, strict=True)
-    try:
-        header_row = next(reader, None)
-    except csv.Error as error:
-        raise CsvHeaderError.single(("header",), f"line 1 is not valid CSV: {error}") from error
-    columns = _csv_columns(header_row)
+    columns = _csv_columns(_header_row(reader))
 
     orders: dict[str, _CsvOrder] = {}
     rejections: list[RowRejection] = []
@@ -983,6 +979,19 @@ def parse_purchase_csv(
             rejections.extend(outcome)
     rejections.sort(key=lambda rejection: rejection.line)
     return PurchaseCsv(rows_read=rows_read, orders=tuple(imported), rejections=tuple(rejections))
+
+
+def check_purchase_csv_header(text_lines: Iterable[str]) -> None:
+    """Raise `CsvHeaderError` when the file's header is not one `parse_purchase_csv` reads (the
+    rest of the file is not read)."""
+    _csv_columns(_header_row(csv.reader(text_lines, strict=True)))
+
+
+def _header_row(reader: Iterator[list[str]]) -> list[str] | None:
+    try:
+        return next(reader, None)
+    except csv.Error as error:
+        raise CsvHeaderError.single(("header",), f"line 1 is not valid CSV: {error}") from error
 
 
 def _csv_columns(header_row: list[str] | None) -> dict[str, int]:

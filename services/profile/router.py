@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import uuid
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.profile import schemas, service
+from services.profile import domain, schemas, service
 from services.profile.config import ProfileSettings
 from services.profile.schemas import (
     ConsentsRead,
@@ -39,6 +42,7 @@ from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
 from shared.http.preconditions import IfMatch, etag, parse_if_match
+from shared.http.prefer import RESPOND_ASYNC, respond_async
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
@@ -498,6 +502,14 @@ async def list_interactions(
 
 # --- bulk import -------------------------------------------------------------------------------
 
+ImportPrefer = Annotated[
+    str | None,
+    Header(
+        description="`respond-async`: answer 202 as soon as the import is registered and let it "
+        "run on; its `Location` shows the progress"
+    ),
+]
+
 CSV_EXAMPLE = (
     "external_ref,order_id,occurred_at,amount,currency,sku,category,quantity\n"
     "shop-42,A-1001,2024-05-01T10:00:00Z,39.80,USD,TEE-1,apparel,2\n"
@@ -514,14 +526,27 @@ CSV_EXAMPLE = (
         "`external_ref,order_id,occurred_at,amount,currency[,sku,category,quantity]`. A row's "
         "amount is its line total; rows sharing an order_id form one order. Orders already "
         "recorded count as duplicates; bad rows are reported with their line number and never "
-        "stop the rest. Progress: `GET /v1/imports/{id}` while it runs.\n\n"
+        "stop the rest.\n\n"
+        "The answer comes when every row is written (a minute or more for a large file). With "
+        "`Prefer: respond-async` it comes at once, 202 with the import running; its `Location` "
+        "(`GET /v1/imports/{id}`) shows the progress (`orders_done` of `orders_total`), then the "
+        "same summary. Either way a file without a usable header is a 422 at once.\n\n"
         f"```\n{CSV_EXAMPLE}```"
     ),
+    responses={
+        202: {
+            "model": ImportRead,
+            "description": "Asked with `Prefer: respond-async`: the import, running; its "
+            "`Location` shows the progress and, once done, the summary",
+        }
+    },
     openapi_extra={
         "requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}
     },
 )
-async def import_purchases(request: Request, rt: Runtime, principal: CanWrite) -> ImportRead:
+async def import_purchases(
+    request: Request, rt: Runtime, principal: CanWrite, prefer: ImportPrefer = None
+) -> ImportRead | JSONResponse:
     settings = _settings(rt)
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.import_max_bytes:
@@ -541,6 +566,8 @@ async def import_purchases(request: Request, rt: Runtime, principal: CanWrite) -
         csv_text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise InvalidInput.field("body", f"not UTF-8 text: {error}") from error
+    if respond_async(prefer):
+        return await _import_in_background(rt, csv_text=csv_text, actor=principal.subject)
     run = await service.import_purchases(
         rt.sessions,
         csv_text=csv_text,
@@ -549,6 +576,41 @@ async def import_purchases(request: Request, rt: Runtime, principal: CanWrite) -
         now=rt.clock.now(),
     )
     return schemas.import_read(run)
+
+
+async def _import_in_background(rt: Runtime, *, csv_text: str, actor: str) -> JSONResponse:
+    """Start the import, answer 202 once it can be read, and let it run on (stopping the service
+    stops it between two chunks, recorded as failed with what to do)."""
+    domain.check_purchase_csv_header(io.StringIO(csv_text, newline=""))
+    registered: asyncio.Future[uuid.UUID] = asyncio.get_running_loop().create_future()
+    import_id = uuid.uuid4()
+    work = rt.run_in_background(
+        service.import_purchases(
+            rt.sessions,
+            csv_text=csv_text,
+            actor=actor,
+            settings=_settings(rt),
+            now=rt.clock.now(),
+            import_id=import_id,
+            registered=registered.set_result,
+            stopping=rt.stop_event,
+        ),
+        name=f"import {import_id}",
+    )
+    await asyncio.wait({registered, work}, return_when=asyncio.FIRST_COMPLETED)
+    if not registered.done():
+        work.result()  # it failed before it could be read (the database): that error, answered
+    async with transaction(rt.sessions) as session:
+        run = await service.get_import(session, import_id=import_id, now=rt.clock.now())
+    return JSONResponse(
+        schemas.import_read(run).model_dump(mode="json"),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers={
+            "Location": f"/v1/imports/{import_id}",
+            "Preference-Applied": RESPOND_ASYNC,
+            "Vary": "Prefer",
+        },
+    )
 
 
 @router.get(

@@ -1251,10 +1251,17 @@ async def import_purchases(
     actor: str,
     settings: ProfileSettings,
     now: datetime,
+    import_id: uuid.UUID | None = None,
+    registered: Callable[[uuid.UUID], None] | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> PurchaseImport:
     """Parse the CSV, then write its orders chunk by chunk (one transaction each), creating the
-    customers it names by external_ref (registered at their first purchase in the file)."""
-    import_id = uuid.uuid4()
+    customers it names by external_ref (registered at their first purchase in the file).
+
+    `registered` is called once the import can be read (`get_import`), for a caller that answers
+    before it ends; when `stopping` is set, the import stops between two chunks, recorded as
+    failed with what to do."""
+    import_id = import_id or uuid.uuid4()
     # Held while it runs: an import whose process stopped shows as failed (`get_import`).
     async with held_while_running(sessions, import_lock_key(import_id)):
         async with transaction(sessions) as session:
@@ -1274,6 +1281,8 @@ async def import_purchases(
                     rejections=[],
                 )
             )
+        if registered is not None:
+            registered(import_id)
         try:
             # In a thread: 100,000 rows are over a second and a half of CPU, which held the
             # process's event loop (every other request, the health checks) for as long.
@@ -1292,18 +1301,22 @@ async def import_purchases(
         gc.freeze()
         try:
             return await _write_import(
-                sessions, import_id=import_id, parsed=parsed, settings=settings
+                sessions, import_id=import_id, parsed=parsed, settings=settings, stopping=stopping
             )
         except Exception as error:
-            await _import_failed(
-                sessions,
-                import_id,
-                error=f"{type(error).__name__}: {error}. {_IMPORT_AGAIN}",
-                now=now,
+            reason = (
+                str(error)
+                if isinstance(error, ImportStopped)
+                else f"{type(error).__name__}: {error}"
             )
+            await _import_failed(sessions, import_id, error=f"{reason}. {_IMPORT_AGAIN}", now=now)
             raise
         finally:
             gc.unfreeze()
+
+
+class ImportStopped(Exception):
+    """The service stopped between two chunks of an import it ran in the background."""
 
 
 _IMPORT_AGAIN = (
@@ -1348,6 +1361,7 @@ async def _write_import(
     import_id: uuid.UUID,
     parsed: domain.PurchaseCsv,
     settings: ProfileSettings,
+    stopping: asyncio.Event | None = None,
 ) -> PurchaseImport:
     # The first rejections by line; orders found recorded differently while writing join them.
     kept = list(parsed.rejections[:MAX_REJECTIONS_KEPT])
@@ -1371,6 +1385,11 @@ async def _write_import(
     orders = parsed.orders
     chunk = settings.import_chunk_orders
     for start in range(0, len(orders), chunk):
+        if stopping is not None and stopping.is_set():
+            raise ImportStopped(
+                f"the service stopped after {start} of {len(orders)} orders, before the import "
+                "finished"
+            )
         async with transaction(sessions) as session:
             created, duplicates, new_customers, conflicts = await _import_chunk(
                 session, orders[start : start + chunk], first_purchase

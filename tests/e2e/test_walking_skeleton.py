@@ -3,29 +3,15 @@ purchase in profile moves the customer to growth in lifecycle and updates scorin
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 import pytest
-from support import E2E_DEADLINE, auth
+from support import E2E_DEADLINE, auth, wait_for
 
 from shared.platform import Platform
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(fetch, ok, *, within: float) -> tuple[dict, float]:  # type: ignore[no-untyped-def]
-    """Poll until ok(body); returns the body and how long it took. Fails after `within` seconds."""
-    started = time.perf_counter()
-    last = None
-    while time.perf_counter() - started < within:
-        response = fetch()
-        if response.status_code == 200 and ok(response.json()):
-            return response.json(), time.perf_counter() - started
-        last = (response.status_code, response.text[:200])
-        time.sleep(0.02)
-    raise AssertionError(f"not reached within {within}s; last response {last}")
 
 
 def test_register_and_purchase_move_lifecycle_and_scoring(platform: Platform) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from integration.profile.profile_helpers import READER, WRITER, Profile, read_ev
 from sqlalchemy import text
 
 from services.profile import domain, service
+from shared.db import session_factory
 from shared.events import registry as ev
 from shared.events import topics
 
@@ -325,3 +328,136 @@ async def test_an_import_whose_process_stopped_shows_as_failed(profile: Profile)
         await rows(profile.engine, "SELECT status FROM purchase_imports WHERE id = :i", i=stopped)
     )[0]
     assert status == "failed"
+
+
+ASYNC = {**WRITER, "Content-Type": "text/csv", "Prefer": "respond-async"}
+
+
+async def followed(profile: Profile, location: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The import at `location`, once it no longer runs."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state: dict[str, Any] = (await profile.client.get(location, headers=READER)).json()
+        if state["status"] != "running" or asyncio.get_running_loop().time() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+async def test_an_import_asked_to_respond_async_answers_202_and_shows_its_progress(
+    profile: Profile,
+) -> None:
+    """`crm import purchases` could not show progress: the answer came when every row was
+    written, and the id to follow came with it."""
+    m = uuid.uuid4().hex[:8]
+    csv_text = (
+        HEADER
+        + "".join(
+            f"as-{m}-{n % 7},{m}-{n},2023-01-{1 + n % 28:02d}T10:00:00Z,10.00,USD,S,c,1\n"
+            for n in range(5000)
+        )
+        + f"as-{m},{m}-bad,2023-01-01T10:00:00Z,ten,USD,S,c,1\n"
+    )
+    response = await profile.client.post(
+        "/v1/imports/purchases", content=csv_text.encode(), headers=ASYNC
+    )
+    assert response.status_code == 202, response.text
+    running = response.json()
+    location = response.headers["location"]
+    assert location == f"/v1/imports/{running['id']}"
+    assert response.headers["preference-applied"] == "respond-async"
+    assert "Prefer" in response.headers["vary"]
+    assert running["status"] == "running" and running["finished_at"] is None
+
+    summary = await followed(profile, location)
+    assert summary["status"] == "done", summary
+    assert (summary["rows_read"], summary["orders_total"], summary["orders_done"]) == (
+        5001,
+        5000,
+        5000,
+    )
+    assert (summary["purchases_created"], summary["customers_created"]) == (5000, 7)
+    assert [r["line"] for r in summary["rejections"]] == [5002]
+    (count,) = (
+        await rows(
+            profile.engine, "SELECT count(*) FROM purchases WHERE order_id LIKE :p", p=f"{m}-%"
+        )
+    )[0]
+    assert count == 5000
+    # The same file waited on: every order a duplicate, nothing recorded twice.
+    again = await imported(profile, csv_text.encode())
+    assert (again["duplicates"], again["purchases_created"]) == (5000, 0)
+
+
+async def test_an_import_asked_to_respond_async_refuses_a_bad_header_at_once(
+    profile: Profile,
+) -> None:
+    (before,) = (await rows(profile.engine, "SELECT count(*) FROM purchase_imports"))[0]
+    response = await profile.client.post(
+        "/v1/imports/purchases", content=b"order,amount\nA,1\n", headers=ASYNC
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "missing columns" in response.json()["detail"]
+    (after,) = (await rows(profile.engine, "SELECT count(*) FROM purchase_imports"))[0]
+    assert after == before  # no import started
+
+
+async def test_an_import_failing_after_the_answer_says_so_where_it_is_followed(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def chunk_fails(*args: Any) -> Any:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(service, "_import_chunk", chunk_fails)
+    m = uuid.uuid4().hex[:8]
+    response = await profile.client.post(
+        "/v1/imports/purchases",
+        content=f"{HEADER}af-{m},{m}-1,2023-01-05T10:00:00Z,10.00,USD,S,c,1\n".encode(),
+        headers=ASYNC,
+    )
+    assert response.status_code == 202, response.text
+    summary = await followed(profile, response.headers["location"])
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("RuntimeError: the disk is full")
+
+
+async def test_an_import_stops_between_chunks_when_the_service_stops(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping waited for a background import up to the grace period, then cancelled it in the
+    middle of a chunk; it now stops at the next chunk, recorded with what to do."""
+    stopping = asyncio.Event()
+    write_chunk = service._import_chunk
+
+    async def then_stop(*args: Any) -> Any:
+        written = await write_chunk(*args)
+        stopping.set()  # SIGTERM during the first chunk
+        return written
+
+    monkeypatch.setattr(service, "_import_chunk", then_stop)
+    m = uuid.uuid4().hex[:8]
+    csv_text = HEADER + "".join(
+        f"st-{m},{m}-{n},2023-01-0{n}T10:00:00Z,10.00,USD,S,c,1\n" for n in range(1, 6)
+    )
+    with pytest.raises(service.ImportStopped):
+        await service.import_purchases(
+            session_factory(profile.engine),
+            csv_text=csv_text,
+            actor="ops",
+            settings=profile.settings.model_copy(update={"import_chunk_orders": 2}),
+            now=datetime.now(UTC),
+            stopping=stopping,
+        )
+    monkeypatch.undo()
+    (status, done, error) = (
+        await rows(
+            profile.engine,
+            "SELECT status, orders_done, error FROM purchase_imports WHERE actor = 'ops'"
+            " AND rows_read = 5 ORDER BY started_at DESC LIMIT 1",
+        )
+    )[0]
+    assert (status, done) == ("failed", 2)
+    assert error.startswith("the service stopped after 2 of 5 orders, before the import finished.")
+    assert "importing the same file again records the rest" in error
+    again = await imported(profile, csv_text.encode())
+    assert (again["duplicates"], again["purchases_created"]) == (2, 3)

@@ -147,6 +147,112 @@ def test_the_rejection_note_says_what_the_summary_holds(
     assert "no row was imported" in note and "the other rows" not in note
 
 
+RUNNING: dict[str, Any] = {**SUMMARY, "status": "running", "orders_total": 0, "orders_done": 0}
+
+
+def follow(
+    monkeypatch: pytest.MonkeyPatch, states: list[dict[str, Any] | Exception | int]
+) -> list[str]:
+    """The service answers 202 with the import running, then each poll with the next state
+    (an exception: the service does not answer; an int: that HTTP status); the URLs polled."""
+    polled: list[str] = []
+    monkeypatch.setattr(httpx, "post", fake_post([], 202, RUNNING))
+    monkeypatch.setattr(cli.time, "sleep", lambda _: None)
+
+    def get(url: str, **options: Any) -> httpx.Response:
+        polled.append(url)
+        state = states.pop(0)
+        if isinstance(state, Exception):
+            raise state
+        request = httpx.Request("GET", url)
+        if isinstance(state, int):
+            return httpx.Response(state, json={"detail": "insufficient scope"}, request=request)
+        return httpx.Response(200, json=state, request=request)
+
+    monkeypatch.setattr(httpx, "get", get)
+    return polled
+
+
+def test_import_asks_to_be_answered_at_once_and_shows_the_progress(
+    monkeypatch: pytest.MonkeyPatch, csv: Path
+) -> None:
+    """The command said nothing between `uploading` and `done in`: a minute or more for a large
+    file, with no way to tell progress from a hang."""
+    calls: list[dict[str, Any]] = []
+    polled = follow(
+        monkeypatch,
+        [
+            {**RUNNING, "orders_total": 4000, "orders_done": 0},
+            {**RUNNING, "orders_total": 4000, "orders_done": 1000},
+            {**RUNNING, "orders_total": 4000, "orders_done": 1000},
+            {**RUNNING, "orders_total": 4000, "orders_done": 3000},
+            SUMMARY,
+        ],
+    )
+    monkeypatch.setattr(httpx, "post", fake_post(calls, 202, RUNNING))
+    result = invoke("import", "purchases", str(csv), "--url", "http://proxy.example/crm/profile")
+    assert result.exit_code == 0, result.output
+    assert calls[0]["headers"]["Prefer"] == "respond-async"
+    # The id, under the URL given: a proxy's prefix kept.
+    assert set(polled) == {f"http://proxy.example/crm/profile/v1/imports/{SUMMARY['id']}"}
+    assert len(polled) == 5
+    assert json.loads(result.stdout) == SUMMARY  # stdout: the final summary alone
+    progress = [
+        line for line in result.stderr.splitlines() if line.startswith(("reading", "written"))
+    ]
+    # Off a terminal a line per tenth of the orders, not per poll: 1,000 of 4,000 shown once.
+    assert [line.split(",")[0] for line in progress] == [
+        "reading the file ... 0s",
+        "written 0 of 4",
+        "written 1",
+        "written 3",
+    ]
+    assert "written 1,000 of 4,000 orders (25%)" in progress[2]
+    assert "left" in progress[2] and "left" not in progress[1]
+
+
+def test_import_follows_through_a_restarting_service_and_says_where_to_look_when_it_gives_up(
+    monkeypatch: pytest.MonkeyPatch, csv: Path
+) -> None:
+    follow(monkeypatch, [httpx.ConnectError("refused"), {**SUMMARY, "status": "done"}])
+    assert invoke("import", "purchases", str(csv)).exit_code == 0
+
+    follow(monkeypatch, [httpx.ConnectError("refused")] * cli.IMPORT_POLL_FAILURES)
+    result = invoke("import", "purchases", str(csv))
+    assert result.exit_code == 1 and result.stdout == ""
+    note = flat(result.stderr)
+    assert "Error: the service does not answer (refused)" in note
+    assert f"GET http://127.0.0.1:8001/v1/imports/{SUMMARY['id']}" in note
+    assert "The import goes on in the service, or stopped and says why" in note
+
+    follow(monkeypatch, [403])
+    result = invoke("import", "purchases", str(csv), "--token", "write-only")
+    assert result.exit_code == 1
+    assert "the progress was refused (HTTP 403): insufficient scope" in flat(result.stderr)
+
+
+def test_import_of_a_service_that_answers_when_done_needs_no_following(
+    monkeypatch: pytest.MonkeyPatch, csv: Path
+) -> None:
+    """A service older than `respond-async` ignores the preference and answers 200 at the end."""
+    polled = follow(monkeypatch, [])
+    monkeypatch.setattr(httpx, "post", fake_post([], 200, SUMMARY))
+    result = invoke("import", "purchases", str(csv))
+    assert result.exit_code == 0 and polled == []
+    assert json.loads(result.stdout) == SUMMARY
+
+
+def test_a_failed_import_that_was_followed_exits_1_with_its_error(
+    monkeypatch: pytest.MonkeyPatch, csv: Path
+) -> None:
+    failed = {**SUMMARY, "status": "failed", "error": "the service stopped after 2000 of 4000"}
+    follow(monkeypatch, [failed])
+    result = invoke("import", "purchases", str(csv))
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == failed
+    assert "Error: the import failed: the service stopped after 2000 of 4000" in result.stderr
+
+
 def letter(offset: int, group: str) -> dlq.DeadLetter:
     headers = {"dlq.consumer.group": group, "dlq.origin.topic": "crm.purchases.v1"}
     return dlq.DeadLetter(0, offset, b"k", b"v", headers)
