@@ -234,6 +234,10 @@ class Analytics(BaseModel):
         description="Elapsed hours from receipt to the (latest) resolution, time awaiting the "
         "customer included; the SLA compliance above judges the resolution clock without it"
     )
+    time_to_resolution_net: Durations = Field(
+        description="Hours from receipt to the (latest) resolution less the pauses: time awaiting "
+        "the customer, and time resolved before a reopening (what the resolution clock counts)"
+    )
     reopen_rate_pct: float | None = Field(description="Reopened among complaints ever resolved")
     csat_mean: float | None
     csat_responses: int

@@ -925,7 +925,15 @@ WITH period AS (
     CASE WHEN resolved_at IS NOT NULL THEN resolved_at <= resolution_due_effective
          WHEN paused_since IS NOT NULL AND paused_since > resolution_due_effective THEN false
          WHEN paused_since IS NULL AND resolution_due_effective < :as_of THEN false
-    END AS resolution_met
+    END AS resolution_met,
+    -- Receipt to resolution less the pauses in between (awaiting the customer; resolved before
+    -- a reopening): the time the resolution clock counted.
+    extract(epoch FROM resolved_at - received_at) - (
+      SELECT coalesce(sum(greatest(0, extract(epoch FROM
+               least(coalesce((p->>'end')::timestamptz, resolved_at), resolved_at)
+               - greatest((p->>'start')::timestamptz, received_at)))), 0)
+        FROM jsonb_array_elements(c.pauses) AS p
+    ) AS resolution_net_s
   FROM complaints c
   WHERE received_at >= :start AND received_at < :end
 )
@@ -951,6 +959,10 @@ SELECT count(*) AS complaints,
     FILTER (WHERE resolved_at IS NOT NULL) / 3600 AS res_median_h,
   percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM resolved_at - received_at))
     FILTER (WHERE resolved_at IS NOT NULL) / 3600 AS res_p90_h,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY resolution_net_s)
+    FILTER (WHERE resolved_at IS NOT NULL) / 3600 AS res_net_median_h,
+  percentile_cont(0.9) WITHIN GROUP (ORDER BY resolution_net_s)
+    FILTER (WHERE resolved_at IS NOT NULL) / 3600 AS res_net_p90_h,
   count(*) FILTER (WHERE reopen_count > 0) AS reopened,
   count(*) FILTER (WHERE resolved_at IS NOT NULL OR reopen_count > 0) AS ever_resolved,
   avg(satisfaction) AS csat_mean,
@@ -1052,6 +1064,11 @@ async def analytics(
         ),
         time_to_resolution=Durations(
             count=t.resolved, median_hours=_hours(t.res_median_h), p90_hours=_hours(t.res_p90_h)
+        ),
+        time_to_resolution_net=Durations(
+            count=t.resolved,
+            median_hours=_hours(t.res_net_median_h),
+            p90_hours=_hours(t.res_net_p90_h),
         ),
         reopen_rate_pct=_pct(t.reopened, t.ever_resolved),
         csat_mean=round(float(t.csat_mean), 3) if t.csat_mean is not None else None,

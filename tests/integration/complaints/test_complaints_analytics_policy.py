@@ -54,6 +54,8 @@ async def test_analytics_of_a_period(complaints: Any) -> None:
         (6, c1, "investigate", {}),
         (6, c2, "investigate", {}),
         (6, c3, "investigate", {}),
+        (7, c1, "await-customer", {}),  # the resolution clock stops for an hour
+        (8, c1, "investigate", {}),
         (10, c1, "resolve", resolve("product_defect")),
         (11, c1, "close", {"satisfaction": 5, "feedback": "f"}),
         (20, c3, "resolve", resolve("policy")),
@@ -86,6 +88,12 @@ async def test_analytics_of_a_period(complaints: Any) -> None:
     # first responses 0.5, 1, 2, 5 h; resolutions 3, 10, 40, 80 h (linear interpolation)
     assert report["time_to_first_response"] == {"count": 4, "median_hours": 1.5, "p90_hours": 4.1}
     assert report["time_to_resolution"] == {"count": 4, "median_hours": 25.0, "p90_hours": 68.0}
+    # less the pauses: c1's hour awaiting the customer, c3's 10 h resolved before its reopening
+    assert report["time_to_resolution_net"] == {
+        "count": 4,
+        "median_hours": 19.5,  # of 3, 9, 30, 80
+        "p90_hours": 65.0,
+    }
     assert report["reopen_rate_pct"] == 25.0
     assert (report["csat_mean"], report["csat_responses"]) == (3.5, 2)
     assert report["csat_distribution"] == {"1": 0, "2": 1, "3": 0, "4": 0, "5": 1}
