@@ -5,7 +5,10 @@ rolled back and redone message by message, each in a savepoint with bounded retr
 (none for a `NotRetryable` error, which the same event raises every time); a message that still
 fails goes to the DLQ (after the DB commit, before the offset commit), so the partition keeps
 moving. Infrastructure failures (database or broker down) never send to the DLQ: the batch is
-retried until they heal, without committing offsets.
+retried until they heal, without committing offsets. A batch that keeps failing with such an
+error while the database answers a probe is not waiting on the infrastructure: it is redone
+message by message, each in a transaction of its own, and the message that fails that way
+`max_attempts` times goes to the DLQ like any other (the partition must not stall on it).
 
 Customer locks: a batch locks its events' customers (sorted, in the statement that writes its
 inbox rows; `lock_customers` in the slow path) before its handlers run, so that what it emits
@@ -33,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -198,6 +202,7 @@ class ConsumerRunner:
         group_id: str,
         max_attempts: int = 3,
         backoff: float = 0.2,
+        transient_failures_before_probe: int = 5,
         batch_size: int = 500,
         linger: float = 0.0,
         commit_offsets: bool = True,
@@ -225,6 +230,7 @@ class ConsumerRunner:
         self.group_id = group_id
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.transient_failures_before_probe = transient_failures_before_probe
         self.batch_size = batch_size
         self.linger = linger
         self.commit_offsets = commit_offsets
@@ -336,14 +342,29 @@ class ConsumerRunner:
                 max(0.0, time.time() - oldest / 1000)
             )
         messages = [self._decode(r) for records in batch.values() for r in records]
-        backoff = self.backoff
+        backoff, failures, one_by_one = self.backoff, 0, False
         while True:
             try:
-                await self._apply(messages)
+                await (self._apply_one_by_one(messages) if one_by_one else self._apply(messages))
                 break
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                failures += 1
+                if (
+                    not one_by_one
+                    and failures >= self.transient_failures_before_probe
+                    and await self._database_answers()
+                ):
+                    # Not the infrastructure, or not any more: find the message it follows.
+                    log.warning(
+                        "consumer.transient_failure_with_the_database_up",
+                        error=repr(exc),
+                        failures=failures,
+                        size=len(messages),
+                    )
+                    one_by_one = True
+                    continue
                 log.warning("consumer.transient_failure", error=repr(exc), retry_in=backoff)
                 if stop.is_set():
                     return  # offsets not committed: the batch is redelivered after restart
@@ -418,6 +439,55 @@ class ConsumerRunner:
             for m in wanted:
                 await self._one(session, m)
         self._count([m for m in wanted if m.error is None], "ok")
+
+    async def _database_answers(self) -> bool:
+        """Whether the database answers a trivial query now (within 5 s, a pooled connection
+        included)."""
+        try:
+            async with asyncio.timeout(5), self.sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def _apply_one_by_one(self, messages: list[Message]) -> None:
+        """Each message in a transaction of its own: one that fails with a transient error while
+        the database answers is retried up to `max_attempts` times, then left for the DLQ. One
+        that fails so while the database does not answer stops the batch (retried whole; those
+        applied before it are in the inbox)."""
+        for m in messages:
+            if m.error_type != "unreadable":
+                m.error = m.error_type = None
+        for m in self._wanted(messages):
+            assert m.event is not None
+            for attempt in range(1, self.max_attempts + 1):
+                m.error = m.error_type = None
+                try:
+                    async with self.sessions() as session, session.begin():
+                        await self._lock(session, [m.event.subject])
+                        await self._one(session, m)
+                    break
+                except Exception as exc:
+                    if not is_transient(exc) or not await self._database_answers():
+                        raise
+                    m.attempts = attempt
+                    m.error_type = type(exc).__name__
+                    m.error = (
+                        f"{type(exc).__name__}: {exc} (a transient error, {attempt} times in a "
+                        "row while the database answered)"
+                    )[:2000]
+                    log.warning(
+                        "consumer.handler_failed",
+                        event_id=str(m.event.id),
+                        event_type=m.event.type,
+                        attempt=attempt,
+                        error=m.error,
+                        retried=attempt < self.max_attempts,
+                    )
+                    if attempt < self.max_attempts:
+                        await asyncio.sleep(self.backoff * (2 ** (attempt - 1)))
+            if m.error is None:
+                self._count([m], "ok")
 
     def _wanted(self, messages: list[Message]) -> list[Message]:
         seen: set[uuid.UUID] = set()

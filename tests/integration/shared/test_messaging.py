@@ -47,6 +47,7 @@ TOTALS = Table(
 )
 POISON_ORDER = "poison-order"  # the handler refuses it, as a real handler refuses bad data
 REFUSED_ORDER = "refused-order"  # ... and says that trying again cannot help
+TIMES_OUT_ORDER = "times-out-order"  # ... fails as if the database were out of reach, every time
 
 
 class OrderRefused(NotRetryable, ValueError):
@@ -58,6 +59,8 @@ async def count_purchases(ctx: HandlerContext, event: CloudEvent[Any]) -> None:
         raise ValueError("order cannot be applied")
     if event.data.order_id == REFUSED_ORDER:
         raise OrderRefused("no rule can use this order")
+    if event.data.order_id == TIMES_OUT_ORDER:
+        raise TimeoutError("the statement for this order timed out")
     stmt = insert(TOTALS).values(
         customer_id=event.data.customer_id, purchases=1, orders=event.data.order_id
     )
@@ -341,6 +344,46 @@ async def test_poison_messages_go_to_the_dlq_and_the_partition_keeps_moving(
             assert h["dlq.origin.topic"] == topics.PURCHASES
             assert int(h["dlq.origin.offset"]) >= 0 and h["dlq.origin.partition"].isdigit()
         assert {r.key for r in letters} == {key}
+    finally:
+        await producer.stop()
+
+
+async def test_an_event_failing_transiently_while_the_database_answers_goes_to_the_dlq(
+    settings: ServiceSettings, engine: AsyncEngine
+) -> None:
+    """A handler that raised a timeout (or a connection error) for one event, every time, held
+    its partition for good: the batch was retried as if the database were down."""
+    producer = await start_producer(settings)
+    customer = uuid.uuid4()
+    key = str(customer).encode()
+    before = await dlq_ends(settings)
+    group = f"g-{uuid.uuid4().hex}"
+    try:
+        for order in ("before-it", TIMES_OUT_ORDER, "after-it"):
+            await producer.send_and_wait(
+                topics.PURCHASES, purchase_event(customer, order).to_bytes(), key=key
+            )
+        async with Worker(settings, engine, producer, group, max_attempts=3):
+            result = await eventually(
+                lambda: _when(
+                    totals(engine, customer), lambda r: r is not None and "after-it" in r[1]
+                ),
+                what="the event after it applied",
+            )
+        assert result == (2, "before-it,after-it")  # each once
+        [letter] = [
+            r
+            for r in await read_dlq(settings, before)
+            if dict(r.headers).get("dlq.consumer.group") == group.encode() and r.key == key
+        ]
+        headers = {k: v.decode() for k, v in letter.headers}
+        assert headers["dlq.error.type"] == "TimeoutError"
+        assert headers["dlq.error"] == (
+            "TimeoutError: the statement for this order timed out (a transient error, 3 times in"
+            " a row while the database answered)"
+        )
+        assert headers["dlq.attempts"] == "3"
+        assert orjson.loads(letter.value)["data"]["order_id"] == TIMES_OUT_ORDER
     finally:
         await producer.stop()
 
