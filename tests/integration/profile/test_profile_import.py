@@ -344,16 +344,24 @@ async def followed(profile: Profile, location: str, timeout: float = 30.0) -> di
 
 
 async def test_an_import_asked_to_respond_async_answers_202_and_shows_its_progress(
-    profile: Profile,
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`crm import purchases` could not show progress: the answer came when every row was
     written, and the id to follow came with it."""
+    gate = asyncio.Event()  # the orders are not written until the test has its answer
+    write = service._write_import
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_write_import", held)
     m = uuid.uuid4().hex[:8]
     csv_text = (
         HEADER
         + "".join(
             f"as-{m}-{n % 7},{m}-{n},2023-01-{1 + n % 28:02d}T10:00:00Z,10.00,USD,S,c,1\n"
-            for n in range(5000)
+            for n in range(50)
         )
         + f"as-{m},{m}-bad,2023-01-01T10:00:00Z,ten,USD,S,c,1\n"
     )
@@ -367,25 +375,24 @@ async def test_an_import_asked_to_respond_async_answers_202_and_shows_its_progre
     assert response.headers["preference-applied"] == "respond-async"
     assert "Prefer" in response.headers["vary"]
     assert running["status"] == "running" and running["finished_at"] is None
+    read = (await profile.client.get(location, headers=READER)).json()
+    assert (read["status"], read["orders_done"]) == ("running", 0)
 
+    gate.set()
     summary = await followed(profile, location)
     assert summary["status"] == "done", summary
-    assert (summary["rows_read"], summary["orders_total"], summary["orders_done"]) == (
-        5001,
-        5000,
-        5000,
-    )
-    assert (summary["purchases_created"], summary["customers_created"]) == (5000, 7)
-    assert [r["line"] for r in summary["rejections"]] == [5002]
+    assert (summary["rows_read"], summary["orders_total"], summary["orders_done"]) == (51, 50, 50)
+    assert (summary["purchases_created"], summary["customers_created"]) == (50, 7)
+    assert [r["line"] for r in summary["rejections"]] == [52]
     (count,) = (
         await rows(
             profile.engine, "SELECT count(*) FROM purchases WHERE order_id LIKE :p", p=f"{m}-%"
         )
     )[0]
-    assert count == 5000
+    assert count == 50
     # The same file waited on: every order a duplicate, nothing recorded twice.
     again = await imported(profile, csv_text.encode())
-    assert (again["duplicates"], again["purchases_created"]) == (5000, 0)
+    assert (again["duplicates"], again["purchases_created"]) == (50, 0)
 
 
 async def test_an_import_asked_to_respond_async_refuses_a_bad_header_at_once(
