@@ -64,3 +64,13 @@ def business_time_problem(moment: datetime) -> str | None:
             f"{LATEST_BUSINESS_TIME.isoformat()}"
         )
     return None
+
+
+def future_time_problem(moment: datetime, *, now: datetime, max_ahead: timedelta) -> str | None:
+    """Why a business time lies too far in the future to be accepted (None: it does not)."""
+    if moment <= now + max_ahead:
+        return None
+    return (
+        f"{moment.isoformat()} is in the future; at most {max_ahead} after the server's clock "
+        f"({now.astimezone(UTC).isoformat()}) is accepted"
+    )

@@ -77,6 +77,12 @@ class ServiceSettings(BaseSettings):
     idempotency_key_retention_hours: int = Field(
         24, ge=1, le=87_600, validation_alias="IDEMPOTENCY_KEY_RETENTION_HOURS"
     )
+    # How far after the server's clock an `as_of` given to the rules (lifecycle's evaluate,
+    # complaints' SLA check, scoring's recompute) may lie: what they record would be dated in
+    # the future and published. Clock skew by default; a simulation or test stack raises it.
+    max_future_as_of_seconds: int = Field(
+        300, ge=0, le=100 * 366 * 86_400, validation_alias="MAX_FUTURE_AS_OF_SECONDS"
+    )
     housekeeping_interval_seconds: int = Field(
         600, ge=10, le=86_400, validation_alias="HOUSEKEEPING_INTERVAL_SECONDS"
     )

@@ -17,6 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from shared.clock import Clock
 from shared.events import CloudEvent, new_event
 from shared.http.auth import SCOPES, issue_dev_token
 from shared.settings import ServiceSettings
@@ -86,6 +87,33 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+@asynccontextmanager
+async def api_replica(
+    create_app: Callable[..., FastAPI], settings: ServiceSettings, clock: Clock, **changes: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Another API replica of a test's service, on its database (no consumers or scheduled
+    jobs), with some of its settings changed: e.g. back to a production default."""
+    from shared.runtime import Role
+
+    app = create_app(
+        role=Role.api,
+        settings=settings.model_copy(update=changes),
+        configure_logs=False,
+        clock=clock,
+    )
+    async with running(app) as client:
+        yield client
+
+
+def assert_field_problem(response: httpx.Response, field: str, *, reason_has: str) -> str:
+    """A 422 problem+json naming `field`, whose reason says `reason_has`; returns the reason."""
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    reasons = [e["reason"] for e in response.json()["errors"] if e["field"] == field]
+    assert len(reasons) == 1 and reason_has in reasons[0], response.text
+    return str(reasons[0])
 
 
 async def skip_history(bootstrap_servers: str, group_id: str, topics: list[str]) -> None:

@@ -34,7 +34,7 @@ from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
-from shared.http.inputs import BusinessTime
+from shared.http.inputs import BusinessTime, rules_as_of
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
 from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
 
@@ -108,7 +108,12 @@ async def replace_policy(
 
 @router.post("/complaints/sla/evaluate", response_model=SlaRun)
 async def evaluate_sla(rt: Runtime, _: CanWrite, body: SlaEvaluate | None = None) -> SlaRun:
-    as_of = (body.as_of if body else None) or rt.clock.now()
+    as_of = rules_as_of(
+        body.as_of if body else None,
+        now=rt.clock.now(),
+        settings=rt.settings,
+        what="the escalations",
+    )
     return await service.evaluate_sla(rt.sessions, as_of=as_of)
 
 

@@ -186,7 +186,9 @@ class SlaEvaluate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     as_of: BusinessTime | None = Field(
-        None, description="Business time to evaluate at; default now"
+        None,
+        description="Business time to evaluate at; default now"
+        " (at most MAX_FUTURE_AS_OF_SECONDS, 5 minutes by default, after the server's clock)",
     )
 
 

@@ -25,7 +25,7 @@ from shared.db import transaction
 from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
-from shared.http.inputs import BusinessTime
+from shared.http.inputs import BusinessTime, rules_as_of
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
 from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
 from shared.http.prefer import respond_async
@@ -118,7 +118,9 @@ async def evaluate(
     settings = rt.settings
     assert isinstance(settings, LifecycleSettings)
     now = rt.clock.now()
-    as_of = (body.as_of if body else None) or now
+    as_of = rules_as_of(
+        body.as_of if body else None, now=now, settings=settings, what="the stage changes"
+    )
     if respond_async(prefer):
         async with transaction(rt.sessions) as session:
             run = await service.request_evaluation(

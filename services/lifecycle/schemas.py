@@ -59,7 +59,9 @@ class EvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     as_of: BusinessTime | None = Field(
-        None, description="Business time to evaluate at (backfills, tests); default: now"
+        None,
+        description="Business time to evaluate at (backfills); default: now"
+        " (at most MAX_FUTURE_AS_OF_SECONDS, 5 minutes by default, after the server's clock)",
     )
 
 

@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.clock import business_time_problem
+from shared.clock import business_time_problem, future_time_problem
 from shared.events.payloads import (  # they belong to the event contract (consent_changed)
     ConsentPurpose,
     ConsentStatus,
@@ -601,14 +601,8 @@ def business_time_problems(
         return list(error.problems)
     if (problem := business_time_problem(moment)) is not None:  # stored and compared in UTC
         return [FieldProblem(loc, f"{moment.isoformat()} {problem}")]
-    if moment > now + max_clock_skew:
-        return [
-            FieldProblem(
-                loc,
-                f"{moment.isoformat()} is in the future; at most {max_clock_skew} "
-                f"after the server's clock ({now.astimezone(UTC).isoformat()}) is accepted",
-            )
-        ]
+    if (problem := future_time_problem(moment, now=now, max_ahead=max_clock_skew)) is not None:
+        return [FieldProblem(loc, problem)]
     return []
 
 

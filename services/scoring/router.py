@@ -25,6 +25,7 @@ from shared.db import transaction
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
 from shared.http.idempotency import IDEMPOTENCY_HEADER, run_once
+from shared.http.inputs import rules_as_of
 from shared.http.preconditions import etag, parse_if_match
 
 router = APIRouter(prefix="/v1", tags=["value"])
@@ -137,12 +138,13 @@ async def request_recompute(
 ) -> JSONResponse:
     body = request or RecomputeRequest()
     now = rt.clock.now()
+    as_of = rules_as_of(body.as_of, now=now, settings=rt.settings, what="the values")
 
     async def action() -> tuple[int, object]:
         policy, _ = await service.current_policy(session)
         run = await service.request_recompute(
             session,
-            as_of=body.as_of or now,
+            as_of=as_of,
             time_unit=body.time_unit or policy.clv.time_unit,
             trigger="api",
             now=now,

@@ -151,7 +151,11 @@ class ParetoRead(BaseModel):
 class RecomputeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    as_of: BusinessTime | None = Field(None, description="Calibration end; default now")
+    as_of: BusinessTime | None = Field(
+        None,
+        description="Calibration end; default now (at most MAX_FUTURE_AS_OF_SECONDS, "
+        "5 minutes by default, after the server's clock)",
+    )
     time_unit: TimeUnit | None = Field(None, description="Default: the policy's time unit")
 
 

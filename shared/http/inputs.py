@@ -9,12 +9,14 @@ make them a 422 naming the field.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime
 
-from shared.clock import business_time_problem
+from shared.clock import business_time_problem, future_time_problem
+from shared.errors import InvalidInput
+from shared.settings import ServiceSettings
 from shared.text import unstorable_text_problem
 
 
@@ -37,3 +39,22 @@ StorableText = Annotated[str, AfterValidator(storable_text)]
 #: A business time from a client (`as_of`, `received_at`, ...): with an offset, from 1900 and
 #: before year 9000 in UTC (`shared.clock.business_time_problem`).
 BusinessTime = Annotated[AwareDatetime, AfterValidator(storable_time)]
+
+
+def rules_as_of(
+    requested: datetime | None, *, now: datetime, settings: ServiceSettings, what: str
+) -> datetime:
+    """The business time to run a service's rules at: `now`, or the `as_of` asked for, which
+    may lie at most `MAX_FUTURE_AS_OF_SECONDS` ahead (what the rules record at it is dated
+    then, and published): a 422 on `body.as_of` otherwise, before anything is written."""
+    if requested is None:
+        return now
+    max_ahead = timedelta(seconds=settings.max_future_as_of_seconds)
+    problem = future_time_problem(requested, now=now, max_ahead=max_ahead)
+    if problem is not None:
+        raise InvalidInput.field(
+            "body.as_of",
+            f"{problem}: {what} would be dated in the future. Use a time up to now; a test or "
+            "simulation stack can allow more with MAX_FUTURE_AS_OF_SECONDS",
+        )
+    return requested

@@ -16,6 +16,8 @@ from shared.devstack import Broker, PostgresServer, create_topics_blocking
 from shared.messaging.kafka import DEFAULT_PARTITIONS
 
 SERVICES = ("profile", "lifecycle", "complaints", "scoring")
+#: How far ahead of the services' fixed clocks the tests run the time rules (about ten years).
+SIMULATION_AHEAD_SECONDS = 3_660 * 86_400
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +58,9 @@ def service_settings(
             "kafka_enable_idempotence": "true" if kafka_broker.supports_idempotence else "false",
             "crm_env": "test",
             "log_format": "console",
+            # The tests' clocks stay fixed while the rules run ahead of them, as a simulation
+            # would (the guard's own tests put the default back).
+            "max_future_as_of_seconds": SIMULATION_AHEAD_SECONDS,
             **overrides,
         }
         return cls(**values)

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from support import auth, eventually
+from support import api_replica, assert_field_problem, auth, eventually
 
 from services.complaints import worker
+from services.complaints.main import create_app
 from shared.events import new_event
 from shared.events import payloads as p
 from shared.events import registry as ev
@@ -112,6 +113,31 @@ async def test_no_escalation_exactly_at_the_due_time(complaints: Any) -> None:
     assert await _level(complaints, complaint["id"]) == 0
     await complaints.evaluate(received + H + timedelta(microseconds=1))
     assert await _level(complaints, complaint["id"]) == 1
+
+
+async def test_an_as_of_ahead_of_the_clock_is_refused_and_escalates_nothing(
+    complaints: Any,
+) -> None:
+    """With the production default (5 minutes), an `as_of` a day ahead of the server's clock
+    is a 422 and escalates nothing; the test stack's own allowance then escalates it."""
+    received = datetime(2026, 2, 5, 14, 0, tzinfo=UTC)
+    complaints.clock.set(received)
+    customer = await complaints.customer()
+    complaint = await complaints.open(customer, severity="critical")
+    async with api_replica(
+        create_app, complaints.settings, complaints.clock, max_future_as_of_seconds=300
+    ) as strict:
+        response = await strict.post(
+            "/v1/complaints/sla/evaluate",
+            json={"as_of": (received + 25 * H).isoformat()},
+            headers=_writer(),
+        )
+    reason = assert_field_problem(response, "body.as_of", reason_has="in the future")
+    assert "MAX_FUTURE_AS_OF_SECONDS" in reason
+    assert await _level(complaints, complaint["id"]) == 0
+
+    await complaints.evaluate(received + 25 * H)
+    assert await _level(complaints, complaint["id"]) == 2
 
 
 async def test_concurrent_evaluations_raise_each_level_once(complaints: Any) -> None:

@@ -11,9 +11,10 @@ import orjson
 import pytest
 from integration.lifecycle.lifecycle_helpers import ADMIN, READER, T0, Lifecycle, day
 from sqlalchemy import text
-from support import eventually
+from support import api_replica, assert_field_problem, eventually
 
 from services.lifecycle import service
+from services.lifecycle.main import create_app
 from shared.http.pagination import encode_cursor
 
 pytestmark = pytest.mark.integration
@@ -85,6 +86,37 @@ async def test_an_evaluation_asked_for_asynchronously_is_run_by_the_worker(
     body = await lifecycle.lifecycle(customer)
     assert body is not None and body["stage"] == "decline"
     assert body["history"][-1]["evaluation_run_id"] == run["run_id"]
+
+
+async def test_an_as_of_ahead_of_the_clock_is_refused_and_records_nothing(
+    lifecycle: Lifecycle,
+) -> None:
+    """With the production default (5 minutes), an `as_of` days ahead of the server's clock is
+    a 422, waited on or asked for asynchronously: no run, nobody moved. The test stack's own
+    allowance then runs it, so the refusal is what held the customer back."""
+    customer = await _lapsing_customer(lifecycle)
+    runs = "SELECT count(*) FROM evaluation_runs"
+    async with lifecycle.engine.connect() as conn:
+        before = (await conn.execute(text(runs))).scalar_one()
+    async with api_replica(
+        create_app, lifecycle.settings, lifecycle.clock, max_future_as_of_seconds=300
+    ) as strict:
+        for prefer in ({}, {"Prefer": "respond-async"}):
+            response = await strict.post(
+                "/v1/lifecycle/evaluate",
+                json={"as_of": day(140).isoformat()},
+                headers={**ADMIN, **prefer},
+            )
+            reason = assert_field_problem(response, "body.as_of", reason_has="in the future")
+            assert "MAX_FUTURE_AS_OF_SECONDS" in reason and T0.date().isoformat() in reason
+    async with lifecycle.engine.connect() as conn:
+        assert (await conn.execute(text(runs))).scalar_one() == before
+    body = await lifecycle.lifecycle(customer)
+    assert body is not None and body["stage"] == "growth"
+
+    await lifecycle.evaluate(day(140))
+    body = await lifecycle.lifecycle(customer)
+    assert body is not None and body["stage"] == "decline"
 
 
 async def test_a_waited_on_evaluation_is_recorded_as_it_answered(lifecycle: Lifecycle) -> None:

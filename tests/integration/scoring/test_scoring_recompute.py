@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from integration.scoring.conftest import ADMIN, READER, T0, Scoring, purchase_event
 from sqlalchemy import text
-from support import eventually
+from support import api_replica, assert_field_problem, eventually
 
 from services.scoring import bulk, facts, recompute, values
+from services.scoring.main import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -207,6 +208,30 @@ async def test_values_changed_or_created_after_the_facts_were_read_are_caught_up
     }
     total = await scoring.sql("SELECT count(*) FROM customer_values")
     assert run["customers_scored"] == total[0][0]
+
+
+async def test_an_as_of_ahead_of_the_clock_is_refused_and_queues_no_run(
+    scoring: Scoring,
+) -> None:
+    """With the production default (5 minutes), a recompute `as_of` days ahead of the server's
+    clock is a 422, with or without an Idempotency-Key, and no run is queued; the key is not
+    spent, so a corrected request with it runs."""
+    ahead = {"as_of": (T0 + timedelta(days=3)).isoformat()}
+    key = {"Idempotency-Key": f"ahead-{uuid.uuid4()}"}
+    (before,) = await scoring.sql("SELECT count(*) FROM recompute_runs")
+    async with api_replica(
+        create_app, scoring.settings, scoring.clock, max_future_as_of_seconds=300
+    ) as strict:
+        for headers in (ADMIN, {**ADMIN, **key}):
+            response = await strict.post("/v1/value/recompute", json=ahead, headers=headers)
+            reason = assert_field_problem(response, "body.as_of", reason_has="in the future")
+            assert "MAX_FUTURE_AS_OF_SECONDS" in reason
+        assert await scoring.sql("SELECT count(*) FROM recompute_runs") == [before]
+        response = await strict.post(
+            "/v1/value/recompute", json={"as_of": T0.isoformat()}, headers={**ADMIN, **key}
+        )
+    assert response.status_code == 202, response.text
+    assert await scoring.run_finished(response.headers["Location"])
 
 
 async def test_a_recompute_that_moves_nobody_publishes_nothing(scoring: Scoring) -> None:
