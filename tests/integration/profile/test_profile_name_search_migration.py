@@ -1,6 +1,7 @@
 """Migration 0003 (names searched regardless of accents) run as operators run it: by the role
-that owns the profile database, no superuser, on a database that already holds customers;
-then down and up again. Real PostgreSQL."""
+that owns the profile database, no superuser, on a database that already holds customers,
+beside a service writing to it; then down and up again, and again after a failed build.
+Real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -158,5 +159,86 @@ async def test_the_downgrade_gives_lower_name_back_and_the_upgrade_runs_again(
         await asyncio.to_thread(migrate, "profile", owned_database)
         assert await _functions(db) == {"unaccent_lower", "unaccent_lower_stable"}
         assert await _names_matching(db, "José Núñez") == ["Jose Nunez", "José Núñez"]
+    finally:
+        await db.close()
+
+
+async def _migration_waiting(db: asyncpg.Connection) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'crm-migrate' AND wait_event_type = 'Lock'"
+        )
+    )
+
+
+async def test_writes_go_on_while_the_index_waits_for_a_writer(owned_database: str) -> None:
+    """The index is built CONCURRENTLY: while the build waits for a transaction that is writing
+    customers, other writes go through. A plain CREATE INDEX would queue its lock behind that
+    transaction, and every later write behind its lock (here: the lock_timeout's error)."""
+    writer = await asyncpg.connect(_plain(owned_database))
+    other = await asyncpg.connect(_plain(owned_database))
+    try:
+        open_write = writer.transaction()
+        await open_write.start()
+        await writer.execute(
+            "INSERT INTO customers (id, kind, name, registered_at) "
+            "VALUES ($1, 'person', 'Åsa Öberg', now())",
+            uuid.uuid4(),
+        )
+        migration = asyncio.create_task(asyncio.to_thread(migrate, "profile", owned_database))
+        try:
+            for _ in range(200):
+                if await _migration_waiting(other) or migration.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert not migration.done(), "the build should wait for the open write"
+            assert await _migration_waiting(other)
+            await other.execute("SET lock_timeout = '3s'")
+            await other.execute(
+                "INSERT INTO customers (id, kind, name, registered_at) "
+                "VALUES ($1, 'person', 'Łukasz Żółć', now())",
+                uuid.uuid4(),
+            )
+        finally:
+            await open_write.commit()
+            await migration
+        assert await _names_matching(other, "asa oberg") == ["Åsa Öberg"]
+        assert await _names_matching(other, "LUKASZ ZOLC") == ["Łukasz Żółć"]
+        assert "ix_customers_lower_name" not in await _indexes(other)
+    finally:
+        await writer.close()
+        await other.close()
+
+
+async def test_an_upgrade_whose_build_failed_runs_again(
+    owned_database: str, postgres_server: PostgresServer
+) -> None:
+    """What a failed build leaves: the functions and statistics committed, the new index
+    invalid, the old one still there, the revision still 0002. The next run finishes it."""
+    await asyncio.to_thread(migrate, "profile", owned_database)
+    admin = await asyncpg.connect(
+        _plain(postgres_server.url(make_url(owned_database).database or ""))
+    )
+    try:
+        await admin.execute(
+            "UPDATE pg_index SET indisvalid = false "
+            "WHERE indexrelid = 'ix_customers_unaccent_lower_name'::regclass"
+        )
+        await admin.execute("CREATE INDEX ix_customers_lower_name ON customers (lower(name))")
+        await admin.execute("UPDATE alembic_version SET version_num = '0002'")
+    finally:
+        await admin.close()
+
+    await asyncio.to_thread(migrate, "profile", owned_database)
+    db = await asyncpg.connect(_plain(owned_database))
+    try:
+        assert await db.fetchval("SELECT version_num FROM alembic_version") == "0003"
+        assert await db.fetchval(
+            "SELECT indisvalid FROM pg_index "
+            "WHERE indexrelid = 'ix_customers_unaccent_lower_name'::regclass"
+        )
+        assert "ix_customers_lower_name" not in await _indexes(db)
+        assert await _names_matching(db, "jurgen muller") == ["Jürgen Müller"]
     finally:
         await db.close()

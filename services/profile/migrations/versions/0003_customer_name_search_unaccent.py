@@ -31,6 +31,13 @@ writes.
 
 The extension is trusted (PostgreSQL 13+): the database's owner creates it, no superuser.
 
+The indexes are built and dropped CONCURRENTLY, outside the migration's transaction: a plain
+CREATE INDEX holds off every write to customers while it reads the whole table (and a DROP
+INDEX every read and write), and while it waits for a transaction already writing there, the
+writes queued behind it wait too. So the migration runs beside live services. The price is a
+re-runnable upgrade: the functions and statistics commit before the build, and a build that
+fails (a deadlock, a cancel) leaves an invalid index, which the next run drops and builds again.
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-25
@@ -63,29 +70,38 @@ def upgrade() -> None:
         ("unaccent_lower_stable", "STABLE"),
     ):
         op.execute(
-            f"CREATE FUNCTION {function}(text) RETURNS text LANGUAGE sql "
+            f"CREATE OR REPLACE FUNCTION {function}(text) RETURNS text LANGUAGE sql "
             f"{volatility} STRICT PARALLEL SAFE RETURN {fold}"
         )
     op.execute(
-        "CREATE STATISTICS customers_unaccent_lower_name ON (unaccent_lower_stable(name)) "
-        "FROM customers"
+        "CREATE STATISTICS IF NOT EXISTS customers_unaccent_lower_name "
+        "ON (unaccent_lower_stable(name)) FROM customers"
     )
-    op.drop_index("ix_customers_lower_name", table_name="customers")
-    op.create_index(
-        "ix_customers_unaccent_lower_name",
-        "customers",
-        [sa.literal_column("unaccent_lower(name)")],
-        unique=False,
-    )
+    with op.get_context().autocommit_block():
+        _build_concurrently("ix_customers_unaccent_lower_name", "unaccent_lower(name)")
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_customers_lower_name")
 
 
 def downgrade() -> None:
-    op.drop_index("ix_customers_unaccent_lower_name", table_name="customers")
-    op.create_index(
-        "ix_customers_lower_name", "customers", [sa.literal_column("lower(name)")], unique=False
-    )
-    op.execute("DROP STATISTICS customers_unaccent_lower_name")
-    op.execute("DROP FUNCTION unaccent_lower_stable(text)")
-    op.execute("DROP FUNCTION unaccent_lower(text)")
+    with op.get_context().autocommit_block():
+        _build_concurrently("ix_customers_lower_name", "lower(name)")
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_customers_unaccent_lower_name")
+    op.execute("DROP STATISTICS IF EXISTS customers_unaccent_lower_name")
+    op.execute("DROP FUNCTION IF EXISTS unaccent_lower_stable(text)")
+    op.execute("DROP FUNCTION IF EXISTS unaccent_lower(text)")
     # The extension stays: an administrator may have created it (the service's role could not
     # drop it then), and unused it costs nothing.
+
+
+def _build_concurrently(index: str, expression: str) -> None:
+    """CREATE INDEX CONCURRENTLY on customers, after dropping what a failed build left of it."""
+    invalid = op.get_bind().execute(
+        sa.text(
+            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :index AND c.relnamespace = current_schema()::regnamespace"
+        ),
+        {"index": index},
+    )
+    if invalid.scalar_one_or_none():
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+    op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON customers ({expression})")
