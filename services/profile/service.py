@@ -1298,6 +1298,10 @@ async def import_purchases(
             raise
         # The parsed file is hundreds of thousands of long-lived objects that the cyclic GC
         # would rescan on every collection while the chunks run (a third of the import's time).
+        # They are freed by reference counting when the import ends, frozen or not. A process
+        # that froze its start-up objects (`crm serve`) stays frozen: unfreezing would put them
+        # back into the scans for good.
+        frozen_before = gc.get_freeze_count()
         gc.freeze()
         try:
             return await _write_import(
@@ -1312,7 +1316,8 @@ async def import_purchases(
             await _import_failed(sessions, import_id, error=f"{reason}. {_IMPORT_AGAIN}", now=now)
             raise
         finally:
-            gc.unfreeze()
+            if not frozen_before:
+                gc.unfreeze()
 
 
 class ImportStopped(Exception):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -231,6 +233,48 @@ async def test_the_file_is_parsed_off_the_event_loop(
     )
     assert summary["purchases_created"] == 1
     assert parsed_on and parsed_on != [threading.get_ident()]
+
+
+async def test_an_import_leaves_the_start_up_freeze_in_place(
+    profile: Profile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crm serve` keeps what it loaded at start-up out of the cyclic GC's scans (gc.freeze);
+    an import, which freezes its parsed rows while it writes them, leaves it so, and its rows
+    are freed when it ends rather than kept: what stays frozen is what stays alive (caches the
+    first imports fill), so the count levels off."""
+    orders = 3_000
+    write = service._write_import
+
+    async def first_order_only(*args: Any, parsed: domain.PurchaseCsv, **kwargs: Any) -> Any:
+        # Every order parsed (and frozen), one written: the shared topics stay quiet.
+        return await write(
+            *args, parsed=dataclasses.replace(parsed, orders=parsed.orders[:1]), **kwargs
+        )
+
+    monkeypatch.setattr(service, "_write_import", first_order_only)
+
+    def orders_csv(m: str) -> bytes:
+        return (
+            HEADER
+            + "".join(
+                f"fz-{m}-{n % 300},{m}-{n},2023-02-0{1 + n % 9}T10:00:00Z,12.50,USD,S{n % 7},c,1\n"
+                for n in range(orders)
+            )
+        ).encode()
+
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen = [gc.get_freeze_count()]
+        for _ in range(4):
+            summary = await imported(profile, orders_csv(uuid.uuid4().hex[:8]))
+            assert summary["purchases_created"] == 1
+            frozen.append(gc.get_freeze_count())
+        print("objects frozen, at start-up and after each import:", frozen)
+        assert min(frozen[1:]) > frozen[0] // 2  # not unfrozen (that leaves none frozen)
+        assert abs(frozen[-1] - frozen[-2]) < orders / 10  # the parsed rows are not kept
+    finally:
+        gc.unfreeze()
 
 
 async def test_a_file_without_a_usable_header_is_refused_whole(profile: Profile) -> None:
