@@ -618,8 +618,10 @@ def hop_means(before: HopTotals, after: HopTotals) -> dict[str, dict[str, float]
 
 
 class AutovacuumWatch:
-    """Samples PostgreSQL's autovacuum workers while a measurement runs: the share of samples
-    with one at work and the tables they worked on (background work the figures include)."""
+    """Samples PostgreSQL's background work while a measurement runs: autovacuum workers, and
+    client backends running VACUUM or ANALYZE (the relays vacuum their outboxes). Gives the
+    share of samples with an autovacuum worker at work, the tables, and each sample's time, to
+    put beside the latency tail's bursts (`background_near`)."""
 
     def __init__(self, dsn: str, interval: float = 0.25) -> None:
         self.dsn = dsn
@@ -627,6 +629,7 @@ class AutovacuumWatch:
         self.samples = 0
         self.busy = 0
         self.tables: set[str] = set()
+        self.seen: list[tuple[float, str]] = []  # (epoch seconds, what was at work)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AutovacuumWatch:
@@ -636,14 +639,23 @@ class AutovacuumWatch:
             try:
                 while True:
                     rows = await connection.fetch(
-                        "SELECT datname, query FROM pg_stat_activity "
-                        "WHERE backend_type = 'autovacuum worker'"
+                        "SELECT datname, backend_type, query FROM pg_stat_activity "
+                        "WHERE backend_type = 'autovacuum worker' OR (state = 'active' "
+                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                        "AND query ~* '^\\s*(vacuum|analyze)')"
                     )
+                    now = time.time()
                     self.samples += 1
-                    self.busy += bool(rows)
+                    autovacuum = [r for r in rows if r["backend_type"] == "autovacuum worker"]
+                    self.busy += bool(autovacuum)
                     for r in rows:
-                        what = (r["query"] or "").removeprefix("autovacuum: ")
-                        self.tables.add(f"{r['datname']}: {what}"[:120])
+                        query = " ".join((r["query"] or "").split())
+                        if r["backend_type"] == "autovacuum worker":
+                            what = query.removeprefix("autovacuum: ")
+                            self.tables.add(f"{r['datname']}: {what}"[:120])
+                            self.seen.append((now, f"autovacuum {r['datname']}: {what}"[:120]))
+                        else:
+                            self.seen.append((now, f"{r['datname']}: {query}"[:120]))
                     await asyncio.sleep(self.interval)
             finally:
                 await connection.close()
@@ -662,6 +674,54 @@ class AutovacuumWatch:
             "autovacuum_share": round(self.busy / self.samples, 3) if self.samples else None,
             "autovacuum_tables": sorted(self.tables),
         }
+
+
+async def lifecycle_sweeps(stack: BenchStack, since: float) -> list[tuple[float, float, str]]:
+    """Lifecycle's runs of the time rules that ran after `since` (epoch seconds): (start, end,
+    what), the scheduled sweep once a minute among them."""
+    connection = await asyncpg.connect(stack.service_db("lifecycle"))
+    try:
+        rows = await connection.fetch(
+            "SELECT trigger, extract(epoch FROM started_at) AS started, "
+            "extract(epoch FROM coalesce(finished_at, now())) AS finished, chunks, "
+            "(SELECT coalesce(sum((m ->> 'customers')::int), 0) FROM jsonb_array_elements(moved) m) "
+            "AS customers FROM evaluation_runs "
+            "WHERE started_at IS NOT NULL AND coalesce(finished_at, now()) >= to_timestamp($1)",
+            since,
+        )
+    finally:
+        await connection.close()
+    return [
+        (
+            float(r["started"]),
+            float(r["finished"]),
+            f"lifecycle {r['trigger']} sweep moving {r['customers']:,} in {r['chunks']} chunks",
+        )
+        for r in rows
+    ]
+
+
+def background_near(
+    bursts: Sequence[dict[str, Any]],
+    seen: Sequence[tuple[float, str]],
+    spans: Sequence[tuple[float, float, str]],
+    lead: float = 0.5,
+) -> None:
+    """Name, on each burst, the background work that overlapped it (`with`): what the sampler
+    saw, and the spans (start, end, what), from `lead` seconds before the burst's first order
+    until its last order's worst latency had passed. Each sample or span says how far from the
+    burst's start it was."""
+    for burst in bursts:
+        start = burst["epoch"] - lead
+        end = burst["epoch"] + burst["span_s"] + burst["worst_ms"] / 1000
+        found: dict[str, float] = {}
+        for at, what in seen:
+            if start <= at <= end and what not in found:
+                found[what] = at - burst["epoch"]
+        for began, ended, what in spans:
+            if began <= end and ended >= start and what not in found:
+                found[what] = began - burst["epoch"]
+        burst["with"] = [f"{what} ({offset:+.1f} s)" for what, offset in found.items()]
 
 
 async def ids_by_ref(dsn: str, refs: Sequence[str]) -> dict[str, str]:
@@ -721,6 +781,10 @@ async def ingest_latency(
     summary["orders"] = len(documents)
     summary["hops"] = hops
     summary.update(vacuum.summary())
+    if sent_at:
+        sweeps = await lifecycle_sweeps(stack, since=min(sent_at) - 5)
+        for bursts in summary["tail_bursts"].values():
+            background_near(bursts, vacuum.seen, sweeps)
     return summary
 
 

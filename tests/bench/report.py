@@ -56,16 +56,7 @@ def latency_line(summary: dict[str, Any]) -> str:
     for kind, bursts in (summary.get("tail_bursts") or {}).items():
         if bursts:
             line += f"\n    slowest 1% of {kind}: {sum(b['orders'] for b in bursts)} orders in " + (
-                f"{len(bursts)} bursts; worst: "
-                + ", ".join(
-                    f"at {b['at_s']:g} s ({b['orders']} over {b['span_s']:g} s, {_num(b['worst_ms'])} ms"
-                    + (
-                        f", first hop {_num(b['first_hop_worst_ms'])} ms)"
-                        if "first_hop_worst_ms" in b
-                        else ")"
-                    )
-                    for b in bursts[:4]
-                )
+                f"{len(bursts)} bursts; worst: " + ", ".join(_burst(b) for b in bursts[:4])
             )
     hops = summary.get("hops")
     if hops:
@@ -384,3 +375,16 @@ def chart(results_path: Path, png_path: Path) -> str | None:
         print(f"chart failed: {done.stderr[-1500:]}")
         return None
     return str(png_path.relative_to(REPO) if png_path.is_relative_to(REPO) else png_path)
+
+
+def _burst(burst: dict[str, Any]) -> str:
+    """One burst of the latency tail: when, how many, how slow, and what ran beside it."""
+    text = (
+        f"at {burst['at_s']:g} s ({burst['orders']} over {burst['span_s']:g} s, "
+        f"{_num(burst['worst_ms'])} ms"
+    )
+    if "first_hop_worst_ms" in burst:
+        text += f", first hop {_num(burst['first_hop_worst_ms'])} ms"
+    if "with" in burst:
+        text += f"; with {', '.join(burst['with'])}" if burst["with"] else "; nothing beside it"
+    return text + ")"

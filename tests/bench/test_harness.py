@@ -17,6 +17,7 @@ from bench.e2e import (
     EventWatch,
     Step,
     add_hop_totals,
+    background_near,
     hop_means,
     latency_summary,
     steady_rate,
@@ -218,6 +219,34 @@ def test_tail_bursts_group_the_slowest_orders_by_when_they_started() -> None:
     first_hop = {105.0: 350.0, 105.1: 40.0}  # the stall was upstream; 115.0's hop unknown
     with_hops = tail_bursts(timed, share=0.015, first_hop=first_hop.get)
     assert [b.get("first_hop_worst_ms") for b in with_hops] == [350.0, None]
+
+
+def test_a_burst_names_the_background_work_that_overlapped_it() -> None:
+    # Orders started at 100.0-100.4 s, the worst 600 ms late: the window is 99.5-101.0 s.
+    burst = {"epoch": 100.0, "span_s": 0.4, "worst_ms": 600.0}
+    quiet = {"epoch": 200.0, "span_s": 0.0, "worst_ms": 300.0}
+    seen = [
+        (99.0, "autovacuum crm_scoring: VACUUM public.customer_values"),  # ended before
+        (99.75, "crm_lifecycle: VACUUM outbox"),
+        (100.5, "crm_lifecycle: VACUUM outbox"),  # the same, sampled again: named once
+        (101.25, "autovacuum crm_profile: ANALYZE public.purchases"),  # after the window
+    ]
+    spans = [
+        (100.75, 103.0, "lifecycle schedule sweep moving 900 in 1 chunks"),
+        (150.0, 151.0, "lifecycle schedule sweep moving 0 in 0 chunks"),
+    ]
+    background_near([burst, quiet], seen, spans)
+    assert burst["with"] == [
+        "crm_lifecycle: VACUUM outbox (-0.2 s)",
+        "lifecycle schedule sweep moving 900 in 1 chunks (+0.8 s)",
+    ]
+    assert quiet["with"] == []
+    printed = report._burst({**burst, "at_s": 12.0, "orders": 9, "first_hop_worst_ms": 80.0})
+    assert printed == (
+        "at 12 s (9 over 0.4 s, 600 ms, first hop 80 ms; with crm_lifecycle: VACUUM outbox "
+        "(-0.2 s), lifecycle schedule sweep moving 900 in 1 chunks (+0.8 s))"
+    )
+    assert report._burst({**quiet, "at_s": 3.0, "orders": 1}).endswith("; nothing beside it)")
 
 
 def test_hop_means_are_of_what_was_observed_between_the_scrapes() -> None:
