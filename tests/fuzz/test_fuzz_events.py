@@ -44,7 +44,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import auth
+from support import SIMULATION_AHEAD_SECONDS, auth
 
 from fuzz.event_edge import (
     T0,
@@ -142,8 +142,7 @@ def _settings(service: str, url: str, kafka_broker: Broker) -> Any:
         crm_env="test",
         log_format="console",
         log_level="WARNING",
-        # The checks run the time rules years ahead of the fixed clock, as a simulation would.
-        max_future_as_of_seconds=3_660 * 86_400,
+        max_future_as_of_seconds=SIMULATION_AHEAD_SECONDS,  # it evaluates 800 days on
         **extra,
     )
 

@@ -10,14 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from support import SIMULATION_AHEAD_SECONDS
 
 from shared.db import migrate
 from shared.devstack import Broker, PostgresServer, create_topics_blocking
 from shared.messaging.kafka import DEFAULT_PARTITIONS
 
 SERVICES = ("profile", "lifecycle", "complaints", "scoring")
-#: How far ahead of the services' fixed clocks the tests run the time rules (about ten years).
-SIMULATION_AHEAD_SECONDS = 3_660 * 86_400
 
 
 @pytest.fixture(scope="session")
