@@ -221,6 +221,7 @@ async def test_an_upgrade_whose_build_failed_runs_again(
         _plain(postgres_server.url(make_url(owned_database).database or ""))
     )
     try:
+        head = await admin.fetchval("SELECT version_num FROM alembic_version")
         await admin.execute(
             "UPDATE pg_index SET indisvalid = false "
             "WHERE indexrelid = 'ix_customers_unaccent_lower_name'::regclass"
@@ -233,7 +234,7 @@ async def test_an_upgrade_whose_build_failed_runs_again(
     await asyncio.to_thread(migrate, "profile", owned_database)
     db = await asyncpg.connect(_plain(owned_database))
     try:
-        assert await db.fetchval("SELECT version_num FROM alembic_version") == "0003"
+        assert await db.fetchval("SELECT version_num FROM alembic_version") == head
         assert await db.fetchval(
             "SELECT indisvalid FROM pg_index "
             "WHERE indexrelid = 'ix_customers_unaccent_lower_name'::regclass"
