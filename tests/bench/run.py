@@ -72,6 +72,9 @@ class Sizes:
     budget_s: float
     warmup_seconds: float
     warmup_rounds: int  # at most; they end once the broker's JIT has settled
+    # Offered orders/s of the ingest latency runs; None: half the ingest saturation this run
+    # measured. Fixed, it lets runs of two commits compare at the same load.
+    latency_rate: float | None = None
 
 
 QUICK = Sizes(
@@ -495,7 +498,8 @@ class Bench:
         ingest_saturation = (
             float(self.results.get("ingest", {}).get("saturation_rps") or 0) or 1000.0
         )
-        rate = max(20.0, ingest_saturation / 2)
+        rate = self.sizes.latency_rate or max(20.0, ingest_saturation / 2)
+        out["ingest_rate_basis"] = "fixed" if self.sizes.latency_rate else "half_saturation"
         producer = await e2e.start_producer(self.stack.bootstrap, self.stack.kafka_kind == "apache")
         try:
             # Half of the saturation measured with the population's order stream is half load
@@ -655,8 +659,16 @@ def main() -> int:
         type=lambda text: tuple(float(r) for r in text.split(",")),
         help="offered orders/s of the ingest steps, comma-separated (default by mode)",
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        help="offered orders/s of the ingest latency runs (default: half the ingest saturation "
+        "measured in the run); a fixed rate compares two commits at the same load",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    if args.latency_rate:
+        sizes = dataclasses.replace(sizes, latency_rate=args.latency_rate)
     if args.import_rows:
         sizes = dataclasses.replace(sizes, import_rows=args.import_rows)
     if args.ingest_rates:

@@ -309,6 +309,34 @@ def test_a_latency_run_over_a_consumers_capacity_says_so() -> None:
     assert "NOT AT HALF LOAD" not in report.latency_line({"hops": hops, "offered_rps": 986})
 
 
+def test_latency_at_a_fixed_rate_is_shown_without_the_half_load_verdict() -> None:
+    run = {"stage_changed_ms": {"p50": 120.0, "p99": 400.0}, "offered_rps": 900}
+    http = {"stage_changed_ms": {"p50": 20.0, "p99": 50.0}, "offered_rps": 100}
+    half = {"latency": {"ingest": run, "http": http, "ingest_rate_basis": "half_saturation"}}
+    fixed = {"latency": {**half["latency"], "ingest_rate_basis": "fixed"}}
+
+    def stage_changed(results: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        return {r[0]: r[1:] for r in report.rows(results) if "stage_changed" in r[0]}
+
+    assert stage_changed(half) == {
+        "latency produce -> stage_changed @50% (p50 / p99)": (
+            "120 / 400 ms",
+            "at 900/s",
+            "p99 <= 250 ms",
+            "NOT MET",
+        ),
+        "latency HTTP ack -> stage_changed @50% (p50 / p99)": (
+            "20 / 50 ms",
+            "at 100/s",
+            "p99 <= 250 ms",
+            "MET",
+        ),
+    }
+    shown = stage_changed(fixed)
+    assert shown["latency produce -> stage_changed @fixed rate (p50 / p99)"][-1] == ""
+    assert shown["latency HTTP ack -> stage_changed @50% (p50 / p99)"][-1] == "MET"
+
+
 async def _serve(responses: list[bytes]) -> tuple[asyncio.Server, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for response in responses:
