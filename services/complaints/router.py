@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from services.complaints import service
+from services.complaints.config import ComplaintsSettings
 from services.complaints.domain import ComplaintPolicy, Severity, Status
 from services.complaints.models import MESSAGING
 from services.complaints.schemas import (
@@ -50,6 +51,12 @@ IdempotencyKey = Annotated[
     str | None, Header(alias=IDEMPOTENCY_HEADER, description="Makes a retried intake safe")
 ]
 ANALYTICS_DEFAULT_PERIOD = timedelta(days=90)
+
+
+def _settings(rt: Runtime) -> ComplaintsSettings:
+    settings = rt.settings
+    assert isinstance(settings, ComplaintsSettings)
+    return settings
 
 
 # Static paths first: `/complaints/{complaint_id}` would otherwise swallow them.
@@ -129,7 +136,11 @@ async def open_complaint(
     async with transaction(rt.sessions) as session:
         if idempotency_key is None:
             record = await service.open_complaint(
-                session, data=body, actor=principal.subject, now=now
+                session,
+                data=body,
+                actor=principal.subject,
+                now=now,
+                max_clock_skew=_settings(rt).max_clock_skew,
             )
         else:
             opened: list[service.ComplaintRecord] = []
@@ -137,7 +148,11 @@ async def open_complaint(
             async def create() -> tuple[int, dict[str, str]]:
                 opened.append(
                     await service.open_complaint(
-                        session, data=body, actor=principal.subject, now=now
+                        session,
+                        data=body,
+                        actor=principal.subject,
+                        now=now,
+                        max_clock_skew=_settings(rt).max_clock_skew,
                     )
                 )
                 return status.HTTP_201_CREATED, {"id": str(opened[0].row.id)}

@@ -43,7 +43,9 @@ class ComplaintCreate(BaseModel):
     description: Text
     order_id: StorableText | None = Field(None, min_length=1, max_length=200)
     received_at: BusinessTime | None = Field(
-        None, description="When the complaint reached us (intake from other channels); default now"
+        None,
+        description="When the complaint reached us (intake from other channels); default now. "
+        "Up to COMPLAINTS_MAX_CLOCK_SKEW_SECONDS (300) ahead of the service's clock counts as now",
     )
 
 

@@ -69,6 +69,7 @@ from services.complaints.schemas import (
     StepBody,
     StepRead,
 )
+from shared.clock import future_time_problem
 from shared.db import SessionFactory, driver_connection, transaction
 from shared.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.events import CloudEvent, new_event
@@ -398,13 +399,23 @@ FROM opened
 
 
 async def open_complaint(
-    session: AsyncSession, *, data: ComplaintCreate, actor: str, now: datetime
+    session: AsyncSession,
+    *,
+    data: ComplaintCreate,
+    actor: str,
+    now: datetime,
+    max_clock_skew: timedelta,
 ) -> ComplaintRecord:
     """Intake: four statements (customer lock, customer and policy, complaint with its first
-    step, outbox), the complaint row built for the response rather than read back."""
+    step, outbox), the complaint row built for the response rather than read back.
+
+    A `received_at` ahead of the service's clock by at most `max_clock_skew` is the sender's
+    clock drifting: the complaint is recorded as received now, so that its SLA clocks never
+    start in the future (and a step taken at once does not predate its intake)."""
     received_at = data.received_at or now
-    if received_at > now:
-        raise InvalidInput.field("body.received_at", "must not be in the future")
+    if problem := future_time_problem(received_at, now=now, max_ahead=max_clock_skew):
+        raise InvalidInput.field("body.received_at", problem)
+    received_at = min(received_at, now)
     await lock_customers(session, [data.customer_id])
     # The hot path goes straight to the driver, in the session's transaction (begun by the lock).
     connection = await driver_connection(session)

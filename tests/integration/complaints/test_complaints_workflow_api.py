@@ -196,7 +196,13 @@ async def test_intake_validation(complaints: Any) -> None:
         headers=WRITER,
     )
     assert future.status_code == 422
-    assert future.json()["errors"][0]["field"] == "body.received_at"
+    assert future.json()["errors"] == [
+        {
+            "field": "body.received_at",
+            "reason": f"{(now + H).isoformat()} is in the future; at most 0:05:00 after the "
+            f"server's clock ({now.isoformat()}) is accepted",
+        }
+    ]
     bad_channel = await complaints.client.post(
         "/v1/complaints",
         json={**base, "customer_id": str(customer), "channel": "fax"},
@@ -209,6 +215,13 @@ async def test_intake_validation(complaints: Any) -> None:
     )
     assert datetime.fromisoformat(backdated["sla"]["first_response"]["due"]) == now - 6 * H
     assert backdated["sla"]["first_response"]["state"] == "breached"
+    # A sender's clock a little ahead (COMPLAINTS_MAX_CLOCK_SKEW_SECONDS, 300 by default) is
+    # taken as now: the SLA clocks start at the service's time, never in the future.
+    ahead = await complaints.open(
+        customer, severity="low", received_at=(now + timedelta(minutes=4)).isoformat()
+    )
+    assert datetime.fromisoformat(ahead["received_at"]) == now
+    assert datetime.fromisoformat(ahead["sla"]["first_response"]["due"]) == now + 24 * H
 
 
 async def test_auth_and_masking(complaints: Any) -> None:
