@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -21,6 +21,7 @@ from services.lifecycle.schemas import (
     PolicyRead,
     PolicyUpdate,
 )
+from shared.clock import future_time_problem
 from shared.db import transaction
 from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
@@ -77,10 +78,24 @@ async def read_distribution(
     rt: Runtime,
     _: CanRead,
     as_of: Annotated[
-        BusinessTime | None, Query(description="A past time: counts from the stage history")
+        BusinessTime | None,
+        Query(
+            description="A past time: counts from the stage history (at most "
+            "MAX_FUTURE_AS_OF_SECONDS ahead of the server's clock)"
+        ),
     ] = None,
 ) -> DistributionRead:
     """Customers per stage (the funnel) with the median time in stage."""
+    if as_of is not None:
+        # The history reaches as far as the time rules have run, up to now (or up to the as_of a
+        # simulation ran them at): later, it would pass the last known stages off as that day's.
+        max_ahead = timedelta(seconds=rt.settings.max_future_as_of_seconds)
+        if problem := future_time_problem(as_of, now=rt.clock.now(), max_ahead=max_ahead):
+            raise InvalidInput.field(
+                "query.as_of",
+                f"{problem}: the stage history does not reach it (the time rules have not run "
+                "there). Leave as_of out for the current counts",
+            )
     async with transaction(rt.sessions) as session:
         return await service.distribution(session, as_of=as_of, now=rt.clock.now())
 

@@ -7,15 +7,16 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from integration.lifecycle.lifecycle_helpers import ADMIN, READER, Lifecycle, day, moves
 from sqlalchemy import text
-from support import auth, eventually
+from support import api_replica, assert_field_problem, auth, eventually
 
 from services.lifecycle import domain, service
 from services.lifecycle.domain import LifecyclePolicy
+from services.lifecycle.main import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -288,6 +289,25 @@ async def test_distribution_now_and_as_of_a_past_date(lifecycle: Lifecycle) -> N
     assert prospects >= 1
     assert prospects_later <= prospects - 1 + (later["total"] - past["total"])
     assert sum(s["customers"] for s in now["stages"]) == now["total"]
+
+    # Days ahead, the history says nothing yet (the time rules have not run there): a replica
+    # with the production allowance (5 minutes) says so rather than answer the stages of now.
+    async with api_replica(
+        create_app, lifecycle.settings, lifecycle.clock, max_future_as_of_seconds=300
+    ) as strict:
+        ahead = await strict.get(
+            "/v1/lifecycle/distribution", params={"as_of": day(30).isoformat()}, headers=READER
+        )
+        reason = assert_field_problem(ahead, "query.as_of", reason_has="in the future")
+        assert "Leave as_of out" in reason
+        soon = await strict.get(
+            "/v1/lifecycle/distribution",
+            params={"as_of": (day(20) + timedelta(minutes=4)).isoformat()},
+            headers=READER,
+        )
+        assert soon.status_code == 200, soon.text
+        assert soon.json()["from_history"] is True
+        assert soon.json()["total"] >= now["total"]
     lifecycle.clock.set(day(0))
 
 
