@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -21,12 +21,11 @@ from services.lifecycle.schemas import (
     PolicyRead,
     PolicyUpdate,
 )
-from shared.clock import future_time_problem
 from shared.db import transaction
 from shared.errors import InvalidInput
 from shared.http.auth import Principal, require
 from shared.http.deps import Runtime
-from shared.http.inputs import BusinessTime, rules_as_of
+from shared.http.inputs import BusinessTime, as_of_too_far_ahead, rules_as_of
 from shared.http.pagination import Page, PageParams, encode_cursor, page_params
 from shared.http.preconditions import PRECONDITION_RESPONSES, etag, parse_if_match
 from shared.http.prefer import respond_async
@@ -86,18 +85,17 @@ async def read_distribution(
     ] = None,
 ) -> DistributionRead:
     """Customers per stage (the funnel) with the median time in stage."""
-    if as_of is not None:
-        # The history reaches as far as the time rules have run, up to now (or up to the as_of a
-        # simulation ran them at): later, it would pass the last known stages off as that day's.
-        max_ahead = timedelta(seconds=rt.settings.max_future_as_of_seconds)
-        if problem := future_time_problem(as_of, now=rt.clock.now(), max_ahead=max_ahead):
-            raise InvalidInput.field(
-                "query.as_of",
-                f"{problem}: the stage history does not reach it (the time rules have not run "
-                "there). Leave as_of out for the current counts",
-            )
+    # The history reaches as far as the time rules have run, up to now (or up to the as_of a
+    # simulation ran them at): later, it would pass the last known stages off as that day's.
+    now = rt.clock.now()
+    if as_of is not None and (problem := as_of_too_far_ahead(as_of, now=now, settings=rt.settings)):
+        raise InvalidInput.field(
+            "query.as_of",
+            f"{problem}: the stage history does not reach it (the time rules have not run "
+            "there). Leave as_of out for the current counts",
+        )
     async with transaction(rt.sessions) as session:
-        return await service.distribution(session, as_of=as_of, now=rt.clock.now())
+        return await service.distribution(session, as_of=as_of, now=now)
 
 
 Prefer = Annotated[

@@ -49,12 +49,19 @@ def rules_as_of(
     then, and published): a 422 on `body.as_of` otherwise, before anything is written."""
     if requested is None:
         return now
-    max_ahead = timedelta(seconds=settings.max_future_as_of_seconds)
-    problem = future_time_problem(requested, now=now, max_ahead=max_ahead)
-    if problem is not None:
+    if problem := as_of_too_far_ahead(requested, now=now, settings=settings):
         raise InvalidInput.field(
             "body.as_of",
             f"{problem}: {what} would be dated in the future. Use a time up to now; a test or "
             "simulation stack can allow more with MAX_FUTURE_AS_OF_SECONDS",
         )
     return requested
+
+
+def as_of_too_far_ahead(
+    requested: datetime, *, now: datetime, settings: ServiceSettings
+) -> str | None:
+    """Why an `as_of` lies past the `MAX_FUTURE_AS_OF_SECONDS` allowance (None: it does not),
+    for the rules that would write at it and the reads of what they wrote."""
+    max_ahead = timedelta(seconds=settings.max_future_as_of_seconds)
+    return future_time_problem(requested, now=now, max_ahead=max_ahead)
